@@ -1,0 +1,57 @@
+"""softprompt: prompt tuning for frozen causal language models.
+
+The public API is what ``__all__`` lists; module internals may change without notice.
+"""
+
+from softprompt.adapter import Adapter, AdapterConfig, load_adapter, save_adapter
+from softprompt.data import DataConfig, load_examples
+from softprompt.errors import (
+    AdapterError,
+    BaseModelMismatchError,
+    ConfigError,
+    DataError,
+    ModelLoadError,
+    RequestError,
+    SoftPromptError,
+    TrainingError,
+)
+from softprompt.evaluate import mean_token_loss
+from softprompt.generate import Completion, GenerateConfig, complete, generate
+from softprompt.model import SoftPromptModel
+from softprompt.models import BaseModel, load_base_model
+from softprompt.prompt import Init, PromptConfig, SoftPrompt
+from softprompt.train import TrainConfig, TrainResult, train, tune
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Adapter",
+    "AdapterConfig",
+    "AdapterError",
+    "BaseModel",
+    "BaseModelMismatchError",
+    "Completion",
+    "ConfigError",
+    "DataConfig",
+    "DataError",
+    "GenerateConfig",
+    "Init",
+    "ModelLoadError",
+    "PromptConfig",
+    "RequestError",
+    "SoftPrompt",
+    "SoftPromptError",
+    "SoftPromptModel",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingError",
+    "complete",
+    "generate",
+    "load_adapter",
+    "load_base_model",
+    "load_examples",
+    "mean_token_loss",
+    "save_adapter",
+    "train",
+    "tune",
+]

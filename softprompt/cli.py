@@ -1,0 +1,156 @@
+"""Command line: parse, build configs, call the library, print. No logic of its own.
+
+Every :class:`SoftPromptError` becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from softprompt.cli_args import add_config_args, config_from_args
+from softprompt.data import DataConfig
+from softprompt.errors import SoftPromptError
+from softprompt.generate import GenerateConfig
+from softprompt.models import DEFAULT_MODEL
+
+console = Console(stderr=False)
+Command = Callable[[argparse.Namespace], int]
+
+
+def _model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"built-in name ({DEFAULT_MODEL}), hub id, model directory or .gguf file"
+    )
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow the model's own Python code to run")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from softprompt.prompt import PromptConfig
+    from softprompt.train import TrainConfig, tune
+
+    result = tune(
+        args.model,
+        config_from_args(DataConfig, args),
+        config_from_args(PromptConfig, args),
+        config_from_args(TrainConfig, args),
+        trust_remote_code=args.trust_remote_code,
+        device=args.device,
+    )
+    _print_metrics(result.metrics)
+    console.print(f"adapter saved to [bold]{result.output}[/bold]")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from softprompt.model import SoftPromptModel
+
+    model = SoftPromptModel.from_pretrained(
+        args.model,
+        args.adapter,
+        allow_base_mismatch=args.allow_base_mismatch,
+        trust_remote_code=args.trust_remote_code,
+        device=args.device,
+    )
+    for text in model.generate(args.prompts, config_from_args(GenerateConfig, args)):
+        console.print(text, markup=False, highlight=False)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from softprompt.demo import DEMO_GENERATION, run_demo
+    from softprompt.prompt import PromptConfig
+    from softprompt.train import TrainConfig
+
+    report = run_demo(
+        model=args.model,
+        data=config_from_args(DataConfig, args),
+        prompt=config_from_args(PromptConfig, args),
+        training=config_from_args(TrainConfig, args),
+        generation=replace(DEMO_GENERATION, max_new_tokens=args.max_new_tokens),
+        notify=lambda message: console.print(f"[dim]{message}[/dim]"),
+    )
+    table = Table(title=f"Prompt: {report.query!r}", show_lines=True)
+    table.add_column("before prompt tuning", ratio=1)
+    table.add_column("after prompt tuning", ratio=1)
+    table.add_row(report.baseline, report.tuned)
+    console.print(table)
+    _print_metrics(report.metrics)
+    times = Table(title="wall time per stage")
+    times.add_column("stage")
+    times.add_column("seconds", justify="right")
+    for stage, seconds in report.stage_seconds.items():
+        times.add_row(stage, f"{seconds:.1f}")
+    console.print(times)
+    console.print(f"adapter saved to [bold]{report.adapter_dir}[/bold] (metrics.json, loss_curve.png beside it)")
+    return 0
+
+
+def _print_metrics(metrics: dict) -> None:
+    console.print(
+        f"held-out loss: {metrics['heldout_loss_before']:.4f} -> {metrics['heldout_loss_after']:.4f} "
+        f"({metrics['eval_rows']} rows) | {metrics['train_seconds']:.1f} s training, "
+        f"{metrics['train_tokens_per_second']:.0f} tokens/s, batch {metrics['batch_size']}"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="softprompt", description="Prompt tuning for frozen causal language models.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    sub = parser.add_subparsers(dest="command", required=True)
+    from softprompt.prompt import PromptConfig
+    from softprompt.train import TrainConfig
+
+    train = sub.add_parser("train", help="tune a soft prompt on a dataset and save it as an adapter")
+    _model_args(train)
+    for cls in (DataConfig, PromptConfig, TrainConfig):
+        add_config_args(train, cls)
+    train.set_defaults(func=cmd_train)
+
+    gen = sub.add_parser("generate", help="generate text, optionally with a tuned soft prompt")
+    _model_args(gen)
+    gen.add_argument("prompts", nargs="+", help="one or more prompts (batched together)")
+    gen.add_argument("--adapter", default=None, help="adapter directory (softprompt or PEFT format)")
+    gen.add_argument("--allow-base-mismatch", action="store_true", help="load an adapter trained on another base model")
+    add_config_args(gen, GenerateConfig)
+    gen.set_defaults(func=cmd_generate)
+
+    demo = sub.add_parser("demo", help="the whole walkthrough on the built-in model, offline")
+    _model_args(demo)
+    add_config_args(demo, DataConfig, limit=50)
+    add_config_args(demo, PromptConfig)
+    add_config_args(demo, TrainConfig, output="softprompt-demo")
+    demo.add_argument("--max-new-tokens", type=int, default=48, help="tokens generated before and after")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+    )
+    for noisy in ("httpx", "matplotlib", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return int(args.func(args))
+    except SoftPromptError as exc:
+        print(f"softprompt: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("softprompt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""The reference walkthrough as one function: baseline, prompt tuning, tuned output, compared.
+
+Load a foundation model, generate for "I want you to act as a logistician. ", tune a soft
+prompt on role prompts (first 50 rows train, the rest held out), generate again, and report
+held-out loss before and after with the wall time of every stage.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from softprompt.data import DataConfig, load_examples
+from softprompt.generate import GenerateConfig
+from softprompt.model import SoftPromptModel
+from softprompt.models import DEFAULT_MODEL, load_base_model
+from softprompt.prompt import PromptConfig
+from softprompt.train import TrainConfig, train
+
+DEMO_QUERY = "I want you to act as a logistician. "
+DEMO_GENERATION = GenerateConfig(max_new_tokens=48, repetition_penalty=1.5)
+
+
+@dataclass
+class DemoReport:
+    query: str
+    baseline: str
+    tuned: str
+    metrics: dict[str, Any]
+    adapter_dir: Path
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+@contextmanager
+def _timed(report_times: dict[str, float], stage: str, notify: Callable[[str], None]) -> Iterator[None]:
+    notify(f"{stage}...")
+    start = time.perf_counter()
+    yield
+    report_times[stage] = time.perf_counter() - start
+
+
+def run_demo(
+    model: str = DEFAULT_MODEL,
+    data: DataConfig | None = None,
+    prompt: PromptConfig | None = None,
+    training: TrainConfig | None = None,
+    generation: GenerateConfig = DEMO_GENERATION,
+    query: str = DEMO_QUERY,
+    notify: Callable[[str], None] = lambda message: None,
+) -> DemoReport:
+    data = data or DataConfig(limit=50)
+    prompt = prompt or PromptConfig()
+    training = training or TrainConfig(output="softprompt-demo")
+    times: dict[str, float] = {}
+    with _timed(times, "load model", notify):
+        base = load_base_model(model)
+    bare = SoftPromptModel(base)
+    with _timed(times, "baseline generation", notify):
+        baseline = bare.generate([query], generation)[0]
+    with _timed(times, "tokenize data", notify):
+        train_set, held_out = load_examples(data, base.tokenizer)
+    tuned_model = SoftPromptModel.with_new_prompt(base, prompt, seed=training.seed)
+    with _timed(times, "prompt tuning", notify):
+        result = train(tuned_model, train_set, held_out, training)
+    with _timed(times, "tuned generation", notify):
+        tuned = tuned_model.generate([query], generation)[0]
+    return DemoReport(query, baseline, tuned, result.metrics, result.output, times)

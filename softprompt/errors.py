@@ -1,0 +1,48 @@
+"""The one exception hierarchy of softprompt.
+
+Every error a user can cause is a :class:`SoftPromptError` whose message says what was wrong
+and where (file, row, field), so the CLI can print it as one line and exit non-zero::
+
+    SoftPromptError
+    ├── ConfigError          an option value is invalid or options conflict
+    ├── ModelLoadError       a base model cannot be found or loaded
+    ├── DataError            a dataset file, row or column is unusable
+    ├── AdapterError         an adapter directory is missing, corrupt or unsafe
+    │   └── BaseModelMismatchError   the adapter was trained on another base model
+    ├── TrainingError        training cannot go on (non-finite loss, unwritable output)
+    └── RequestError         a generation request is invalid (server and API)
+"""
+
+from __future__ import annotations
+
+
+class SoftPromptError(Exception):
+    """Base class: the CLI catches it and prints its message as a single line."""
+
+
+class ConfigError(SoftPromptError, ValueError):
+    pass
+
+
+class ModelLoadError(SoftPromptError):
+    pass
+
+
+class DataError(SoftPromptError, ValueError):
+    pass
+
+
+class AdapterError(SoftPromptError):
+    pass
+
+
+class BaseModelMismatchError(AdapterError):
+    pass
+
+
+class TrainingError(SoftPromptError):
+    pass
+
+
+class RequestError(SoftPromptError, ValueError):
+    pass

@@ -1,0 +1,34 @@
+"""Scoring: mean token cross-entropy of held-out rows, the number every training run reports.
+
+Tokens 1..n-1 of each row are scored, with or without a soft prompt: the bare model has
+nothing to predict a row's first token from, so leaving it out keeps "before" and "after"
+the same computation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from softprompt.data import Example, batches
+from softprompt.inject import IGNORE_INDEX
+from softprompt.model import SoftPromptModel
+
+
+def without_first_token(example: Example) -> Example:
+    return Example(example.input_ids, [IGNORE_INDEX] + example.labels[1:])
+
+
+@torch.no_grad()
+def mean_token_loss(model: SoftPromptModel, examples: list[Example], batch_size: int = 8) -> float:
+    """Token-weighted mean cross-entropy over the labelled tokens; NaN when there are none."""
+    if not examples:
+        return math.nan
+    total, count = 0.0, 0
+    scored = [without_first_token(e) for e in examples]
+    for batch in batches(scored, batch_size, model.base.tokenizer.pad_token_id):
+        batch = batch.to(model.base.device)
+        loss, n = model.loss(batch.input_ids, batch.attention_mask, batch.labels)
+        total, count = total + float(loss), count + n
+    return total / count if count else math.nan

@@ -1,0 +1,177 @@
+"""A frozen base model plus one soft prompt: forward, loss, save and load.
+
+The base model is only ever called through :func:`run_decoder` with ``inputs_embeds``, so the
+same code path serves training, scoring and generation, and the model's own ``generate`` is
+never patched.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from softprompt.adapter import AdapterConfig, load_adapter, save_adapter
+from softprompt.errors import AdapterError, BaseModelMismatchError
+from softprompt.inject import IGNORE_INDEX, Injected, inject, inject_labels
+from softprompt.models import BaseModel, load_base_model
+from softprompt.prompt import PEFT_INIT_NAMES, Init, PromptConfig, SoftPrompt, initial_embedding
+
+log = logging.getLogger(__name__)
+
+# Rows of the LM head computed at once when scoring; bounds the [rows, vocab] logits buffer.
+LOSS_CHUNK = 2048
+
+
+def run_decoder(
+    base: BaseModel,
+    embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    cache: Any | None = None,
+    use_cache: bool = False,
+) -> tuple[torch.Tensor, Any]:
+    """Run the decoder stack (no LM head) on embeddings [B, L, H]; returns hidden states and cache.
+
+    With a cache, ``attention_mask`` covers the cached positions too and ``position_ids`` only
+    the new ones, as transformers expects.
+    """
+    kwargs: dict[str, Any] = {"inputs_embeds": embeds, "attention_mask": attention_mask}
+    if base.accepts_position_ids:
+        kwargs["position_ids"] = position_ids
+    out = base.model.base_model(**kwargs, cache=cache, use_cache=use_cache)
+    return out.last_hidden_state, out.cache if use_cache else None
+
+
+def lm_logits(base: BaseModel, hidden: torch.Tensor) -> torch.Tensor:
+    """Apply the LM head (and final logit soft-capping, for models that have it)."""
+    logits = base.model.get_output_embeddings()(hidden)
+    cap = getattr(base.model.config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def token_nll(base: BaseModel, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy of the labelled next tokens, and how many there were.
+
+    The LM head runs only on positions that predict a label, so the [B, L, vocab] logits
+    tensor is never built: for short targets this is most of the compute saved.
+    """
+    targets = labels[:, 1:]  # position i predicts token i + 1
+    keep = targets != IGNORE_INDEX
+    selected = hidden[:, :-1][keep]  # [N, H]
+    wanted = targets[keep]  # [N]
+    total = hidden.new_zeros(())
+    for start in range(0, selected.shape[0], LOSS_CHUNK):
+        logits = lm_logits(base, selected[start : start + LOSS_CHUNK]).float()
+        total = total + F.cross_entropy(logits, wanted[start : start + LOSS_CHUNK], reduction="sum")
+    return total, int(wanted.numel())
+
+
+class SoftPromptModel(nn.Module):
+    """The frozen base model and a trainable (or loaded) soft prompt."""
+
+    def __init__(self, base: BaseModel, prompt: SoftPrompt | None = None, prompt_config: PromptConfig | None = None):
+        super().__init__()
+        self.base = base
+        self.prompt = prompt
+        self.prompt_config = prompt_config
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        base: str | BaseModel,
+        adapter: str | Path | None = None,
+        *,
+        allow_base_mismatch: bool = False,
+        **load_kwargs: Any,
+    ) -> SoftPromptModel:
+        """Load a base model (a reference or an already loaded one) and optionally an adapter."""
+        base_model = load_base_model(base, **load_kwargs) if isinstance(base, str) else base
+        if adapter is None:
+            return cls(base_model)
+        loaded = load_adapter(adapter)
+        check_compatible(base_model, loaded.config, Path(adapter), allow_base_mismatch)
+        return cls(base_model, SoftPrompt(loaded.embedding).to(base_model.device))
+
+    @classmethod
+    def with_new_prompt(cls, base: BaseModel, config: PromptConfig, seed: int = 0) -> SoftPromptModel:
+        """A fresh, trainable prompt initialised as ``config`` says (same seed, same prompt)."""
+        generator = torch.Generator().manual_seed(seed)
+        embedding = initial_embedding(config, base.embedding_weight, base.tokenizer, generator)
+        return cls(base, SoftPrompt(embedding).to(base.device), config)
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Injected:
+        token_embeds = self.base.model.get_input_embeddings()(input_ids)
+        prompt = None if self.prompt is None else self.prompt()
+        return inject(token_embeds, attention_mask, [prompt] * input_ids.shape[0])
+
+    def loss(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, int]:
+        """Summed next-token loss over labelled tokens, and their count."""
+        injected = self.embed(input_ids, attention_mask)
+        hidden, _ = run_decoder(self.base, injected.embeds, injected.attention_mask, injected.position_ids)
+        return token_nll(self.base, hidden, inject_labels(labels, injected))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Logits [B, T, vocab] for the real tokens only (virtual positions are dropped)."""
+        injected = self.embed(input_ids, attention_mask)
+        hidden, _ = run_decoder(self.base, injected.embeds, injected.attention_mask, injected.position_ids)
+        return lm_logits(self.base, hidden[:, -input_ids.shape[1] :])
+
+    def require_prompt(self) -> SoftPrompt:
+        if self.prompt is None:
+            raise AdapterError("this model has no soft prompt (load an adapter or train one first)")
+        return self.prompt
+
+    def adapter_config(self, metrics: dict[str, Any] | None = None) -> AdapterConfig:
+        prompt = self.require_prompt()
+        config = self.base.model.config
+        init = self.prompt_config.init if self.prompt_config else Init.FILE
+        return AdapterConfig(
+            num_virtual_tokens=prompt.num_virtual_tokens,
+            token_dim=self.base.hidden_size,
+            num_layers=getattr(config, "num_hidden_layers", None),
+            num_attention_heads=getattr(config, "num_attention_heads", None),
+            prompt_tuning_init=PEFT_INIT_NAMES[init],
+            prompt_tuning_init_text=self.prompt_config.init_text if init is Init.TEXT and self.prompt_config else None,
+            tokenizer_name_or_path=self.base.name,
+            base_model_name_or_path=self.base.name,
+            softprompt_base_fingerprint=self.base.fingerprint,
+            softprompt_tokenizer_fingerprint=self.base.tokenizer_fingerprint,
+            softprompt_metrics=dict(metrics or {}),
+        )
+
+    def save_pretrained(self, directory: str | Path, metrics: dict[str, Any] | None = None) -> Path:
+        return save_adapter(directory, self.require_prompt().embedding, self.adapter_config(metrics))
+
+    def generate(self, texts: Sequence[str], config: Any = None) -> list[str]:
+        """Generate continuations of ``texts`` with this model's prompt (see softprompt.generate)."""
+        from softprompt.generate import GenerateConfig, generate
+
+        prompt = None if self.prompt is None else self.prompt.embedding.detach()
+        return generate(self.base, list(texts), [prompt] * len(texts), config or GenerateConfig())
+
+
+def check_compatible(base: BaseModel, config: AdapterConfig, where: Path, allow_mismatch: bool) -> None:
+    """Refuse an adapter trained for another base model; a fingerprint mismatch can be overridden."""
+    if config.token_dim != base.hidden_size:
+        raise BaseModelMismatchError(
+            f"adapter {where} has token_dim {config.token_dim}, but base model {base.name!r} has hidden size "
+            f"{base.hidden_size}: it was trained on a different model ({config.base_model_name_or_path})"
+        )
+    expected = config.softprompt_base_fingerprint
+    if expected is None or expected == base.fingerprint:
+        return
+    message = (
+        f"adapter {where} was trained on base model {config.base_model_name_or_path!r} "
+        f"(fingerprint {expected}), but {base.name!r} has fingerprint {base.fingerprint}"
+    )
+    if not allow_mismatch:
+        raise BaseModelMismatchError(message + "; pass --allow-base-mismatch to load it anyway")
+    log.warning("%s; loading anyway as asked", message)

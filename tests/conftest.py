@@ -1,0 +1,106 @@
+"""Tiny random models built in-process: every architecture family in seconds, no downloads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    AutoModelForCausalLM,
+    BloomConfig,
+    GPT2Config,
+    LlamaConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
+
+from softprompt.models import BaseModel, load_base_model
+
+ARCHS = ["llama", "gpt2", "bloom", "qwen2"]
+EOS = "<|endoftext|>"
+
+
+def byte_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer with no merges: any text round-trips, vocab 257."""
+    byte_map = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(byte_map))}
+    vocab[EOS] = len(vocab)
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token=EOS, pad_token=EOS)
+    tokenizer.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}<assistant>"
+    return tokenizer
+
+
+def tiny_config(arch: str):
+    common = dict(vocab_size=258, eos_token_id=256, bos_token_id=256, pad_token_id=256)
+    if arch == "llama":
+        return LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            **common,
+        )
+    if arch == "qwen2":
+        return Qwen2Config(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            **common,
+        )
+    if arch == "gpt2":
+        return GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=512, **common)
+    if arch == "bloom":
+        return BloomConfig(hidden_size=32, n_layer=2, n_head=4, **common)
+    raise ValueError(arch)
+
+
+def save_tiny(arch: str, directory: Path, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(arch))
+    # Larger weights than the default init so logits are far from uniform and argmax is stable.
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.ndim == 2:
+                param.normal_(0, 0.3)
+    model.save_pretrained(directory)
+    byte_tokenizer().save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {arch: save_tiny(arch, root / arch) for arch in ARCHS}
+
+
+@pytest.fixture(params=ARCHS)
+def arch(request) -> str:
+    return request.param
+
+
+def load_tiny(tiny_dirs: dict[str, Path], arch: str, dtype: torch.dtype = torch.float32) -> BaseModel:
+    return load_base_model(str(tiny_dirs[arch]), dtype=dtype, device="cpu")
+
+
+@pytest.fixture
+def tiny(tiny_dirs, arch) -> BaseModel:
+    """A tiny model of each architecture; its large random weights keep greedy argmax away from ties.
+
+    float32, not float64: bloom's eager attention casts a float64 mask minimum to -inf in fp32.
+    """
+    return load_tiny(tiny_dirs, arch)
+
+
+@pytest.fixture
+def llama(tiny_dirs) -> BaseModel:
+    return load_tiny(tiny_dirs, "llama")
