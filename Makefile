@@ -21,7 +21,7 @@ demo: setup
 	$(VENV)/bin/softprompt demo
 
 test: setup
-	$(PY) -m ruff check softprompt tests bench
+	$(PY) -m ruff check .
 	$(PY) -m mypy softprompt
 	$(PY) -m pytest --cov=softprompt --cov-report=term:skip-covered
 

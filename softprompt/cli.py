@@ -17,7 +17,7 @@ from rich.table import Table
 
 from softprompt.cli_args import add_config_args, config_from_args
 from softprompt.data import DataConfig
-from softprompt.errors import SoftPromptError
+from softprompt.errors import SoftPromptError, TrainingInterrupted
 from softprompt.generate import GenerateConfig
 from softprompt.models import DEFAULT_MODEL
 
@@ -35,8 +35,13 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from softprompt.prompt import PromptConfig
-    from softprompt.train import TrainConfig, tune
+    from softprompt.train import TrainConfig, resume, tune
 
+    if args.resume:
+        result = resume(args.resume, device=args.device)
+        _print_metrics(result.metrics)
+        console.print(f"adapter saved to [bold]{result.output}[/bold]")
+        return 0
     result = tune(
         args.model,
         config_from_args(DataConfig, args),
@@ -111,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="tune a soft prompt on a dataset and save it as an adapter")
     _model_args(train)
+    train.add_argument(
+        "--resume",
+        metavar="DIR",
+        default=None,
+        help="continue the interrupted run in DIR from its checkpoint (other options are taken from it)",
+    )
     for cls in (DataConfig, PromptConfig, TrainConfig):
         add_config_args(train, cls)
     train.set_defaults(func=cmd_train)
@@ -144,6 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.func(args))
+    except TrainingInterrupted as exc:
+        print(f"softprompt: {exc}", file=sys.stderr)
+        return 130
     except SoftPromptError as exc:
         print(f"softprompt: error: {exc}", file=sys.stderr)
         return 2

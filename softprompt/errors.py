@@ -10,6 +10,7 @@ and where (file, row, field), so the CLI can print it as one line and exit non-z
     ├── AdapterError         an adapter directory is missing, corrupt or unsafe
     │   └── BaseModelMismatchError   the adapter was trained on another base model
     ├── TrainingError        training cannot go on (non-finite loss, unwritable output)
+    │   └── TrainingInterrupted      Ctrl-C: a checkpoint was saved, resume with --resume
     └── RequestError         a generation request is invalid (server and API)
 """
 
@@ -41,6 +42,10 @@ class BaseModelMismatchError(AdapterError):
 
 
 class TrainingError(SoftPromptError):
+    pass
+
+
+class TrainingInterrupted(TrainingError):
     pass
 
 

@@ -7,24 +7,24 @@ line per optimizer step and per evaluation), ``metrics.json`` (the summary) and
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import resource
-import time
+import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import psutil
 import torch
-from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from softprompt.adapter import atomic_path, write_json
-from softprompt.data import Batch, DataConfig, Example, batches, label_words, load_examples
-from softprompt.errors import ConfigError, TrainingError
+from softprompt.checkpoint import Checkpoint, load_checkpoint
+from softprompt.data import DataConfig, Example, label_words, load_examples
+from softprompt.errors import ConfigError, TrainingError, TrainingInterrupted
 from softprompt.evaluate import mean_token_loss
+from softprompt.loop import Progress, TrainingLoop
 from softprompt.model import SoftPromptModel
 from softprompt.models import load_base_model
 from softprompt.plots import save_loss_curve
@@ -53,6 +53,10 @@ class TrainConfig:
     )
     group_by_length: bool = field(default=True, metadata={"help": "batch rows of similar length to cut padding"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    checkpoint_every: int = field(
+        default=20,
+        metadata={"help": "save a resumable checkpoint every N optimizer steps (and every epoch); 0: epochs only"},
+    )
 
     def __post_init__(self) -> None:
         if not self.lr > 0 or not math.isfinite(self.lr):
@@ -61,8 +65,8 @@ class TrainConfig:
             raise ConfigError("epochs, grad_accum and eval_batch_size must be >= 1 and batch_size >= 0")
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
-        if not 0 <= self.warmup_ratio < 1 or self.early_stopping < 0:
-            raise ConfigError("warmup_ratio must be in [0, 1) and early_stopping >= 0")
+        if not 0 <= self.warmup_ratio < 1 or self.early_stopping < 0 or self.checkpoint_every < 0:
+            raise ConfigError("warmup_ratio must be in [0, 1), early_stopping and checkpoint_every >= 0")
 
 
 @dataclass
@@ -94,6 +98,10 @@ def auto_batch_size(model: SoftPromptModel, examples: list[Example], budget_byte
     return size
 
 
+# Adapter + checkpoint + metrics + plot for a 135M model take well under 1 MB; ask for margin.
+MIN_FREE_BYTES = 16 << 20
+
+
 def prepare_output(output: Path) -> None:
     """Fail before training, not after it, when results could not be saved."""
     try:
@@ -101,93 +109,82 @@ def prepare_output(output: Path) -> None:
         with atomic_path(output / ".write-test") as probe:
             probe.write_bytes(b"ok")
         (output / ".write-test").unlink()
+        free = shutil.disk_usage(output).free
     except OSError as exc:
         raise TrainingError(f"cannot write to output directory {output}: {exc.strerror or exc}") from exc
+    if free < MIN_FREE_BYTES:
+        raise TrainingError(f"only {free >> 20} MB free in {output}; free at least {MIN_FREE_BYTES >> 20} MB first")
 
 
 def train(
-    model: SoftPromptModel, train_set: list[Example], eval_set: list[Example], config: TrainConfig
+    model: SoftPromptModel,
+    train_set: list[Example],
+    eval_set: list[Example],
+    config: TrainConfig,
+    *,
+    resume: Checkpoint | None = None,
+    run_info: dict[str, Any] | None = None,
 ) -> TrainResult:
+    """Train the prompt; with ``resume``, continue exactly where that checkpoint stopped.
+
+    Ctrl-C saves a checkpoint at the last completed optimizer step before exiting.
+    """
     prompt = model.require_prompt()
     output = Path(config.output)
     prepare_output(output)
     torch.manual_seed(config.seed)
-    batch_size = config.batch_size or auto_batch_size(model, train_set)
-    pad_id = model.base.tokenizer.pad_token_id
+    batch_size = resume.progress["batch_size"] if resume else config.batch_size or auto_batch_size(model, train_set)
     steps_per_epoch = math.ceil(math.ceil(len(train_set) / batch_size) / config.grad_accum)
     total_steps = steps_per_epoch * config.epochs
     optimizer = torch.optim.AdamW(prompt.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_scheduler(config.scheduler, optimizer, int(config.warmup_ratio * total_steps), total_steps)
-    records: list[dict[str, Any]] = []
-    before = mean_token_loss(model, eval_set, config.eval_batch_size)
-    records.append({"step": 0, "epoch": 0, "eval_loss": before})
-    log.info("held-out loss before training: %.4f (%d rows), batch size %d", before, len(eval_set), batch_size)
+    loop = TrainingLoop(
+        model, train_set, eval_set, config, output, optimizer, scheduler, Progress(batch_size), dict(run_info or {})
+    )
+    if resume:
+        loop.restore(resume)
+    else:
+        (output / "metrics.jsonl").unlink(missing_ok=True)
+        loop.evaluate_before()
+    try:
+        loop.run()
+    except KeyboardInterrupt:
+        loop.checkpoint()
+        raise TrainingInterrupted(
+            f"interrupted after step {loop.step}; checkpoint saved, continue with: softprompt train --resume {output}"
+        ) from None
+    return _finish(loop)
 
-    state = _LoopState(best_loss=before, best_prompt=prompt.embedding.detach().clone())
-    started = time.perf_counter()
-    with open(output / "metrics.jsonl", "w", encoding="utf-8") as log_file:
-        _log_record(log_file, records[0])
-        for epoch in range(1, config.epochs + 1):
-            epoch_batches = list(
-                batches(
-                    train_set,
-                    batch_size,
-                    pad_id,
-                    shuffle=True,
-                    seed=config.seed + epoch,
-                    group_by_length=config.group_by_length,
-                )
-            )
-            bar = tqdm(epoch_batches, desc=f"epoch {epoch}/{config.epochs}", disable=not config.progress, leave=False)
-            for index, batch in enumerate(bar):
-                loss = _backward(model, batch.to(model.base.device), config.grad_accum, state)
-                if (index + 1) % config.grad_accum == 0 or index + 1 == len(epoch_batches):
-                    _step(prompt.parameters(), optimizer, scheduler, config.max_grad_norm)
-                    state.step += 1
-                    record = {
-                        "step": state.step,
-                        "epoch": epoch,
-                        "loss": loss,
-                        "lr": scheduler.get_last_lr()[0],
-                        "elapsed": time.perf_counter() - started,
-                    }
-                    records.append(record)
-                    _log_record(log_file, record)
-                    bar.set_postfix(loss=f"{loss:.3f}")
-            eval_loss = mean_token_loss(model, eval_set, config.eval_batch_size)
-            records.append({"step": state.step, "epoch": epoch, "eval_loss": eval_loss})
-            _log_record(log_file, records[-1])
-            log.info("epoch %d: held-out loss %.4f", epoch, eval_loss)
-            if _stop_early(state, epoch, eval_loss, prompt.embedding, config):
-                break
-    train_seconds = time.perf_counter() - started
-    if config.early_stopping and state.best_epoch:
+
+def _finish(loop: TrainingLoop) -> TrainResult:
+    model, config, progress = loop.model, loop.config, loop.progress
+    if config.early_stopping and progress.best_epoch and loop.best_prompt is not None:
         with torch.no_grad():
-            prompt.embedding.copy_(state.best_prompt)
-    after = mean_token_loss(model, eval_set, config.eval_batch_size)
+            loop.embedding.copy_(loop.best_prompt)
+    after = mean_token_loss(model, loop.eval_set, config.eval_batch_size)
+    seconds = max(progress.train_seconds, 1e-9)
     metrics = {
         "base_model": model.base.name,
-        "num_virtual_tokens": prompt.num_virtual_tokens,
+        "num_virtual_tokens": loop.embedding.shape[0],
         "init": model.prompt_config.init.value if model.prompt_config else None,
-        "heldout_loss_before": before,
+        "heldout_loss_before": progress.heldout_loss_before,
         "heldout_loss_after": after,
-        "train_seconds": train_seconds,
-        "train_tokens_per_second": state.real_tokens / train_seconds,
-        "train_padded_tokens_per_second": state.padded_tokens / train_seconds,
-        "train_rows": len(train_set),
-        "eval_rows": len(eval_set),
-        "epochs_run": records[-1]["epoch"],
-        "optimizer_steps": state.step,
-        "batch_size": batch_size,
+        "train_seconds": progress.train_seconds,
+        "train_tokens_per_second": progress.real_tokens / seconds,
+        "train_padded_tokens_per_second": progress.padded_tokens / seconds,
+        "train_rows": len(loop.train_set),
+        "eval_rows": len(loop.eval_set),
+        "epochs_run": loop.epoch - 1,
+        "optimizer_steps": loop.step,
+        "batch_size": progress.batch_size,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "config": asdict(config),
     }
-    model.save_pretrained(output, metrics={k: v for k, v in metrics.items() if k != "config"})
-    write_json(output / "metrics.json", metrics)
-    save_loss_curve(
-        records, output / "loss_curve.png", title=f"{model.base.name}: {prompt.num_virtual_tokens} virtual tokens"
-    )
-    return TrainResult(output=output, metrics=metrics)
+    model.save_pretrained(loop.output, metrics={k: v for k, v in metrics.items() if k != "config"})
+    write_json(loop.output / "metrics.json", metrics)
+    title = f"{model.base.name}: {loop.embedding.shape[0]} virtual tokens"
+    save_loss_curve(loop.records, loop.output / "loss_curve.png", title=title)
+    return TrainResult(output=loop.output, metrics=metrics)
 
 
 def tune(
@@ -206,55 +203,20 @@ def tune(
     if prompt.init is Init.LABELS and not prompt.init_labels:
         prompt = replace(prompt, init_labels=label_words(data))
     tuned = SoftPromptModel.with_new_prompt(base, prompt, seed=training.seed)
-    return train(tuned, train_set, held_out, training)
+    run_info = {"model": model, "trust_remote_code": trust_remote_code, "data": asdict(data),
+                "prompt": asdict(prompt), "train": asdict(training)}  # fmt: skip
+    return train(tuned, train_set, held_out, training, run_info=run_info)
 
 
-@dataclass
-class _LoopState:
-    best_loss: float
-    best_prompt: torch.Tensor
-    best_epoch: int = 0
-    stale_epochs: int = 0
-    step: int = 0
-    real_tokens: int = 0
-    padded_tokens: int = 0
-
-
-def _backward(model: SoftPromptModel, batch: Batch, grad_accum: int, state: _LoopState) -> float:
-    loss_sum, count = model.loss(batch.input_ids, batch.attention_mask, batch.labels)
-    loss = loss_sum / max(count, 1)
-    if not torch.isfinite(loss):
-        raise TrainingError(
-            f"loss became {float(loss)} at step {state.step + 1}; lower --lr or check the data. "
-            "Nothing was saved from this run"
-        )
-    (loss / grad_accum).backward()
-    state.real_tokens += batch.real_tokens
-    state.padded_tokens += batch.input_ids.numel()
-    return float(loss.detach())
-
-
-def _step(params, optimizer, scheduler, max_grad_norm: float) -> None:
-    params = list(params)
-    if max_grad_norm:
-        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-
-
-def _stop_early(state: _LoopState, epoch: int, eval_loss: float, embedding: torch.Tensor, config: TrainConfig) -> bool:
-    if eval_loss < state.best_loss:
-        state.best_loss, state.best_epoch, state.stale_epochs = eval_loss, epoch, 0
-        state.best_prompt = embedding.detach().clone()
-        return False
-    state.stale_epochs += 1
-    return bool(config.early_stopping) and state.stale_epochs >= config.early_stopping
-
-
-def _log_record(handle, record: dict[str, Any]) -> None:
-    handle.write(
-        json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()})
-        + "\n"
-    )
-    handle.flush()
+def resume(output: str | Path, *, device: str | None = None, epochs: int | None = None) -> TrainResult:
+    """Continue an interrupted run from ``output/checkpoint.safetensors`` (``softprompt train --resume``)."""
+    ckpt = load_checkpoint(Path(output))
+    run = ckpt.run
+    if not run:
+        raise TrainingError(f"{output}: the checkpoint does not record its run; resume through the Python API")
+    training = TrainConfig(**{**run["train"], "output": str(output), **({"epochs": epochs} if epochs else {})})
+    data, prompt = DataConfig(**run["data"]), PromptConfig(**run["prompt"])
+    base = load_base_model(run["model"], trust_remote_code=run["trust_remote_code"], device=device)
+    train_set, held_out = load_examples(data, base.tokenizer)
+    model = SoftPromptModel.with_new_prompt(base, prompt, seed=training.seed)
+    return train(model, train_set, held_out, training, resume=ckpt, run_info=run)
