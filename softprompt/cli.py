@@ -65,8 +65,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
         trust_remote_code=args.trust_remote_code,
         device=args.device,
     )
-    for text in model.generate(args.prompts, config_from_args(GenerateConfig, args)):
-        console.print(text, markup=False, highlight=False)
+    config = config_from_args(GenerateConfig, args)
+    tuned = model.generate(args.prompts, config)
+    if not args.side_by_side:
+        for text in tuned:
+            console.print(text, markup=False, highlight=False)
+        return 0
+    bare = SoftPromptModel(model.base).generate(args.prompts, config)
+    table = Table(show_lines=True)
+    for title in ("prompt", "base model", f"with {args.adapter}"):
+        table.add_column(title, ratio=1)
+    for row in zip(args.prompts, bare, tuned):
+        table.add_row(*row)
+    console.print(table)
     return 0
 
 
@@ -131,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompts", nargs="+", help="one or more prompts (batched together)")
     gen.add_argument("--adapter", default=None, help="adapter directory (softprompt or PEFT format)")
     gen.add_argument("--allow-base-mismatch", action="store_true", help="load an adapter trained on another base model")
+    gen.add_argument("--side-by-side", action="store_true", help="also generate without the adapter and show both")
     add_config_args(gen, GenerateConfig)
     gen.set_defaults(func=cmd_generate)
 
