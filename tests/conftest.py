@@ -43,26 +43,10 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
 
 def tiny_config(arch: str):
     common = dict(vocab_size=258, eos_token_id=256, bos_token_id=256, pad_token_id=256)
-    if arch == "llama":
-        return LlamaConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            **common,
-        )
-    if arch == "qwen2":
-        return Qwen2Config(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            **common,
-        )
+    rope = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=512)  # fmt: skip
+    if arch in ("llama", "qwen2"):
+        return {"llama": LlamaConfig, "qwen2": Qwen2Config}[arch](**rope, **common)
     if arch == "gpt2":
         return GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=512, **common)
     if arch == "bloom":
