@@ -34,24 +34,27 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from softprompt import distributed
     from softprompt.prompt import PromptConfig
     from softprompt.train import TrainConfig, resume, tune
 
-    if args.resume:
-        result = resume(args.resume, device=args.device)
-        _print_metrics(result.metrics)
-        console.print(f"adapter saved to [bold]{result.output}[/bold]")
-        return 0
-    result = tune(
-        args.model,
-        config_from_args(DataConfig, args),
-        config_from_args(PromptConfig, args),
-        config_from_args(TrainConfig, args),
-        trust_remote_code=args.trust_remote_code,
-        device=args.device,
-    )
-    _print_metrics(result.metrics)
-    console.print(f"adapter saved to [bold]{result.output}[/bold]")
+    try:  # under torchrun / accelerate launch, tune() and resume() join the process group
+        if args.resume:
+            result = resume(args.resume, device=args.device)
+        else:
+            result = tune(
+                args.model,
+                config_from_args(DataConfig, args),
+                config_from_args(PromptConfig, args),
+                config_from_args(TrainConfig, args),
+                trust_remote_code=args.trust_remote_code,
+                device=args.device,
+            )
+        if distributed.is_main():
+            _print_metrics(result.metrics)
+            console.print(f"adapter saved to [bold]{result.output}[/bold]")
+    finally:
+        distributed.shutdown()
     return 0
 
 

@@ -19,6 +19,7 @@ import psutil
 import torch
 from transformers import get_scheduler
 
+from softprompt import distributed
 from softprompt.adapter import atomic_path, write_json
 from softprompt.checkpoint import Checkpoint, load_checkpoint
 from softprompt.data import DataConfig, Example, label_words, load_examples
@@ -131,9 +132,9 @@ def train(
     """
     prompt = model.require_prompt()
     output = Path(config.output)
-    prepare_output(output)
+    distributed.on_main(lambda: prepare_output(output))
     torch.manual_seed(config.seed)
-    batch_size = resume.progress["batch_size"] if resume else config.batch_size or auto_batch_size(model, train_set)
+    batch_size = resume.progress["batch_size"] if resume else config.batch_size or _auto_global_batch(model, train_set)
     steps_per_epoch = math.ceil(math.ceil(len(train_set) / batch_size) / config.grad_accum)
     total_steps = steps_per_epoch * config.epochs
     optimizer = torch.optim.AdamW(prompt.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -144,7 +145,8 @@ def train(
     if resume:
         loop.restore(resume)
     else:
-        (output / "metrics.jsonl").unlink(missing_ok=True)
+        if distributed.is_main():
+            (output / "metrics.jsonl").unlink(missing_ok=True)
         loop.evaluate_before()
     try:
         loop.run()
@@ -154,6 +156,11 @@ def train(
             f"interrupted after step {loop.step}; checkpoint saved, continue with: softprompt train --resume {output}"
         ) from None
     return _finish(loop)
+
+
+def _auto_global_batch(model: SoftPromptModel, examples: list[Example]) -> int:
+    """Rows per step over all processes: what fits the smallest device, times the process count."""
+    return distributed.global_min(auto_batch_size(model, examples)) * distributed.world_size()
 
 
 def _finish(loop: TrainingLoop) -> TrainResult:
@@ -177,13 +184,16 @@ def _finish(loop: TrainingLoop) -> TrainResult:
         "epochs_run": loop.epoch - 1,
         "optimizer_steps": loop.step,
         "batch_size": progress.batch_size,
+        "processes": distributed.world_size(),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "config": asdict(config),
     }
-    model.save_pretrained(loop.output, metrics={k: v for k, v in metrics.items() if k != "config"})
-    write_json(loop.output / "metrics.json", metrics)
-    title = f"{model.base.name}: {loop.embedding.shape[0]} virtual tokens"
-    save_loss_curve(loop.records, loop.output / "loss_curve.png", title=title)
+    if distributed.is_main():
+        model.save_pretrained(loop.output, metrics={k: v for k, v in metrics.items() if k != "config"})
+        write_json(loop.output / "metrics.json", metrics)
+        title = f"{model.base.name}: {loop.embedding.shape[0]} virtual tokens"
+        save_loss_curve(loop.records, loop.output / "loss_curve.png", title=title)
+    distributed.barrier()  # the adapter exists for every rank once train() returns
     return TrainResult(output=loop.output, metrics=metrics)
 
 
@@ -196,10 +206,15 @@ def tune(
     trust_remote_code: bool = False,
     device: str | None = None,
 ) -> TrainResult:
-    """Load a base model and data, initialise a prompt and train it: ``softprompt train`` in Python."""
-    prepare_output(Path(training.output))
-    base = load_base_model(model, trust_remote_code=trust_remote_code, device=device)
-    train_set, held_out = load_examples(data, base.tokenizer)
+    """Load a base model and data, initialise a prompt and train it: ``softprompt train`` in Python.
+
+    Under ``torchrun`` / ``accelerate launch`` every process calls this; see softprompt.distributed.
+    """
+    device = distributed.setup(device)
+    distributed.on_main(lambda: prepare_output(Path(training.output)))
+    with distributed.main_first():  # rank 0 fills the model and dataset caches, the others read them
+        base = load_base_model(model, trust_remote_code=trust_remote_code, device=device)
+        train_set, held_out = load_examples(data, base.tokenizer)
     if prompt.init is Init.LABELS and not prompt.init_labels:
         prompt = replace(prompt, init_labels=label_words(data))
     tuned = SoftPromptModel.with_new_prompt(base, prompt, seed=training.seed)
@@ -210,13 +225,15 @@ def tune(
 
 def resume(output: str | Path, *, device: str | None = None, epochs: int | None = None) -> TrainResult:
     """Continue an interrupted run from ``output/checkpoint.safetensors`` (``softprompt train --resume``)."""
-    ckpt = load_checkpoint(Path(output))
+    device = distributed.setup(device)
+    ckpt = load_checkpoint(Path(output))  # every rank reads it: multi-node runs need a shared output directory
     run = ckpt.run
     if not run:
         raise TrainingError(f"{output}: the checkpoint does not record its run; resume through the Python API")
     training = TrainConfig(**{**run["train"], "output": str(output), **({"epochs": epochs} if epochs else {})})
     data, prompt = DataConfig(**run["data"]), PromptConfig(**run["prompt"])
-    base = load_base_model(run["model"], trust_remote_code=run["trust_remote_code"], device=device)
-    train_set, held_out = load_examples(data, base.tokenizer)
+    with distributed.main_first():
+        base = load_base_model(run["model"], trust_remote_code=run["trust_remote_code"], device=device)
+        train_set, held_out = load_examples(data, base.tokenizer)
     model = SoftPromptModel.with_new_prompt(base, prompt, seed=training.seed)
     return train(model, train_set, held_out, training, resume=ckpt, run_info=run)
