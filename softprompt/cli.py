@@ -73,6 +73,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from softprompt.export import ExportConfig, export_prompt_embeds
+    from softprompt.model import SoftPromptModel
+
+    config = config_from_args(ExportConfig, args)  # validate before loading anything
+    model = SoftPromptModel.from_pretrained(
+        args.model,
+        args.adapter,
+        allow_base_mismatch=args.allow_base_mismatch,
+        trust_remote_code=args.trust_remote_code,
+        device=args.device,
+    )
+    path = export_prompt_embeds(model, args.prompt, config)
+    console.print(f"{config.to} for {args.prompt!r} saved to [bold]{path}[/bold]")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from softprompt.demo import DEMO_GENERATION, run_demo
     from softprompt.prompt import PromptConfig
@@ -136,6 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--allow-base-mismatch", action="store_true", help="load an adapter trained on another base model")
     add_config_args(gen, GenerateConfig)
     gen.set_defaults(func=cmd_generate)
+
+    export = sub.add_parser("export", help="write the embeddings a serving engine needs (vLLM prompt_embeds)")
+    _model_args(export)
+    export.add_argument("prompt", help="the request text; the file holds soft prompt + its token embeddings")
+    export.add_argument("--adapter", required=True, help="adapter directory (softprompt or PEFT format)")
+    export.add_argument("--allow-base-mismatch", action="store_true", help="load an adapter trained on another model")
+    from softprompt.export import ExportConfig
+
+    add_config_args(export, ExportConfig)
+    export.set_defaults(func=cmd_export)
 
     demo = sub.add_parser("demo", help="the whole walkthrough on the built-in model, offline")
     _model_args(demo)
