@@ -28,13 +28,13 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from softprompt.data import Batch
-from softprompt.errors import TrainingError
+from softprompt.errors import SoftPromptError, TrainingError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -110,20 +110,27 @@ def main_first() -> Iterator[None]:
             barrier()
 
 
-def on_main(action: Callable[[], T]) -> T | None:
-    """Run ``action`` on rank 0 only; if it fails, every rank raises, so none waits forever."""
-    error: list[str | None] = [None]
-    result = None
+def on_main(action: Callable[[], T]) -> T:
+    """Run ``action`` on rank 0 only and hand its result to every rank.
+
+    If it raises a SoftPromptError, every rank raises it, so none waits forever at the next
+    collective. Used for the output-directory check and for reading a checkpoint (so a
+    multi-node resume needs the output directory only on rank 0's node).
+    """
+    payload: list[Any] = [None]
     if is_main():
         try:
-            result = action()
-        except TrainingError as exc:
-            error[0] = str(exc)
+            payload[0] = (True, action())
+        except SoftPromptError as exc:
+            if not active():
+                raise
+            payload[0] = (False, exc)
     if active():
-        dist.broadcast_object_list(error, src=0)
-    if error[0] is not None:
-        raise TrainingError(error[0])
-    return result
+        dist.broadcast_object_list(payload, src=0)
+    ok, value = payload[0]
+    if not ok:
+        raise value
+    return value
 
 
 def shard(batch: Batch) -> Batch:

@@ -226,7 +226,7 @@ def tune(
 def resume(output: str | Path, *, device: str | None = None, epochs: int | None = None) -> TrainResult:
     """Continue an interrupted run from ``output/checkpoint.safetensors`` (``softprompt train --resume``)."""
     device = distributed.setup(device)
-    ckpt = load_checkpoint(Path(output))  # every rank reads it: multi-node runs need a shared output directory
+    ckpt = distributed.on_main(lambda: load_checkpoint(Path(output)))  # rank 0 reads, every rank gets it
     run = ckpt.run
     if not run:
         raise TrainingError(f"{output}: the checkpoint does not record its run; resume through the Python API")

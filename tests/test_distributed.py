@@ -42,10 +42,22 @@ def _free_port() -> int:
 
 
 def _torchrun(target: list[str], args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--nnodes", "1",
                 "--master-addr", "127.0.0.1", "--master-port", str(_free_port())]  # fmt: skip
-    return subprocess.run([*launcher, *target, *args], env=env, capture_output=True, text=True, timeout=300)
+    return _launch([*launcher, *target, *args])
+
+
+def _accelerate(target: list[str], args: list[str]) -> subprocess.CompletedProcess:
+    # --multi_gpu selects accelerate's torchrun-based launcher; with --device cpu the ranks use gloo.
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port())]  # fmt: skip
+    return _launch([*launcher, *target, *args])
+
+
+def _launch(command: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 
 def _train_args(model_dir, output) -> list[str]:
@@ -70,8 +82,9 @@ def _losses(output) -> list[float]:
     return [r.get("loss", r.get("eval_loss")) for r in lines]
 
 
-def test_two_processes_train_the_same_prompt_as_one(tiny_dirs, tmp_path, one_process):
-    done = _torchrun(["-m", "softprompt"], _train_args(tiny_dirs["llama"], tmp_path))
+@pytest.mark.parametrize("launch", [_torchrun, _accelerate], ids=["torchrun", "accelerate"])
+def test_two_processes_train_the_same_prompt_as_one(tiny_dirs, tmp_path, one_process, launch):
+    done = launch(["-m", "softprompt"], _train_args(tiny_dirs["llama"], tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
     torch.testing.assert_close(load_adapter(tmp_path).embedding, load_adapter(one_process).embedding, atol=1e-6, rtol=0)
     assert _losses(tmp_path) == pytest.approx(_losses(one_process), abs=1e-6)
@@ -102,3 +115,29 @@ def test_a_two_process_checkpoint_resumes_in_one_process(tiny_dirs, tmp_path, on
     assert result.metrics["processes"] == 1
     torch.testing.assert_close(load_adapter(output).embedding, load_adapter(one_process).embedding, atol=1e-6, rtol=0)
     assert _losses(output) == pytest.approx(_losses(one_process), abs=1e-6)
+
+
+def test_a_one_process_checkpoint_resumes_in_two_processes(tiny_dirs, tmp_path, one_process, monkeypatch):
+    import softprompt.loop as loop
+
+    original, calls = loop.TrainingLoop._backward, []
+
+    def interrupt_third(self, batch):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(self, batch)
+
+    monkeypatch.setattr(loop.TrainingLoop, "_backward", interrupt_third)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(_train_args(tiny_dirs["llama"], tmp_path)) == 130
+    finally:
+        torch.set_num_threads(threads)
+    assert load_checkpoint(tmp_path).next_batch == 2
+    done = _torchrun(["-m", "softprompt"], ["train", "--resume", str(tmp_path), "--device", "cpu"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "metrics.json").read_text())["processes"] == 2
+    torch.testing.assert_close(load_adapter(tmp_path).embedding, load_adapter(one_process).embedding, atol=1e-6, rtol=0)
+    assert _losses(tmp_path) == pytest.approx(_losses(one_process), abs=1e-6)
