@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(demo)
     add_config_args(demo, DataConfig, limit=50)
     add_config_args(demo, PromptConfig)
-    add_config_args(demo, TrainConfig, output="softprompt-demo")
+    add_config_args(demo, TrainConfig, exclude=("model_dtype",), output="softprompt-demo")
     demo.add_argument("--max-new-tokens", type=int, default=48, help="tokens generated before and after")
     demo.set_defaults(func=cmd_demo)
     return parser

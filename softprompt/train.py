@@ -34,6 +34,7 @@ from softprompt.prompt import Init, PromptConfig
 log = logging.getLogger(__name__)
 
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+MODEL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,10 @@ class TrainConfig:
         default=20,
         metadata={"help": "save a resumable checkpoint every N optimizer steps (and every epoch); 0: epochs only"},
     )
+    model_dtype: str = field(
+        default="float32",
+        metadata={"help": "dtype of the frozen base model: float32, bfloat16 or float16 (the prompt stays float32)"},
+    )
 
     def __post_init__(self) -> None:
         if not self.lr > 0 or not math.isfinite(self.lr):
@@ -68,6 +73,8 @@ class TrainConfig:
             raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         if not 0 <= self.warmup_ratio < 1 or self.early_stopping < 0 or self.checkpoint_every < 0:
             raise ConfigError("warmup_ratio must be in [0, 1), early_stopping and checkpoint_every >= 0")
+        if self.model_dtype not in MODEL_DTYPES:
+            raise ConfigError(f"model_dtype must be one of {', '.join(MODEL_DTYPES)}, got {self.model_dtype!r}")
 
 
 @dataclass
@@ -213,7 +220,8 @@ def tune(
     device = distributed.setup(device)
     distributed.on_main(lambda: prepare_output(Path(training.output)))
     with distributed.main_first():  # rank 0 fills the model and dataset caches, the others read them
-        base = load_base_model(model, trust_remote_code=trust_remote_code, device=device)
+        dtype = MODEL_DTYPES[training.model_dtype]
+        base = load_base_model(model, trust_remote_code=trust_remote_code, device=device, dtype=dtype)
         train_set, held_out = load_examples(data, base.tokenizer)
     if prompt.init is Init.LABELS and not prompt.init_labels:
         prompt = replace(prompt, init_labels=label_words(data))
@@ -233,7 +241,8 @@ def resume(output: str | Path, *, device: str | None = None, epochs: int | None 
     training = TrainConfig(**{**run["train"], "output": str(output), **({"epochs": epochs} if epochs else {})})
     data, prompt = DataConfig(**run["data"]), PromptConfig(**run["prompt"])
     with distributed.main_first():
-        base = load_base_model(run["model"], trust_remote_code=run["trust_remote_code"], device=device)
+        dtype = MODEL_DTYPES[training.model_dtype]
+        base = load_base_model(run["model"], trust_remote_code=run["trust_remote_code"], device=device, dtype=dtype)
         train_set, held_out = load_examples(data, base.tokenizer)
     model = SoftPromptModel.with_new_prompt(base, prompt, seed=training.seed)
     return train(model, train_set, held_out, training, resume=ckpt, run_info=run)
