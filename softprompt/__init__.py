@@ -16,6 +16,7 @@ from softprompt.errors import (
     TrainingError,
 )
 from softprompt.evaluate import mean_token_loss
+from softprompt.export import build_prompt_embeds
 from softprompt.generate import Completion, GenerateConfig, complete, generate
 from softprompt.model import SoftPromptModel
 from softprompt.models import BaseModel, load_base_model
@@ -45,6 +46,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainingError",
+    "build_prompt_embeds",
     "complete",
     "generate",
     "load_adapter",

@@ -34,24 +34,27 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from softprompt import distributed
     from softprompt.prompt import PromptConfig
     from softprompt.train import TrainConfig, resume, tune
 
-    if args.resume:
-        result = resume(args.resume, device=args.device)
-        _print_metrics(result.metrics)
-        console.print(f"adapter saved to [bold]{result.output}[/bold]")
-        return 0
-    result = tune(
-        args.model,
-        config_from_args(DataConfig, args),
-        config_from_args(PromptConfig, args),
-        config_from_args(TrainConfig, args),
-        trust_remote_code=args.trust_remote_code,
-        device=args.device,
-    )
-    _print_metrics(result.metrics)
-    console.print(f"adapter saved to [bold]{result.output}[/bold]")
+    try:  # under torchrun / accelerate launch, tune() and resume() join the process group
+        if args.resume:
+            result = resume(args.resume, device=args.device)
+        else:
+            result = tune(
+                args.model,
+                config_from_args(DataConfig, args),
+                config_from_args(PromptConfig, args),
+                config_from_args(TrainConfig, args),
+                trust_remote_code=args.trust_remote_code,
+                device=args.device,
+            )
+        if distributed.is_main():
+            _print_metrics(result.metrics)
+            console.print(f"adapter saved to [bold]{result.output}[/bold]")
+    finally:
+        distributed.shutdown()
     return 0
 
 
@@ -78,6 +81,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
     for row in zip(args.prompts, bare, tuned):
         table.add_row(*row)
     console.print(table)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from softprompt.export import ExportConfig, export_prompt_embeds
+    from softprompt.model import SoftPromptModel
+
+    config = config_from_args(ExportConfig, args)  # validate before loading anything
+    model = SoftPromptModel.from_pretrained(
+        args.model,
+        args.adapter,
+        allow_base_mismatch=args.allow_base_mismatch,
+        trust_remote_code=args.trust_remote_code,
+        device=args.device,
+    )
+    path = export_prompt_embeds(model, args.prompt, config)
+    console.print(f"{config.to} for {args.prompt!r} saved to [bold]{path}[/bold]")
     return 0
 
 
@@ -146,11 +166,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(gen, GenerateConfig)
     gen.set_defaults(func=cmd_generate)
 
+    export = sub.add_parser("export", help="write the embeddings a serving engine needs (vLLM prompt_embeds)")
+    _model_args(export)
+    export.add_argument("prompt", help="the request text; the file holds soft prompt + its token embeddings")
+    export.add_argument("--adapter", required=True, help="adapter directory (softprompt or PEFT format)")
+    export.add_argument("--allow-base-mismatch", action="store_true", help="load an adapter trained on another model")
+    from softprompt.export import ExportConfig
+
+    add_config_args(export, ExportConfig)
+    export.set_defaults(func=cmd_export)
+
     demo = sub.add_parser("demo", help="the whole walkthrough on the built-in model, offline")
     _model_args(demo)
     add_config_args(demo, DataConfig, limit=50)
     add_config_args(demo, PromptConfig)
-    add_config_args(demo, TrainConfig, output="softprompt-demo")
+    add_config_args(demo, TrainConfig, exclude=("model_dtype",), output="softprompt-demo")
     demo.add_argument("--max-new-tokens", type=int, default=48, help="tokens generated before and after")
     demo.set_defaults(func=cmd_demo)
     return parser

@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from softprompt import distributed
 from softprompt.data import Example, batches
 from softprompt.inject import IGNORE_INDEX
 from softprompt.model import SoftPromptModel
@@ -27,8 +28,10 @@ def mean_token_loss(model: SoftPromptModel, examples: list[Example], batch_size:
         return math.nan
     total, count = 0.0, 0
     scored = [without_first_token(e) for e in examples]
-    for batch in batches(scored, batch_size, model.base.tokenizer.pad_token_id):
+    # Under torchrun each process scores every world_size-th batch; the sums are then added up.
+    for batch in distributed.shard_list(list(batches(scored, batch_size, model.base.tokenizer.pad_token_id))):
         batch = batch.to(model.base.device)
         loss, n = model.loss(batch.input_ids, batch.attention_mask, batch.labels)
         total, count = total + float(loss), count + n
-    return total / count if count else math.nan
+    summed, tokens = distributed.global_sums(total, count)
+    return summed / tokens if tokens else math.nan

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from softprompt import distributed
 from softprompt.checkpoint import Checkpoint, save_checkpoint
 from softprompt.data import Batch, Example, batches
 from softprompt.errors import TrainingError
@@ -103,12 +104,12 @@ class TrainingLoop:
             total=len(epoch_batches),
             initial=self.next_batch,
             desc=f"epoch {self.epoch}/{self.config.epochs}",
-            disable=not self.config.progress,
+            disable=not self.config.progress or not distributed.is_main(),
             leave=False,
         )
         started = time.perf_counter()
         for index in range(self.next_batch, len(epoch_batches)):
-            loss = self._backward(epoch_batches[index].to(self.model.base.device))
+            loss = self._backward(epoch_batches[index])
             bar.update(1)
             if (index + 1) % accum == 0 or index + 1 == len(epoch_batches):
                 self._optimizer_step()
@@ -131,22 +132,31 @@ class TrainingLoop:
         bar.close()
 
     def _backward(self, batch: Batch) -> float:
-        loss_sum, count = self.model.loss(batch.input_ids, batch.attention_mask, batch.labels)
-        loss = loss_sum / max(count, 1)
-        if not torch.isfinite(loss):
+        """Backpropagate this process's rows of a global batch; returns the global mean token loss.
+
+        Dividing the summed loss by the global token count makes the ranks' gradients add up
+        to the 1-process gradient exactly (see softprompt.distributed).
+        """
+        local = distributed.shard(batch).to(self.model.base.device)
+        rows = local.input_ids.shape[0]  # 0 when a short last batch has fewer rows than ranks
+        loss_sum, count = self.model.loss(local.input_ids, local.attention_mask, local.labels) if rows else (None, 0)
+        total, tokens, real, padded = distributed.global_sums(
+            float(loss_sum.detach()) if loss_sum is not None else 0.0, count, local.real_tokens, local.input_ids.numel()
+        )
+        if not math.isfinite(total):  # the same global value on every rank, so all stop together
             saved = (
                 f"the last good checkpoint (step {self.step}) is in {self.output}" if self.step else "nothing was saved"
             )
-            raise TrainingError(
-                f"loss became {float(loss)} at step {self.step + 1}; lower --lr or check the data; {saved}"
-            )
-        (loss / self.config.grad_accum).backward()
-        self.progress.real_tokens += batch.real_tokens
-        self.progress.padded_tokens += batch.input_ids.numel()
-        return float(loss.detach())
+            raise TrainingError(f"loss became {total} at step {self.step + 1}; lower --lr or check the data; {saved}")
+        if loss_sum is not None:
+            (loss_sum / max(tokens, 1) / self.config.grad_accum).backward()
+        self.progress.real_tokens += int(real)
+        self.progress.padded_tokens += int(padded)
+        return total / max(tokens, 1)
 
     def _optimizer_step(self) -> None:
         params = [self.embedding]
+        distributed.all_reduce_grads(params)  # identical gradients, hence identical prompts, on every rank
         if self.config.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
         self.optimizer.step()
@@ -172,10 +182,15 @@ class TrainingLoop:
     def _record(self, record: dict[str, Any]) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         self.records.append(clean)
+        if not distributed.is_main():
+            return
         with open(self.output / "metrics.jsonl", "a", encoding="utf-8") as handle:
             handle.write(json.dumps(clean) + "\n")
 
-    def checkpoint(self) -> Path:
+    def checkpoint(self) -> Path | None:
+        """Rank 0 saves; every rank holds the same prompt and optimizer state, so no gather is needed."""
+        if not distributed.is_main():
+            return None
         best = self.best_prompt if self.best_prompt is not None else self.embedding
         return save_checkpoint(self.output, Checkpoint(
             step=self.step, epoch=self.epoch, next_batch=self.next_batch,
@@ -193,6 +208,8 @@ class TrainingLoop:
         self.progress = Progress(**ckpt.progress)
         self.best_prompt = ckpt.best_prompt.to(self.embedding.device)
         self.records = list(ckpt.records)
+        if not distributed.is_main():
+            return
         with open(
             self.output / "metrics.jsonl", "w", encoding="utf-8"
         ) as handle:  # drop lines written after the checkpoint

@@ -19,6 +19,7 @@ import psutil
 import torch
 from transformers import get_scheduler
 
+from softprompt import distributed
 from softprompt.adapter import atomic_path, write_json
 from softprompt.checkpoint import Checkpoint, load_checkpoint
 from softprompt.data import DataConfig, Example, label_words, load_examples
@@ -33,6 +34,7 @@ from softprompt.prompt import Init, PromptConfig
 log = logging.getLogger(__name__)
 
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+MODEL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,10 @@ class TrainConfig:
         default=20,
         metadata={"help": "save a resumable checkpoint every N optimizer steps (and every epoch); 0: epochs only"},
     )
+    model_dtype: str = field(
+        default="float32",
+        metadata={"help": "dtype of the frozen base model: float32, bfloat16 or float16 (the prompt stays float32)"},
+    )
 
     def __post_init__(self) -> None:
         if not self.lr > 0 or not math.isfinite(self.lr):
@@ -67,6 +73,8 @@ class TrainConfig:
             raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         if not 0 <= self.warmup_ratio < 1 or self.early_stopping < 0 or self.checkpoint_every < 0:
             raise ConfigError("warmup_ratio must be in [0, 1), early_stopping and checkpoint_every >= 0")
+        if self.model_dtype not in MODEL_DTYPES:
+            raise ConfigError(f"model_dtype must be one of {', '.join(MODEL_DTYPES)}, got {self.model_dtype!r}")
 
 
 @dataclass
@@ -131,9 +139,9 @@ def train(
     """
     prompt = model.require_prompt()
     output = Path(config.output)
-    prepare_output(output)
+    distributed.on_main(lambda: prepare_output(output))
     torch.manual_seed(config.seed)
-    batch_size = resume.progress["batch_size"] if resume else config.batch_size or auto_batch_size(model, train_set)
+    batch_size = resume.progress["batch_size"] if resume else config.batch_size or _auto_global_batch(model, train_set)
     steps_per_epoch = math.ceil(math.ceil(len(train_set) / batch_size) / config.grad_accum)
     total_steps = steps_per_epoch * config.epochs
     optimizer = torch.optim.AdamW(prompt.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -144,7 +152,8 @@ def train(
     if resume:
         loop.restore(resume)
     else:
-        (output / "metrics.jsonl").unlink(missing_ok=True)
+        if distributed.is_main():
+            (output / "metrics.jsonl").unlink(missing_ok=True)
         loop.evaluate_before()
     try:
         loop.run()
@@ -154,6 +163,11 @@ def train(
             f"interrupted after step {loop.step}; checkpoint saved, continue with: softprompt train --resume {output}"
         ) from None
     return _finish(loop)
+
+
+def _auto_global_batch(model: SoftPromptModel, examples: list[Example]) -> int:
+    """Rows per step over all processes: what fits the smallest device, times the process count."""
+    return distributed.global_min(auto_batch_size(model, examples)) * distributed.world_size()
 
 
 def _finish(loop: TrainingLoop) -> TrainResult:
@@ -177,13 +191,16 @@ def _finish(loop: TrainingLoop) -> TrainResult:
         "epochs_run": loop.epoch - 1,
         "optimizer_steps": loop.step,
         "batch_size": progress.batch_size,
+        "processes": distributed.world_size(),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "config": asdict(config),
     }
-    model.save_pretrained(loop.output, metrics={k: v for k, v in metrics.items() if k != "config"})
-    write_json(loop.output / "metrics.json", metrics)
-    title = f"{model.base.name}: {loop.embedding.shape[0]} virtual tokens"
-    save_loss_curve(loop.records, loop.output / "loss_curve.png", title=title)
+    if distributed.is_main():
+        model.save_pretrained(loop.output, metrics={k: v for k, v in metrics.items() if k != "config"})
+        write_json(loop.output / "metrics.json", metrics)
+        title = f"{model.base.name}: {loop.embedding.shape[0]} virtual tokens"
+        save_loss_curve(loop.records, loop.output / "loss_curve.png", title=title)
+    distributed.barrier()  # the adapter exists for every rank once train() returns
     return TrainResult(output=loop.output, metrics=metrics)
 
 
@@ -196,10 +213,16 @@ def tune(
     trust_remote_code: bool = False,
     device: str | None = None,
 ) -> TrainResult:
-    """Load a base model and data, initialise a prompt and train it: ``softprompt train`` in Python."""
-    prepare_output(Path(training.output))
-    base = load_base_model(model, trust_remote_code=trust_remote_code, device=device)
-    train_set, held_out = load_examples(data, base.tokenizer)
+    """Load a base model and data, initialise a prompt and train it: ``softprompt train`` in Python.
+
+    Under ``torchrun`` / ``accelerate launch`` every process calls this; see softprompt.distributed.
+    """
+    device = distributed.setup(device)
+    distributed.on_main(lambda: prepare_output(Path(training.output)))
+    with distributed.main_first():  # rank 0 fills the model and dataset caches, the others read them
+        dtype = MODEL_DTYPES[training.model_dtype]
+        base = load_base_model(model, trust_remote_code=trust_remote_code, device=device, dtype=dtype)
+        train_set, held_out = load_examples(data, base.tokenizer)
     if prompt.init is Init.LABELS and not prompt.init_labels:
         prompt = replace(prompt, init_labels=label_words(data))
     tuned = SoftPromptModel.with_new_prompt(base, prompt, seed=training.seed)
@@ -210,13 +233,16 @@ def tune(
 
 def resume(output: str | Path, *, device: str | None = None, epochs: int | None = None) -> TrainResult:
     """Continue an interrupted run from ``output/checkpoint.safetensors`` (``softprompt train --resume``)."""
-    ckpt = load_checkpoint(Path(output))
+    device = distributed.setup(device)
+    ckpt = distributed.on_main(lambda: load_checkpoint(Path(output)))  # rank 0 reads, every rank gets it
     run = ckpt.run
     if not run:
         raise TrainingError(f"{output}: the checkpoint does not record its run; resume through the Python API")
     training = TrainConfig(**{**run["train"], "output": str(output), **({"epochs": epochs} if epochs else {})})
     data, prompt = DataConfig(**run["data"]), PromptConfig(**run["prompt"])
-    base = load_base_model(run["model"], trust_remote_code=run["trust_remote_code"], device=device)
-    train_set, held_out = load_examples(data, base.tokenizer)
+    with distributed.main_first():
+        dtype = MODEL_DTYPES[training.model_dtype]
+        base = load_base_model(run["model"], trust_remote_code=run["trust_remote_code"], device=device, dtype=dtype)
+        train_set, held_out = load_examples(data, base.tokenizer)
     model = SoftPromptModel.with_new_prompt(base, prompt, seed=training.seed)
     return train(model, train_set, held_out, training, resume=ckpt, run_info=run)
