@@ -8,7 +8,9 @@ twitter_complaints example. Errors name the file, the row and the field.
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 import random
 import string
@@ -106,16 +108,22 @@ def read_rows(ref: str) -> list[Row]:
 
 
 def _read_text(path: Path) -> str:
+    """The file's text with line endings untouched (read_text would turn a quoted \r\n into \n)."""
+    raw = path.read_bytes()
+    body = raw[3:] if raw.startswith(codecs.BOM_UTF8) else raw
     try:
-        return path.read_text(encoding="utf-8-sig")
+        return body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
-        raise DataError(f"{path}, line {line}: not valid UTF-8 (byte {exc.start}); re-save the file as UTF-8") from exc
+        offset = exc.start + len(raw) - len(body)
+        line = raw[:offset].count(b"\n") + 1
+        raise DataError(f"{path}, line {line}: not valid UTF-8 (byte {offset}); re-save the file as UTF-8") from exc
 
 
 def _read_csv(path: Path) -> list[Row]:
     csv.field_size_limit(MAX_FIELD_CHARS)
-    reader = csv.DictReader(_read_text(path).splitlines(keepends=True))
+    # newline="" as the csv docs ask: str.splitlines() would also break rows at \x0c, \x1c or
+    # \u2028 inside unquoted fields (csv.writer does not quote those), splitting one row in two.
+    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
     rows = []
     try:
         if not reader.fieldnames:  # reads the header line, which can be malformed too
@@ -133,7 +141,8 @@ def _read_csv(path: Path) -> list[Row]:
 
 def _read_jsonl(path: Path) -> list[Row]:
     rows = []
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+    # JSON Lines ends lines with \n only; a JSON string may hold a raw \u2028 that splitlines() splits on.
+    for number, line in enumerate(_read_text(path).split("\n"), start=1):
         if not line.strip():
             continue
         try:
