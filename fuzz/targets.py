@@ -71,7 +71,9 @@ def tiny_model(seed: int = 0) -> BaseModel:
         bos_token_id=256,
         pad_token_id=256,
     )
-    return BaseModel(AutoModelForCausalLM.from_config(config).eval(), byte_tokenizer(), "tiny-llama")
+    tokenizer = byte_tokenizer()
+    tokenizer.padding_side = "left"  # as load_base_model sets it
+    return BaseModel(AutoModelForCausalLM.from_config(config).eval(), tokenizer, "tiny-llama")
 
 
 class Targets:

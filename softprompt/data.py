@@ -215,7 +215,10 @@ def _cell(row: Row, column: str, where: str) -> str:
         raise DataError(f"{where}: column {column!r} is empty")
     if isinstance(value, (dict, list)):
         raise DataError(f"{where}: column {column!r} holds a {type(value).__name__}, expected text")
-    return str(value)
+    try:
+        return str(value)
+    except ValueError as exc:  # an int of over 4300 digits refuses to become a string
+        raise DataError(f"{where}: column {column!r} holds a number too long to use as text") from exc
 
 
 def tokenize_rows(
