@@ -178,6 +178,25 @@ def run_atheris(
     atheris.Fuzz()
 
 
+def replay(files: list[str]) -> int:
+    """Run saved inputs (fuzz/findings/*.bin) once each, with full tracebacks; exit 1 if any fails."""
+    from fuzz.targets import Targets
+
+    work = Path(tempfile.mkdtemp(prefix="softprompt-fuzz-"))
+    try:
+        targets, failed = Targets(work), 0
+        for name in files:
+            try:
+                targets.dispatch(Path(name).read_bytes())
+                print(f"ok      {name}")
+            except Exception:
+                failed += 1
+                print(f"FAILED  {name}\n{traceback.format_exc()}")
+        return 1 if failed else 0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fuzz.run", description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60, help="stop after this long (default 60)")
@@ -188,7 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-len", type=int, default=8192, help="largest input in bytes")
     parser.add_argument("--timeout", type=int, default=30, help="seconds one input may take")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--replay", nargs="+", metavar="FILE", help="run these saved inputs once each, then stop")
     args = parser.parse_args(argv)
+    if args.replay:
+        return replay(args.replay)
     engine = args.engine
     if engine == "auto":
         try:
