@@ -174,7 +174,7 @@ def run_atheris(
             os._exit(code)
 
     flags = [f"-max_len={args.max_len}", f"-timeout={args.timeout}", "-rss_limit_mb=4096", f"-seed={args.seed + 1}"]
-    atheris.Setup([sys.argv[0], *flags, str(corpus)], one_input)
+    atheris.Setup([sys.argv[0], *flags, *args.libfuzzer, str(corpus)], one_input)
     atheris.Fuzz()
 
 
@@ -207,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-len", type=int, default=8192, help="largest input in bytes")
     parser.add_argument("--timeout", type=int, default=30, help="seconds one input may take")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--libfuzzer", action="append", default=[], metavar="FLAG", help="extra libFuzzer flag, e.g. -len_control=0"
+    )
     parser.add_argument("--replay", nargs="+", metavar="FILE", help="run these saved inputs once each, then stop")
     args = parser.parse_args(argv)
     if args.replay:

@@ -109,9 +109,7 @@ def complete(
         return []
     if not all(isinstance(t, str) for t in texts):
         raise RequestError("every prompt must be a string")
-    for row, prompt in enumerate(prompts):
-        if prompt is not None and not bool(torch.isfinite(prompt).all()):
-            raise RequestError(f"soft prompt for row {row + 1} contains NaN or infinite values")
+    _check_finite(prompts)
     tokenizer = base.tokenizer
     encoded = tokenizer(
         format_inputs(base, texts, config.chat_template),
@@ -127,6 +125,17 @@ def complete(
         _finish(str(tokenizer.decode(ids, skip_special_tokens=True)), ids, n, reason, config)
         for (ids, reason), n in zip(rows, lengths)
     ]
+
+
+def _check_finite(prompts: Sequence[torch.Tensor | None]) -> None:
+    """Refuse NaN/inf soft prompts; each distinct tensor is checked once (batches often repeat one)."""
+    checked: set[int] = set()
+    for row, prompt in enumerate(prompts):
+        if prompt is None or id(prompt) in checked:
+            continue
+        checked.add(id(prompt))
+        if not bool(torch.isfinite(prompt).all()):
+            raise RequestError(f"soft prompt for row {row + 1} contains NaN or infinite values")
 
 
 def _finish(text: str, ids: list[int], prompt_tokens: int, reason: str, config: GenerateConfig) -> Completion:

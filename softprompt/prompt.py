@@ -37,7 +37,7 @@ class Init(str, Enum):
 FREQUENT_VOCAB = 5000
 
 # Far beyond any useful prompt (Lester et al. use up to 150); the same bound adapter loading uses.
-MAX_VIRTUAL_TOKENS = 1 << 24
+MAX_VIRTUAL_TOKENS = (1 << 24) - 1
 
 # Maps our init names to PEFT's PromptTuningInit values for adapter_config.json.
 PEFT_INIT_NAMES = {
