@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench fuzz clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,11 @@ test: setup
 	$(PY) -m ruff check .
 	$(PY) -m mypy softprompt
 	$(PY) -m pytest --cov=softprompt --cov-report=term:skip-covered
+
+# Bounded fuzzing of input handling (docs/reliability.md); exits 1 on any uncaught exception.
+FUZZ_SECONDS ?= 300
+fuzz: setup
+	$(PY) -m fuzz.run --seconds $(FUZZ_SECONDS)
 
 bench: setup
 	$(PY) bench/train_vs_peft.py

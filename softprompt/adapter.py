@@ -3,8 +3,9 @@
 A directory holds ``adapter_config.json`` (PEFT's PromptTuningConfig keys plus our own
 ``softprompt_*`` keys, which PEFT ignores) and ``adapter_model.safetensors`` with one fp32
 tensor ``prompt_embeddings`` [num_virtual_tokens, hidden]. Loading never unpickles: a
-``.bin`` adapter is refused. Writes go to a temp file and are renamed into place, the config
-last, so a crash leaves either the old adapter or the new one, never half of one.
+``.bin`` adapter is refused. Both files are written in full to temp files beside their targets
+and only then renamed into place, weights first and config last, so a failed save leaves the old
+adapter untouched and no temp files behind.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
+from softprompt.checks import shown
 from softprompt.errors import AdapterError
 
 CONFIG_NAME = "adapter_config.json"
@@ -76,10 +78,14 @@ def save_adapter(directory: str | Path, embedding: torch.Tensor, config: Adapter
             f"prompt shape {tuple(tensor.shape)} disagrees with its config "
             f"({config.num_virtual_tokens}, {config.token_dim})"
         )
-    directory.mkdir(parents=True, exist_ok=True)
-    with atomic_path(directory / WEIGHTS_NAME) as tmp:
-        save_file({TENSOR_KEY: tensor}, str(tmp), metadata={"format": "pt"})
-    write_json(directory / CONFIG_NAME, config.to_json())
+    text = _json_text(config.to_json())
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with atomic_paths(directory / WEIGHTS_NAME, directory / CONFIG_NAME) as (weights_tmp, config_tmp):
+            save_file({TENSOR_KEY: tensor}, str(weights_tmp), metadata={"format": "pt"})
+            config_tmp.write_text(text, encoding="utf-8")
+    except (OSError, SafetensorError) as exc:
+        raise AdapterError(f"cannot write adapter to {directory}: {exc}") from exc
     return directory
 
 
@@ -105,18 +111,21 @@ def load_adapter(directory: str | Path) -> Adapter:
 
 
 def _read_tensor(path: Path) -> torch.Tensor:
+    # Only the prompt tensor is read: other tensors in the file (however large) stay on disk.
     try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
+        with safe_open(str(path), framework="pt") as handle:
+            names = list(handle.keys())
+            tensor = handle.get_tensor(TENSOR_KEY) if TENSOR_KEY in names else None
+    except (SafetensorError, OSError, ValueError, TypeError) as exc:
         raise AdapterError(f"{path} is not a readable safetensors file: {exc}") from exc
-    if TENSOR_KEY not in tensors:
-        raise AdapterError(f"{path} has no tensor {TENSOR_KEY!r} (found: {', '.join(tensors) or 'none'})")
-    tensor = tensors[TENSOR_KEY]
+    if tensor is None:
+        raise AdapterError(f"{path} has no tensor {TENSOR_KEY!r} (found: {shown(names) if names else 'none'})")
     if tensor.ndim != 2 or not tensor.is_floating_point():
         raise AdapterError(f"{path}: {TENSOR_KEY} must be a 2-D float tensor, got {tensor.dtype} {tuple(tensor.shape)}")
+    tensor = tensor.float()  # check after the cast: a float64 1e300 becomes inf in float32
     if not bool(torch.isfinite(tensor).all()):
-        raise AdapterError(f"{path}: {TENSOR_KEY} contains NaN or infinite values")
-    return tensor.float()
+        raise AdapterError(f"{path}: {TENSOR_KEY} contains NaN or infinite values (as float32)")
+    return tensor
 
 
 def _read_config(path: Path) -> AdapterConfig:
@@ -126,24 +135,37 @@ def _read_config(path: Path) -> AdapterConfig:
         raise AdapterError(f"{path} is larger than {MAX_CONFIG_BYTES} bytes; refusing to parse it")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except OSError as exc:
+        raise AdapterError(f"cannot read {path}: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, integers over 4300 digits, deep nesting
         raise AdapterError(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(raw, dict):
         raise AdapterError(f"{path} must hold a JSON object")
     peft_type = raw.get("peft_type")
     if peft_type != "PROMPT_TUNING":
-        raise AdapterError(f"{path}: peft_type is {peft_type!r}; softprompt loads PROMPT_TUNING adapters")
+        raise AdapterError(f"{path}: peft_type is {shown(peft_type)}; softprompt loads PROMPT_TUNING adapters")
     if raw.get("num_transformer_submodules", 1) not in (1, None):
         raise AdapterError(f"{path}: num_transformer_submodules must be 1 for a causal LM")
     known = AdapterConfig.__dataclass_fields__
     values = {k: v for k, v in raw.items() if k in known}
     for key in ("num_virtual_tokens", "token_dim"):
         if not _positive_int(values.get(key)):
-            raise AdapterError(f"{path}: {key} must be a positive integer, got {values.get(key)!r}")
+            raise AdapterError(f"{path}: {key} must be a positive integer, got {shown(values.get(key))}")
     for key in ("num_layers", "num_attention_heads"):
         if values.get(key) is not None and not _positive_int(values[key]):
             values[key] = None
-    for key in ("prompt_tuning_init", "prompt_tuning_init_text", "tokenizer_name_or_path", "base_model_name_or_path"):
+    if not _positive_int(values.get("softprompt_version", FORMAT_VERSION)):
+        raise AdapterError(
+            f"{path}: softprompt_version must be a positive integer, got {shown(values['softprompt_version'])}"
+        )
+    for key in (
+        "prompt_tuning_init",
+        "prompt_tuning_init_text",
+        "tokenizer_name_or_path",
+        "base_model_name_or_path",
+        "softprompt_base_fingerprint",
+        "softprompt_tokenizer_fingerprint",
+    ):
         if values.get(key) is not None and not isinstance(values[key], str):
             raise AdapterError(f"{path}: {key} must be a string, got {type(values[key]).__name__}")
     if not isinstance(values.get("softprompt_metrics", {}), dict):
@@ -159,9 +181,13 @@ def _positive_int(value: object) -> bool:
 
 def write_json(path: Path, payload: Any) -> None:
     """Atomically write JSON; non-finite floats become null so every reader can parse it."""
-    text = json.dumps(_finite(payload), indent=2, sort_keys=False) + "\n"
+    text = _json_text(payload)
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def _json_text(payload: Any) -> str:
+    return json.dumps(_finite(payload), indent=2, sort_keys=False) + "\n"
 
 
 def _finite(value: Any) -> Any:
@@ -177,13 +203,29 @@ def _finite(value: Any) -> Any:
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temp path beside ``target``; rename it over ``target`` only if the block succeeds."""
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
+    with atomic_paths(target) as (tmp,):
         yield tmp
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
+
+
+@contextmanager
+def atomic_paths(*targets: Path) -> Iterator[tuple[Path, ...]]:
+    """Yield temp paths beside ``targets``; if the block succeeds, sync all, then rename each in order.
+
+    Nothing is renamed until every file is complete, so a failure while writing leaves all
+    targets as they were; the temp files are removed whatever happens.
+    """
+    tmps: list[Path] = []
+    try:
+        for target in targets:
+            fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            os.close(fd)
+            tmps.append(Path(name))
+        yield tuple(tmps)
+        for tmp in tmps:
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+        for tmp, target in zip(tmps, targets):
+            os.replace(tmp, target)
     finally:
-        tmp.unlink(missing_ok=True)
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)

@@ -8,7 +8,9 @@ twitter_complaints example. Errors name the file, the row and the field.
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 import random
 import string
@@ -20,6 +22,7 @@ from typing import Any
 import torch
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from softprompt.checks import check_types, shown
 from softprompt.errors import ConfigError, DataError
 from softprompt.inject import IGNORE_INDEX
 
@@ -44,14 +47,15 @@ class DataConfig:
     max_length: int = field(default=256, metadata={"help": "truncate each example to this many tokens"})
 
     def __post_init__(self) -> None:
+        check_types(self)
         if (self.template is None) != (self.target_column is None):
             raise ConfigError("supervised data needs both --template and --target-column")
         if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"limit must be at least 1, got {self.limit}")
+            raise ConfigError(f"limit must be at least 1, got {shown(self.limit)}")
         if self.eval_rows is not None and self.eval_rows < 0:
-            raise ConfigError(f"eval_rows must be >= 0, got {self.eval_rows}")
+            raise ConfigError(f"eval_rows must be >= 0, got {shown(self.eval_rows)}")
         if self.max_length < 2:
-            raise ConfigError(f"max_length must be at least 2, got {self.max_length}")
+            raise ConfigError(f"max_length must be at least 2, got {shown(self.max_length)}")
         if self.template is not None:
             _template_fields(self.template)
 
@@ -104,20 +108,26 @@ def read_rows(ref: str) -> list[Row]:
 
 
 def _read_text(path: Path) -> str:
+    """The file's text with line endings untouched (read_text would turn a quoted \r\n into \n)."""
+    raw = path.read_bytes()
+    body = raw[3:] if raw.startswith(codecs.BOM_UTF8) else raw
     try:
-        return path.read_text(encoding="utf-8-sig")
+        return body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
-        raise DataError(f"{path}, line {line}: not valid UTF-8 (byte {exc.start}); re-save the file as UTF-8") from exc
+        offset = exc.start + len(raw) - len(body)
+        line = raw[:offset].count(b"\n") + 1
+        raise DataError(f"{path}, line {line}: not valid UTF-8 (byte {offset}); re-save the file as UTF-8") from exc
 
 
 def _read_csv(path: Path) -> list[Row]:
     csv.field_size_limit(MAX_FIELD_CHARS)
-    reader = csv.DictReader(_read_text(path).splitlines(keepends=True))
-    if not reader.fieldnames:
-        raise DataError(f"{path} is empty: expected a header line with column names")
+    # newline="" as the csv docs ask: str.splitlines() would also break rows at \x0c, \x1c or
+    # \u2028 inside unquoted fields (csv.writer does not quote those), splitting one row in two.
+    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
     rows = []
     try:
+        if not reader.fieldnames:  # reads the header line, which can be malformed too
+            raise DataError(f"{path} is empty: expected a header line with column names")
         for row in reader:
             if None in row:
                 raise DataError(
@@ -125,19 +135,22 @@ def _read_csv(path: Path) -> list[Row]:
                 )
             rows.append(row)
     except csv.Error as exc:
-        raise DataError(f"{path}, line {reader.line_num}: malformed CSV ({exc})") from exc
+        raise DataError(f"{path}, line {max(reader.line_num, 1)}: malformed CSV ({exc})") from exc
     return rows
 
 
 def _read_jsonl(path: Path) -> list[Row]:
     rows = []
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+    # JSON Lines ends lines with \n only; a JSON string may hold a raw \u2028 that splitlines() splits on.
+    for number, line in enumerate(_read_text(path).split("\n"), start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}, line {number}: invalid JSON ({exc.msg})") from exc
+        except (ValueError, RecursionError) as exc:  # integers over 4300 digits, deep nesting
+            raise DataError(f"{path}, line {number}: unreadable JSON ({type(exc).__name__}: {exc})") from exc
         if not isinstance(row, dict):
             raise DataError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
         rows.append(row)
@@ -162,22 +175,50 @@ def _read_hf(spec: str) -> list[Row]:
 # Tokenizing
 
 
-def _template_fields(template: str) -> list[str]:
+def _template_parts(template: str) -> list[tuple[str, str | None]]:
+    """(literal text, column name or None) pairs; only plain ``{column}`` fields are accepted.
+
+    str.format would also follow ``{text.__class__}`` and ``{text[0]}`` into Python objects and
+    accept positional fields, conversions and format specs; none of that makes sense for a
+    column, so it is refused here and templates are filled by plain concatenation.
+    """
     try:
-        return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+        parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
-        raise ConfigError(f"template {template!r} is malformed: {exc}") from exc
+        raise ConfigError(f"template {shown(template)} is malformed: {exc}") from exc
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if not name or name.isdigit() or "." in name or "[" in name:
+            raise ConfigError(
+                f"template field {{{name}}} is not a column name: use {{column}}, without "
+                "positions, attributes or indexes"
+            )
+        if spec or conversion:
+            raise ConfigError(f"template field {{{name}}} has a conversion or format spec; use plain {{{name}}}")
+    return [(literal, name) for literal, name, _, _ in parsed]
+
+
+def _template_fields(template: str) -> list[str]:
+    return [name for _, name in _template_parts(template) if name is not None]
+
+
+def fill_template(template: str, values: dict[str, str]) -> str:
+    return "".join(literal + (values[name] if name is not None else "") for literal, name in _template_parts(template))
 
 
 def _cell(row: Row, column: str, where: str) -> str:
     if column not in row:
-        raise DataError(f"{where}: no column {column!r} (columns: {', '.join(map(str, row))})")
+        raise DataError(f"{where}: no column {column!r} (columns: {shown(list(row))})")
     value = row[column]
     if value is None or (isinstance(value, str) and not value.strip()):
         raise DataError(f"{where}: column {column!r} is empty")
     if isinstance(value, (dict, list)):
         raise DataError(f"{where}: column {column!r} holds a {type(value).__name__}, expected text")
-    return str(value)
+    try:
+        return str(value)
+    except ValueError as exc:  # an int of over 4300 digits refuses to become a string
+        raise DataError(f"{where}: column {column!r} holds a number too long to use as text") from exc
 
 
 def tokenize_rows(
@@ -194,7 +235,7 @@ def tokenize_row(row: Row, config: DataConfig, tokenizer: PreTrainedTokenizerBas
         return Example(ids, list(ids))
     assert config.template is not None and config.target_column is not None  # checked in DataConfig
     values = {name: _cell(row, name, where) for name in _template_fields(config.template)}
-    prompt_ids = _encode(tokenizer, config.template.format(**values))
+    prompt_ids = _encode(tokenizer, fill_template(config.template, values))
     target_ids = _encode(tokenizer, " " + _cell(row, config.target_column, where))
     if tokenizer.eos_token_id is not None:
         target_ids.append(tokenizer.eos_token_id)

@@ -16,9 +16,20 @@ and where (file, row, field), so the CLI can print it as one line and exit non-z
 
 from __future__ import annotations
 
+# Every character str.splitlines() breaks on; a message must print as exactly one line.
+_LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+_ESCAPED = str.maketrans({c: c.encode("unicode_escape").decode("ascii") for c in _LINE_BREAKS})
+
 
 class SoftPromptError(Exception):
-    """Base class: the CLI catches it and prints its message as a single line."""
+    """Base class: the CLI catches it and prints its message as a single line.
+
+    Messages quote user data (file names, column names, config values) that may hold line
+    breaks; ``str()`` escapes them so one error is always one line.
+    """
+
+    def __str__(self) -> str:
+        return super().__str__().translate(_ESCAPED)
 
 
 class ConfigError(SoftPromptError, ValueError):

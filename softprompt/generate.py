@@ -21,10 +21,13 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from softprompt.errors import ConfigError
+from softprompt.checks import check_types, shown
+from softprompt.errors import ConfigError, RequestError
 from softprompt.inject import inject
 from softprompt.model import lm_logits, run_decoder
 from softprompt.models import BaseModel
+
+MAX_TOKENS = 1 << 30  # token counts become int64 tensors; this bound keeps them far from overflow
 
 
 @dataclass(frozen=True)
@@ -44,13 +47,17 @@ class GenerateConfig:
     stop: tuple[str, ...] = field(default=(), metadata={"help": "strings that end generation"})
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "stop", tuple(self.stop))
+        check_types(self)  # also makes stop a tuple and ints floats where floats are expected
         if self.max_new_tokens is None and self.max_length is None:
             raise ConfigError("set max_new_tokens or max_length")
-        if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
-        if self.max_length is not None and self.max_length < 1:
-            raise ConfigError(f"max_length must be at least 1, got {self.max_length}")
+        for name in ("max_new_tokens", "max_length"):
+            value = getattr(self, name)
+            if value is not None and not 1 <= value <= MAX_TOKENS:
+                raise ConfigError(f"{name} must be between 1 and {MAX_TOKENS}, got {shown(value)}")
+        if self.seed is not None and not -(1 << 63) <= self.seed < 1 << 64:  # torch.Generator's range
+            raise ConfigError(f"seed must be between -2**63 and 2**64 - 1, got {shown(self.seed)}")
+        if any(not s for s in self.stop):
+            raise ConfigError("stop strings must not be empty")
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be positive, got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -98,6 +105,11 @@ def complete(
     prompts: Sequence[torch.Tensor | None],
     config: GenerateConfig,
 ) -> list[Completion]:
+    if not texts:
+        return []
+    if not all(isinstance(t, str) for t in texts):
+        raise RequestError("every prompt must be a string")
+    _check_finite(prompts)
     tokenizer = base.tokenizer
     encoded = tokenizer(
         format_inputs(base, texts, config.chat_template),
@@ -105,12 +117,25 @@ def complete(
         padding=True,
         add_special_tokens=not config.chat_template,
     ).to(base.device)
-    rows = decode(base, encoded["input_ids"], encoded["attention_mask"], prompts, config)
     lengths = encoded["attention_mask"].sum(dim=1).tolist()
+    if 0 in lengths:  # nothing to condition on, and no last token to decode from
+        raise RequestError(f"prompt {lengths.index(0) + 1} is empty: it has no tokens")
+    rows = decode(base, encoded["input_ids"], encoded["attention_mask"], prompts, config)
     return [
         _finish(str(tokenizer.decode(ids, skip_special_tokens=True)), ids, n, reason, config)
         for (ids, reason), n in zip(rows, lengths)
     ]
+
+
+def _check_finite(prompts: Sequence[torch.Tensor | None]) -> None:
+    """Refuse NaN/inf soft prompts; each distinct tensor is checked once (batches often repeat one)."""
+    checked: set[int] = set()
+    for row, prompt in enumerate(prompts):
+        if prompt is None or id(prompt) in checked:
+            continue
+        checked.add(id(prompt))
+        if not bool(torch.isfinite(prompt).all()):
+            raise RequestError(f"soft prompt for row {row + 1} contains NaN or infinite values")
 
 
 def _finish(text: str, ids: list[int], prompt_tokens: int, reason: str, config: GenerateConfig) -> Completion:
@@ -196,9 +221,14 @@ def _processors(config: GenerateConfig) -> LogitsProcessorList:
 
 
 def _pick(scores: torch.Tensor, config: GenerateConfig, generator: torch.Generator | None) -> torch.Tensor:
+    greedy = scores.argmax(dim=-1)
     if not config.do_sample:
-        return scores.argmax(dim=-1)
+        return greedy
     probs = torch.softmax(scores, dim=-1)
+    # A tiny temperature or repetition penalty pushes scores to inf and softmax gives NaN: such a
+    # row takes its greedy token, the limit of sampling as the temperature goes to 0.
+    finite = torch.isfinite(probs).all(dim=-1, keepdim=True)
+    probs = torch.where(finite, probs, torch.nn.functional.one_hot(greedy, probs.shape[-1]).to(probs.dtype))
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 

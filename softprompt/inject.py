@@ -51,6 +51,11 @@ def inject(
     batch, seq, hidden = token_embeds.shape
     if len(prompts) != batch:
         raise RequestError(f"got {len(prompts)} prompts for a batch of {batch} rows")
+    for row, prompt in enumerate(prompts):
+        if prompt is not None and (prompt.ndim != 2 or prompt.shape[1] != hidden):
+            raise RequestError(
+                f"soft prompt for row {row + 1} has shape {tuple(prompt.shape)}, expected [virtual tokens, {hidden}]"
+            )
     lengths = attention_mask.sum(dim=1)  # n_b
     p_lens = torch.tensor([0 if p is None else p.shape[0] for p in prompts], device=lengths.device)
     p_max = int(p_lens.max()) if batch else 0

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from softprompt.checks import check_types, shown
 from softprompt.errors import ConfigError
 
 
@@ -34,6 +35,9 @@ class Init(str, Enum):
 # Lester et al. sample initial prompts from the 5,000 most common tokens; BPE vocabularies are
 # ordered roughly by merge frequency, so the lowest ids are the most common ones.
 FREQUENT_VOCAB = 5000
+
+# Far beyond any useful prompt (Lester et al. use up to 150); the same bound adapter loading uses.
+MAX_VIRTUAL_TOKENS = (1 << 24) - 1
 
 # Maps our init names to PEFT's PromptTuningInit values for adapter_config.json.
 PEFT_INIT_NAMES = {
@@ -60,10 +64,11 @@ class PromptConfig:
     init_file: str | None = field(default=None, metadata={"help": "adapter directory to start from (init=file)"})
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "init", Init(self.init))
-        object.__setattr__(self, "init_labels", tuple(self.init_labels))
-        if self.num_virtual_tokens < 1:
-            raise ConfigError(f"num_virtual_tokens must be at least 1, got {self.num_virtual_tokens}")
+        check_types(self)  # also turns init into an Init and init_labels into a tuple
+        if not 1 <= self.num_virtual_tokens <= MAX_VIRTUAL_TOKENS:
+            raise ConfigError(
+                f"num_virtual_tokens must be between 1 and {MAX_VIRTUAL_TOKENS}, got {shown(self.num_virtual_tokens)}"
+            )
         if self.init is Init.TEXT and not self.init_text.strip():
             raise ConfigError("init=text needs a non-empty init_text")
         if self.init is Init.FILE and not self.init_file:
