@@ -22,6 +22,7 @@ from transformers import get_scheduler
 from softprompt import distributed
 from softprompt.adapter import atomic_path, write_json
 from softprompt.checkpoint import Checkpoint, load_checkpoint
+from softprompt.checks import check_types
 from softprompt.data import DataConfig, Example, label_words, load_examples
 from softprompt.errors import ConfigError, TrainingError, TrainingInterrupted
 from softprompt.evaluate import mean_token_loss
@@ -65,6 +66,7 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
+        check_types(self)
         if not self.lr > 0 or not math.isfinite(self.lr):
             raise ConfigError(f"lr must be a positive number, got {self.lr}")
         if self.epochs < 1 or self.grad_accum < 1 or self.batch_size < 0 or self.eval_batch_size < 1:

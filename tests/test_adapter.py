@@ -76,7 +76,7 @@ def test_failed_write_keeps_the_old_adapter(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr("softprompt.adapter.save_file", explode)
-    with pytest.raises(OSError):
+    with pytest.raises(AdapterError, match="cannot write adapter to .*disk full"):
         save_adapter(directory, torch.zeros(3, 8), AdapterConfig(num_virtual_tokens=3, token_dim=8))
     assert torch.equal(load_adapter(directory).embedding, old)
     assert sorted(p.name for p in directory.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
