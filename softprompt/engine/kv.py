@@ -54,7 +54,7 @@ class BatchKV:
 
 
 def layers_from_cache(cache: DynamicCache) -> Layers:
-    return [(layer.keys, layer.values) for layer in cache.layers]  # type: ignore[attr-defined]
+    return [(layer.keys, layer.values) for layer in cache.layers]  # type: ignore[union-attr,misc]
 
 
 def cache_from_layers(layers: Layers, config: PretrainedConfig) -> DynamicCache:
