@@ -56,6 +56,10 @@ class Engine:
 
     def add_request(self, prompt_ids: list[int], adapter: str | None, params: SamplingParams) -> Sequence:
         """Queue one request (thread-safe); raises RequestError if it can never run."""
+        return self.submit(self.make_request(prompt_ids, adapter, params))
+
+    def make_request(self, prompt_ids: list[int], adapter: str | None, params: SamplingParams) -> Sequence:
+        """Validate and build a sequence without queueing it, so a caller can watch it before it runs."""
         if not prompt_ids:
             raise RequestError("the prompt is empty")
         if adapter is not None and adapter not in self.registry:
@@ -66,7 +70,9 @@ class Engine:
                 f"prompt ({len(prompt_ids)} tokens) + max_new_tokens ({params.max_new_tokens}) + soft prompt "
                 f"({self.virtual_tokens(adapter)}) = {total} tokens exceeds the context limit of {self.max_context}"
             )
-        seq = Sequence(list(prompt_ids), adapter, params)
+        return Sequence(list(prompt_ids), adapter, params)
+
+    def submit(self, seq: Sequence) -> Sequence:
         with self._lock:
             self._inbox.append(seq)
         return seq
@@ -102,6 +108,17 @@ class Engine:
             changed += self._append([self._live[i] for i in rows], self.runner.decode(self._live))
         self._release()
         return changed
+
+    def abort_all(self, reason: str) -> list[Sequence]:
+        """Finish every queued and running sequence with an error and drop the batch (after a failed step)."""
+        with self._lock:
+            inbox, self._inbox = self._inbox, []
+        hit = inbox + self._all()
+        for seq in hit:
+            if not seq.finished:
+                seq.finish("error", reason)
+        self._release()
+        return hit
 
     def _prefill(self, admitted: list[Sequence]) -> list[Sequence]:
         ready: list[Sequence] = []
