@@ -136,3 +136,10 @@ def test_policy_modules_never_import_torch(module):
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert not any(name.split(".")[0] in {"torch", "transformers"} for name in imported)
+
+
+def test_public_api_exports_the_engine():
+    import softprompt
+
+    assert {"Engine", "EngineConfig", "SamplingParams", "AdapterRegistry", "RegistryConfig"} <= set(softprompt.__all__)
+    assert all(hasattr(softprompt, name) for name in softprompt.__all__)

@@ -77,7 +77,9 @@ def _expected(server, text, adapter, n=8, chat=False):
     _, reference, _ = server
     tokenizer = reference.base.tokenizer
     if chat:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        )
     ids = list(tokenizer(text, add_special_tokens=not chat)["input_ids"])
     return reference.run([reference.add_request(ids, adapter, SamplingParams(max_new_tokens=n))])[0]
 
@@ -106,7 +108,12 @@ def test_chat_applies_the_template(client, server):
 def test_completion_stream_joins_to_the_same_text(client, server):
     chunks = list(
         client.completions.create(
-            model="alpha", prompt="abc", max_tokens=10, temperature=0, stream=True, stream_options={"include_usage": True}
+            model="alpha",
+            prompt="abc",
+            max_tokens=10,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
         )
     )
     text = "".join(c.choices[0].text for c in chunks if c.choices)
@@ -181,6 +188,9 @@ def test_limits_are_400(client):
         ({"model": "alpha", "prompt": "x", "n": 2}, "n"),
         ({"model": "alpha", "prompt": "x", "max_tokens": 0}, "max_tokens"),
         ({"model": "alpha", "messages": []}, "messages"),
+        ({"model": "alpha", "messages": [{"role": "user", "content": "x"}], "logprobs": True}, "logprobs"),
+        ({"model": "alpha", "prompt": ""}, "prompt"),
+        ({"model": "alpha", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ],
 )
 def test_wrong_types_are_400_in_openai_shape(raw, body, param):

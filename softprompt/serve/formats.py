@@ -52,7 +52,8 @@ class Format:
             out = self._envelope("chat.completion", choices)
         else:
             choices = [
-                {"index": i, "text": t, "logprobs": None, "finish_reason": r} for i, (t, r) in enumerate(zip(texts, reasons))
+                {"index": i, "text": t, "logprobs": None, "finish_reason": r}
+                for i, (t, r) in enumerate(zip(texts, reasons))
             ]
             out = self._envelope("text_completion", choices)
         out["usage"] = usage(prompt_tokens, completion_tokens)

@@ -27,8 +27,15 @@ class _Request(BaseModel):
     seed: StrictInt | None = None
     presence_penalty: float = Field(default=0.0, ge=0.0, le=0.0, description="not supported")
     frequency_penalty: float = Field(default=0.0, ge=0.0, le=0.0, description="not supported")
-    logprobs: None = Field(default=None, description="not supported")
+    logprobs: StrictBool | StrictInt | None = Field(default=None, description="not supported")
     user: StrictStr | None = None
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, value: bool | int | None) -> bool | int | None:
+        if value:
+            raise ValueError("logprobs are not supported")
+        return value
 
     @field_validator("stop")
     @classmethod

@@ -69,7 +69,10 @@ class Service:
             asked = request.max_completion_tokens
         if asked is not None and asked > self.config.max_tokens:
             raise APIError(
-                400, f"max_tokens is {asked}, more than the limit of {self.config.max_tokens}", "max_tokens", "max_tokens"
+                400,
+                f"max_tokens is {asked}, more than the limit of {self.config.max_tokens}",
+                "max_tokens",
+                "max_tokens",
             )
         return SamplingParams(
             max_new_tokens=asked or self.config.default_max_tokens,
@@ -88,8 +91,11 @@ class Service:
             raise APIError(400, "stream: true takes a single prompt", param="prompt")
         try:
             seqs = [self.engine.make_request(ids, adapter, params) for ids in rows]
-        except RequestError as exc:
-            raise APIError(400, str(exc), param="max_tokens", code="context_length_exceeded") from exc
+        except RequestError as exc:  # empty prompt, or prompt + soft prompt + max_tokens over the context
+            over = "context" in str(exc)
+            raise APIError(
+                400, str(exc), "max_tokens" if over else "prompt", "context_length_exceeded" if over else None
+            ) from exc
         return seqs, self.worker.acquire(len(seqs))
 
     async def complete(self, request: CompletionRequest | ChatRequest, chat: bool) -> dict:
@@ -109,8 +115,8 @@ class Service:
 
     async def _last(self, seq: Sequence) -> Snapshot:
         last = None
-        async for last in self.worker.stream(seq):
-            pass
+        async for snapshot in self.worker.stream(seq):
+            last = snapshot
         if last is None:
             raise APIError(500, "generation ended without a result")
         return last
