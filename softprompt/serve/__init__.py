@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from softprompt.engine import EngineConfig, RegistryConfig
 from softprompt.serve.app import create_app
 from softprompt.serve.config import ServeConfig
 
@@ -17,8 +18,8 @@ def serve(
     model: str,
     adapters: str | Path | None,
     config: ServeConfig,
-    engine_config=None,
-    registry_config=None,
+    engine_config: EngineConfig | None = None,
+    registry_config: RegistryConfig | None = None,
     device: str | None = None,
     trust_remote_code: bool = False,
 ) -> None:
