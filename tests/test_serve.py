@@ -222,8 +222,8 @@ def _open_stream(raw, model="alpha"):
     return response, lines  # dropping the line iterator would close the connection
 
 
-def _wait_idle(raw, polls: int = 20) -> dict:
-    """Idle within ~1 s: far sooner than the 60 slowed steps (3 s) an uncancelled stream would take."""
+def _wait_idle(raw, polls: int = 40) -> dict:
+    """Idle within ~2 s: sooner than the 60 slowed steps (>= 3 s) an uncancelled stream would take."""
     for _ in range(polls):
         health = raw.get("/health").json()
         if health["active_requests"] == 0 and health["running"] == 0:
