@@ -201,6 +201,8 @@ def test_wrong_types_are_400_in_openai_shape(raw, body, param):
 def test_malformed_json_is_400_and_big_body_is_413(raw):
     headers = {"content-type": "application/json"}
     assert _error(raw.post("/v1/completions", content=b'{"model": ', headers=headers), 400)["code"] == "invalid_json"
+    assert _error(raw.post("/v1/completions", content=b"[1, 2]", headers=headers), 400)["code"] == "invalid_json"
+    assert _error(raw.post("/v1/completions", content=b"{bad"), 400)["code"] == "invalid_json"  # no content type
     big = {"model": "alpha", "prompt": "x" * 5000}
     assert _error(raw.post("/v1/completions", json=big), 413)["type"] == "invalid_request_error"
 

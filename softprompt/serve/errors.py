@@ -50,6 +50,8 @@ def _validation(request: Request, exc: Exception) -> JSONResponse:
     errors = exc.errors() if isinstance(exc, RequestValidationError) else []
     if any(e.get("type") == "json_invalid" for e in errors):
         return error_response(400, "the request body is not valid JSON", code="invalid_json")
+    if any(tuple(e.get("loc", ())) == ("body",) for e in errors):
+        return error_response(400, "the request body must be a JSON object", code="invalid_json")
     first = errors[0] if errors else {"loc": (), "msg": str(exc)}
     loc = [str(part) for part in first.get("loc", ()) if part != "body"]
     param = loc[0] if loc else None  # the top-level field, as OpenAI reports it
