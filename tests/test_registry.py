@@ -87,3 +87,17 @@ def test_add_remove_at_runtime(llama, tmp_path):
         registry.remove("renamed")
     with pytest.raises(AdapterError, match="not found"):
         registry.add("missing")
+
+
+def test_peft_saved_adapters_are_served(llama, tiny_dirs, tmp_path):
+    from peft import PromptTuningConfig, TaskType, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(tiny_dirs["llama"])
+    get_peft_model(plain, PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=6)).save_pretrained(
+        tmp_path / "from-peft"
+    )
+    registry = AdapterRegistry(llama, tmp_path)
+    assert registry.scan() == ["from-peft"] and registry.num_virtual_tokens("from-peft") == 6
+    rows = Engine(llama, registry).generate(["abc"], ["from-peft"], SamplingParams(max_new_tokens=3, stop_at_eos=False))
+    assert len(rows[0].output_ids) == 3
