@@ -5,6 +5,7 @@ The public API is what ``__all__`` lists; module internals may change without no
 
 from softprompt.adapter import Adapter, AdapterConfig, load_adapter, save_adapter
 from softprompt.data import DataConfig, load_examples
+from softprompt.engine import AdapterRegistry, Engine, EngineConfig, RegistryConfig, SamplingParams
 from softprompt.errors import (
     AdapterError,
     BaseModelMismatchError,
@@ -29,17 +30,22 @@ __all__ = [
     "Adapter",
     "AdapterConfig",
     "AdapterError",
+    "AdapterRegistry",
     "BaseModel",
     "BaseModelMismatchError",
     "Completion",
     "ConfigError",
     "DataConfig",
     "DataError",
+    "Engine",
+    "EngineConfig",
     "GenerateConfig",
     "Init",
     "ModelLoadError",
     "PromptConfig",
+    "RegistryConfig",
     "RequestError",
+    "SamplingParams",
     "SoftPrompt",
     "SoftPromptError",
     "SoftPromptModel",

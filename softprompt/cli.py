@@ -130,6 +130,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from softprompt.engine import EngineConfig, RegistryConfig
+    from softprompt.serve import ServeConfig, serve
+
+    serve(
+        args.model,
+        args.adapters,
+        config_from_args(ServeConfig, args),
+        config_from_args(EngineConfig, args),
+        config_from_args(RegistryConfig, args),
+        device=args.device,
+        trust_remote_code=args.trust_remote_code,
+    )
+    return 0
+
+
 def _print_metrics(metrics: dict) -> None:
     console.print(
         f"held-out loss: {metrics['heldout_loss_before']:.4f} -> {metrics['heldout_loss_after']:.4f} "
@@ -183,6 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(demo, TrainConfig, exclude=("model_dtype",), output="softprompt-demo")
     demo.add_argument("--max-new-tokens", type=int, default=48, help="tokens generated before and after")
     demo.set_defaults(func=cmd_demo)
+
+    from softprompt.engine import EngineConfig, RegistryConfig
+    from softprompt.serve.config import ServeConfig
+
+    srv = sub.add_parser("serve", help="OpenAI-compatible HTTP server for the base model and many adapters")
+    _model_args(srv)
+    srv.add_argument("--adapters", default=None, help="directory whose subdirectories are adapters (name = folder)")
+    for serve_cls in (ServeConfig, EngineConfig, RegistryConfig):
+        add_config_args(srv, serve_cls)
+    srv.set_defaults(func=cmd_serve)
     return parser
 
 
