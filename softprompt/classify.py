@@ -14,6 +14,7 @@ own prompt, so an ensemble costs one batched pass), or any Hugging Face / PEFT m
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -51,6 +52,47 @@ def prompt_scorer(base: BaseModel, prompts: Sequence[torch.Tensor | None]) -> Sc
         return lm_logits(base, hidden[:, -keep:])
 
     return Scorer(logits, int(base.tokenizer.pad_token_id), len(members))
+
+
+def prefix_scorer(base: BaseModel, prefix: torch.Tensor) -> Scorer:
+    """One shared prefix [P, H] (a soft prompt, a context's token embeddings, or both) for every row.
+
+    Under causal attention the prefix's keys and values do not depend on what follows, so they
+    are computed once (batch of one) and repeated for each batch: a 4-shot context costs one
+    forward pass in total instead of one per row. Rows attend to ``[prefix][padding][tokens]``
+    with positions counting on from the prefix, the same as :func:`inject`'s layout.
+    """
+    length = prefix.shape[0]
+    with torch.no_grad():
+        ones = torch.ones(1, length, dtype=torch.long, device=base.device)
+        positions = torch.arange(length, device=base.device)[None]
+        _, shared = run_decoder(base, prefix[None].to(base.device, base.dtype), ones, positions, use_cache=True)
+
+    def logits(ids: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
+        cache = copy.deepcopy(shared)
+        cache.batch_repeat_interleave(ids.shape[0])
+        full_mask = torch.cat([mask.new_ones(ids.shape[0], length), mask], dim=1)  # [B, P + T]
+        position_ids = length + (mask.cumsum(-1) - 1).clamp(min=0)
+        embeds = base.model.get_input_embeddings()(ids)
+        hidden, _ = run_decoder(base, embeds, full_mask, position_ids, cache, use_cache=True)
+        return lm_logits(base, hidden[:, -keep:])
+
+    return Scorer(logits, int(base.tokenizer.pad_token_id))
+
+
+def shared_scorer(base: BaseModel, prompts: Sequence[torch.Tensor | None], context: str = "") -> Scorer:
+    """The fastest correct scorer: a cached prefix for one prompt (and/or a text context),
+    one batched pass over all members for an ensemble."""
+    context_ids = encode(base.tokenizer, context) if context else []
+    if len(prompts) > 1:
+        if context_ids:
+            raise ConfigError("an ensemble of soft prompts cannot share a text context; put it in the inputs")
+        return prompt_scorer(base, prompts)
+    parts = [p.to(base.device, base.dtype) for p in prompts if p is not None]
+    if context_ids:
+        with torch.no_grad():
+            parts.append(base.model.get_input_embeddings()(torch.tensor(context_ids, device=base.device)))
+    return prefix_scorer(base, torch.cat(parts)) if parts else prompt_scorer(base, [None])
 
 
 def hf_scorer(model: torch.nn.Module, pad_id: int, accepts_position_ids: bool = True) -> Scorer:
@@ -115,7 +157,9 @@ def score_labels(
     return scores
 
 
-def _score_chunk(scorer: Scorer, contexts: list[list[int]], labels: list[list[int]], device: torch.device) -> torch.Tensor:
+def _score_chunk(
+    scorer: Scorer, contexts: list[list[int]], labels: list[list[int]], device: torch.device
+) -> torch.Tensor:
     rows, k = len(contexts), len(labels)
     if all(len(label) == 1 for label in labels):
         # One pass: the next-token distribution after the input scores every label at once.

@@ -141,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(demo, TrainConfig, output="softprompt-demo")
     demo.add_argument("--max-new-tokens", type=int, default=48, help="tokens generated before and after")
     demo.set_defaults(func=cmd_demo)
+
+    from softprompt.cli_compare import add_commands
+
+    add_commands(sub, _model_args)  # eval, compare, inspect
     return parser
 
 

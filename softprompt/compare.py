@@ -133,6 +133,7 @@ def _run_one(spec: MethodSpec, setup: RunSetup, isolate: bool) -> dict[str, Any]
     job = {"spec": asdict(spec), "setup": asdict(setup)}
     slug = spec.name.replace(" ", "_").replace("(", "").replace(")", "").replace(",", "").replace("=", "")
     path = Path(setup.output) / "results" / f"{slug}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_file():
         cached = json.loads(path.read_text(encoding="utf-8"))
         if cached.get("job") == json.loads(json.dumps(job)) and "error" not in cached:

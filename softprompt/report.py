@@ -62,7 +62,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"{report['train_rows']} training rows; {report['test_rows']} test rows (methods marked * used fewer); "
         f"majority-class accuracy {100 * report['majority_class_accuracy']:.1f}%. "
-        f"Budget: {report['setup']['steps']} optimizer steps of {report['setup']['batch_size']} rows per trained method.",
+        f"Budget: {report['setup']['budget']} optimizer steps of {report['setup']['batch_size']} rows per trained method.",
         "",
         "| method | family | accuracy | macro-F1 | trainable params | train time | peak RSS | adapter size | latency / example |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",

@@ -1,11 +1,11 @@
 """The methods ``softprompt compare`` measures, one spec each, all trained by one loop (fit.py).
 
-    prompt engineering   zero-shot instruction, k-shot in-context examples (nothing trained)
-    prompt tuning        a soft prompt [n, H] (Lester et al., 2021), each init, a few lengths
-    P-tuning             the prompt produced by a residual MLP, folded away on export
-    prefix tuning        per-layer keys and values (Li & Liang, 2021), through peft
-    LoRA                 low-rank updates of attention weights (Hu et al., 2021), through peft
-    full fine-tuning     every weight of the base model
+prompt engineering   zero-shot instruction, k-shot in-context examples (nothing trained)
+prompt tuning        a soft prompt [n, H] (Lester et al., 2021), each init, a few lengths
+P-tuning             the prompt produced by a residual MLP, folded away on export
+prefix tuning        per-layer keys and values (Li & Liang, 2021), through peft
+LoRA                 low-rank updates of attention weights (Hu et al., 2021), through peft
+full fine-tuning     every weight of the base model
 """
 
 from __future__ import annotations

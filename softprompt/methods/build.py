@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from softprompt.classify import Scorer, hf_scorer, prompt_scorer
+from softprompt.classify import Scorer, hf_scorer, shared_scorer
 from softprompt.data import Batch
 from softprompt.inject import inject, inject_labels
 from softprompt.methods import Kind, MethodSpec
@@ -34,7 +34,7 @@ class Tuned:
     loss: LossFn | None
     scorer: Callable[[], Scorer]
     save: Callable[[Path], Path]
-    context: str = ""  # text put before every input (instruction, in-context examples)
+    context: str = ""  # text before every input (instruction, examples); the scorer already holds it
     stored_params: int | None = None  # parameters in the saved artifact when they differ from params
 
 
@@ -54,7 +54,10 @@ def prompt_loss(base: BaseModel, prompt: Callable[[], torch.Tensor]) -> LossFn:
 def prompt_config(spec: MethodSpec, preset: Preset) -> PromptConfig:
     init_text = preset.instruction.strip() or preset.template
     return PromptConfig(
-        num_virtual_tokens=spec.num_virtual_tokens, init=Init(spec.init), init_text=init_text, init_labels=tuple(preset.words)
+        num_virtual_tokens=spec.num_virtual_tokens,
+        init=Init(spec.init),
+        init_text=init_text,
+        init_labels=tuple(preset.words),
     )
 
 
@@ -72,14 +75,16 @@ def build(spec: MethodSpec, base: BaseModel, preset: Preset, train_rows: list[di
 
 
 def _prompt_engineering(spec: MethodSpec, base: BaseModel, preset: Preset, train_rows: list[dict], seed: int) -> Tuned:
-    context = few_shot_context(preset, train_rows, spec.shots, seed) if spec.kind is Kind.FEW_SHOT else preset.instruction
+    context = (
+        few_shot_context(preset, train_rows, spec.shots, seed) if spec.kind is Kind.FEW_SHOT else preset.instruction
+    )
 
     def save(directory: Path) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "prompt.txt").write_text(context, encoding="utf-8")
         return directory
 
-    return Tuned([], None, lambda: prompt_scorer(base, [None]), save, context=context)
+    return Tuned([], None, lambda: shared_scorer(base, [None], context), save, context=context)
 
 
 def _prompt_tuning(spec: MethodSpec, base: BaseModel, preset: Preset, train_rows: list[dict], seed: int) -> Tuned:
@@ -88,7 +93,7 @@ def _prompt_tuning(spec: MethodSpec, base: BaseModel, preset: Preset, train_rows
     return Tuned(
         [prompt.embedding],
         prompt_loss(base, prompt),
-        lambda: prompt_scorer(base, [prompt.embedding.detach()]),
+        lambda: shared_scorer(base, [prompt.embedding.detach()]),
         model.save_pretrained,
     )
 
@@ -108,7 +113,7 @@ def _p_tuning(spec: MethodSpec, base: BaseModel, preset: Preset, train_rows: lis
     return Tuned(
         list(reparam.parameters()),
         prompt_loss(base, reparam),
-        lambda: prompt_scorer(base, [reparam.folded()]),
+        lambda: shared_scorer(base, [reparam.folded()]),
         save,
         stored_params=spec.num_virtual_tokens * base.hidden_size,
     )

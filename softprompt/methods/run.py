@@ -21,6 +21,7 @@ import torch
 from softprompt.adapter import write_json
 from softprompt.classify import classify, metrics
 from softprompt.data import DataConfig, tokenize_rows
+from softprompt.errors import ConfigError
 from softprompt.methods import TRAINED, Kind, MethodSpec
 from softprompt.methods.build import build
 from softprompt.methods.fit import FitConfig, fit
@@ -36,7 +37,7 @@ class RunSetup:
     preset: str = field(metadata={"help": "task preset name or JSON file"})
     data: str = field(metadata={"help": "directory with the preset's data files"})
     output: str = field(metadata={"help": "directory for adapters and results"})
-    steps: int = field(default=30, metadata={"help": "optimizer steps per trained method"})
+    budget: int = field(default=30, metadata={"help": "training budget: optimizer steps per trained method"})
     batch_size: int = field(default=8, metadata={"help": "training rows per step"})
     max_seconds: float = field(default=0.0, metadata={"help": "training time cap per method (0: none)"})
     train_rows: int | None = field(default=None, metadata={"help": "use the first N training rows"})
@@ -47,11 +48,21 @@ class RunSetup:
     keep_full_model: bool = field(default=False, metadata={"help": "keep the fully fine-tuned model on disk"})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, ..."})
 
+    def __post_init__(self) -> None:
+        if not self.preset or not self.data:
+            raise ConfigError("compare needs --preset and --data (the directory holding the preset's files)")
+        if self.budget < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ConfigError("budget, batch_size and eval_batch_size must be >= 1")
+
 
 def run_method(spec: MethodSpec, setup: RunSetup, isolated: bool = False) -> dict[str, Any]:
     """Train (if the method trains), save and evaluate one method; a JSON-ready result."""
     preset = load_preset(setup.preset)
-    test_rows = min(x for x in (spec.test_rows, setup.test_rows) if x is not None) if (spec.test_rows or setup.test_rows) else None
+    test_rows = (
+        min(x for x in (spec.test_rows, setup.test_rows) if x is not None)
+        if (spec.test_rows or setup.test_rows)
+        else None
+    )
     task = load_task(preset, setup.data, setup.train_rows, test_rows)
     base = load_base_model(setup.model, device=setup.device)
     total_params = sum(p.numel() for p in base.model.parameters())
@@ -59,9 +70,11 @@ def run_method(spec: MethodSpec, setup: RunSetup, isolated: bool = False) -> dic
     fitted = None
     if spec.kind in TRAINED:
         assert tuned.loss is not None
-        data = DataConfig(data=setup.data, template=preset.template, target_column=TARGET_COLUMN, max_length=setup.max_length)
+        data = DataConfig(
+            data=setup.data, template=preset.template, target_column=TARGET_COLUMN, max_length=setup.max_length
+        )
         examples = tokenize_rows(preset.with_target(task.train, setup.data), data, base.tokenizer, setup.data)
-        config = FitConfig(steps=setup.steps, lr=spec.lr, batch_size=setup.batch_size, seed=setup.seed,
+        config = FitConfig(steps=setup.budget, lr=spec.lr, batch_size=setup.batch_size, seed=setup.seed,
                            max_seconds=setup.max_seconds)  # fmt: skip
         fitted = fit(tuned.params, tuned.loss, examples, config, int(base.tokenizer.pad_token_id), base.device)
     for param in tuned.params:
@@ -72,7 +85,7 @@ def run_method(spec: MethodSpec, setup: RunSetup, isolated: bool = False) -> dic
     adapter_bytes = sum(p.stat().st_size for p in adapter_dir.rglob("*") if p.is_file())
     if spec.kind is Kind.FULL and not setup.keep_full_model:
         shutil.rmtree(adapter_dir)
-    texts = [tuned.context + preset.fill(row) for row in task.test]
+    texts = [preset.fill(row) for row in task.test]  # the scorer adds the context
     with torch.inference_mode():
         result = classify(tuned.scorer(), base.tokenizer, texts, preset.words, setup.eval_batch_size, base.device)
     preds = result.scores[0].argmax(-1).tolist()

@@ -100,7 +100,9 @@ class TaskData:
         return [self.preset.label_index(r, f"test row {i + 1}") for i, r in enumerate(self.test)]
 
 
-def load_task(preset: Preset, data_dir: str | Path, train_rows: int | None = None, test_rows: int | None = None) -> TaskData:
+def load_task(
+    preset: Preset, data_dir: str | Path, train_rows: int | None = None, test_rows: int | None = None
+) -> TaskData:
     """Read the preset's train and test files from ``data_dir``; optionally only the first N rows."""
     directory = Path(data_dir).expanduser()
     if not directory.is_dir():
