@@ -120,7 +120,10 @@ def compare(setup: RunSetup, config: CompareConfig) -> dict[str, Any]:
         "majority_class_accuracy": max(gold.count(c) for c in set(gold)) / len(gold),
         "methods": [{k: v for k, v in r.items() if k != "scores"} for r in results],
         "ensemble": ensemble,
-        "total_seconds": time.perf_counter() - started,
+        # Reused methods count with the time they took when they ran, so a resumed comparison
+        # reports what the whole comparison cost.
+        "total_seconds": time.perf_counter() - started
+        + sum(r.get("process_seconds", 0.0) for r in results if r.get("reused")),
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
     }
@@ -138,7 +141,7 @@ def _run_one(spec: MethodSpec, setup: RunSetup, isolate: bool) -> dict[str, Any]
         cached = json.loads(path.read_text(encoding="utf-8"))
         if cached.get("job") == json.loads(json.dumps(job)) and "error" not in cached:
             log.info("reusing %s", path)
-            return dict(cached)
+            return {**cached, "reused": True}
     if not isolate:
         started = time.perf_counter()
         result = run_method(spec, setup)

@@ -52,7 +52,7 @@ def nearest_tokens(base: BaseModel, prompt: torch.Tensor, top_k: int = 5) -> lis
     cos = F.normalize(prompt.float().cpu(), dim=-1) @ vocab.T  # [P, V]
     values, ids = cos.topk(top_k, dim=-1)
     return [
-        [(base.tokenizer.decode([int(i)]), float(v)) for v, i in zip(row_values, row_ids)]
+        [(str(base.tokenizer.decode([int(i)])), float(v)) for v, i in zip(row_values, row_ids)]
         for row_values, row_ids in zip(values, ids)
     ]
 

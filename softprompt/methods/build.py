@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -123,19 +124,20 @@ def _peft(spec: MethodSpec, base: BaseModel, preset: Preset, train_rows: list[di
     from peft import LoraConfig, PrefixTuningConfig, get_peft_model
 
     torch.manual_seed(seed)
+    config: LoraConfig | PrefixTuningConfig
     if spec.kind is Kind.LORA:
         config = LoraConfig(task_type="CAUSAL_LM", r=spec.rank, lora_alpha=2 * spec.rank, lora_dropout=0.0)
     else:
         config = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=spec.num_virtual_tokens)
     model = get_peft_model(base.model, config)
-    params = [p for p in model.parameters() if p.requires_grad]
+    params: list[torch.Tensor] = [p for p in model.parameters() if p.requires_grad]
     # Prefix tuning's keys and values carry no positions of their own: real tokens count from 0.
     pad_id = int(base.tokenizer.pad_token_id)
     return Tuned(
         params,
         hf_loss(model, base.accepts_position_ids),
         lambda: hf_scorer(model, pad_id, base.accepts_position_ids),
-        lambda d: _saved(model.save_pretrained(d), d),
+        _saver(model),
     )
 
 
@@ -146,9 +148,15 @@ def _full(spec: MethodSpec, base: BaseModel, preset: Preset, train_rows: list[di
         list(base.model.parameters()),
         hf_loss(base.model, base.accepts_position_ids),
         lambda: hf_scorer(base.model, pad_id, base.accepts_position_ids),
-        lambda d: _saved(base.model.save_pretrained(d), d),
+        _saver(base.model),
     )
 
 
-def _saved(_: object, directory: Path) -> Path:
-    return Path(directory)
+def _saver(model: Any) -> Callable[[Path], Path]:
+    """save_pretrained of a PEFT or transformers model, returning the directory."""
+
+    def save(directory: Path) -> Path:
+        model.save_pretrained(str(directory))
+        return directory
+
+    return save

@@ -30,9 +30,10 @@ class ReparamPrompt(nn.Module):
         super().__init__()
         width = embedding.shape[1]
         self.embedding = nn.Parameter(embedding.detach().clone().float())
-        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, width))
-        nn.init.zeros_(self.mlp[2].weight)
-        nn.init.zeros_(self.mlp[2].bias)
+        last = nn.Linear(hidden, width)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), last)
 
     def forward(self) -> torch.Tensor:
         return self.embedding + self.mlp(self.embedding)  # [n, H]
