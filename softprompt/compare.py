@@ -56,6 +56,10 @@ class CompareConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", tuple(Kind(m).value for m in self.methods))
+        try:  # the CLI passes list options as strings
+            object.__setattr__(self, "extra_lengths", tuple(int(n) for n in self.extra_lengths))
+        except ValueError as exc:
+            raise ConfigError(f"extra_lengths must be integers: {exc}") from exc
         for init in self.inits:
             if init not in INITS:
                 raise ConfigError(f"unknown init {init!r}: use {', '.join(INITS)}")

@@ -13,11 +13,11 @@ def test_eval_compare_inspect(tiny_dirs, tmp_path, capsys):
     out = tmp_path / "cmp"
     code = main(["compare", "--model", model, "--preset", "twitter_complaints", "--data", str(data), "--output", str(out),
                  "--budget", "1", "--methods", "zero-shot", "prompt-tuning", "lora", "--inits", "text", "labels",
-                 "--prompt-length", "2", "--extra-lengths", "--no-isolate"])  # fmt: skip
+                 "--prompt-length", "2", "--extra-lengths", "3", "--no-isolate"])  # fmt: skip
     assert code == 0
     assert "goal:" in capsys.readouterr().out
     adapters = sorted(str(p) for p in (out / "adapters").glob("prompt_tuning_*"))
-    assert len(adapters) == 2
+    assert len(adapters) == 3
 
     assert main(["eval", "--model", model, "--preset", "twitter_complaints", "--data", str(data), "--json",
                  "--adapter", *adapters, "--vote", "majority"]) == 0  # fmt: skip
