@@ -22,7 +22,7 @@ def test_eval_compare_inspect(tiny_dirs, tmp_path, capsys):
     assert main(["eval", "--model", model, "--preset", "twitter_complaints", "--data", str(data), "--json",
                  "--adapter", *adapters, "--vote", "majority"]) == 0  # fmt: skip
     result = json.loads(capsys.readouterr().out)
-    assert result["rows"] == 10 and len(result["members"]) == 2 and 0 <= result["accuracy"] <= 1
+    assert result["rows"] == 10 and len(result["members"]) == 3 and 0 <= result["accuracy"] <= 1
 
     assert main(["eval", "--model", model, "--preset", "twitter_complaints", "--data", str(data), "--json",
                  "--shots", "2", "--exact-match"]) == 0  # fmt: skip
