@@ -25,7 +25,7 @@ import softprompt
 from softprompt.adapter import write_json
 from softprompt.classify import metrics, vote
 from softprompt.errors import ConfigError
-from softprompt.methods import Kind, MethodSpec
+from softprompt.methods import TRAINED, Kind, MethodSpec
 from softprompt.methods.run import RunSetup, run_method
 from softprompt.presets import load_preset, load_task
 
@@ -143,7 +143,7 @@ def _run_one(spec: MethodSpec, setup: RunSetup, isolate: bool) -> dict[str, Any]
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_file():
         cached = json.loads(path.read_text(encoding="utf-8"))
-        if cached.get("job") == json.loads(json.dumps(job)) and "error" not in cached:
+        if _same_job(cached.get("job"), job, spec) and "error" not in cached:
             log.info("reusing %s", path)
             return {**cached, "reused": True}
     if not isolate:
@@ -155,6 +155,25 @@ def _run_one(spec: MethodSpec, setup: RunSetup, isolate: bool) -> dict[str, Any]
     result["job"] = job
     write_json(path, result)
     return result
+
+
+# Options that only matter to trained methods (and where results go): a prompt-engineering result
+# stays valid when they change, so comparisons at several budgets share it.
+TRAINING_ONLY = ("budget", "batch_size", "max_seconds", "max_length", "output", "keep_full_model")
+
+
+def _same_job(cached: Any, job: dict[str, Any], spec: MethodSpec) -> bool:
+    if not isinstance(cached, dict):
+        return False
+    cached, job = json.loads(json.dumps(cached)), json.loads(json.dumps(job))
+    if spec.kind not in TRAINED:
+        for key in TRAINING_ONLY:
+            cached["setup"].pop(key, None)
+            job["setup"].pop(key, None)
+    else:
+        cached["setup"].pop("output", None)
+        job["setup"].pop("output", None)
+    return bool(cached == job)
 
 
 def _run_child(job: dict[str, Any], path: Path) -> dict[str, Any]:

@@ -66,3 +66,15 @@ def test_failed_method_is_reported_not_fatal(tiny_dirs, tmp_path):
     bad = RunSetup(**{**setup.__dict__, "model": str(tmp_path / "no-model")})
     result = _run_one(MethodSpec(Kind.ZERO_SHOT), bad, isolate=True)
     assert "error" in result and "no-model" in result["error"]
+
+
+def test_prompt_engineering_results_are_shared_across_budgets(tiny_dirs, tmp_path):
+    from softprompt.compare import _same_job
+
+    setup = _setup(tiny_dirs, tmp_path)
+    bigger = RunSetup(**{**setup.__dict__, "budget": 50, "output": str(tmp_path / "other")})
+    job = {"spec": MethodSpec(Kind.ZERO_SHOT).__dict__, "setup": setup.__dict__}
+    other = {"spec": MethodSpec(Kind.ZERO_SHOT).__dict__, "setup": bigger.__dict__}
+    assert _same_job(job, other, MethodSpec(Kind.ZERO_SHOT))
+    lora = MethodSpec(Kind.LORA, lr=0.01)
+    assert not _same_job({"spec": lora.__dict__, "setup": setup.__dict__}, {"spec": lora.__dict__, "setup": bigger.__dict__}, lora)
