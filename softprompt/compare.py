@@ -126,7 +126,8 @@ def compare(setup: RunSetup, config: CompareConfig) -> dict[str, Any]:
         "ensemble": ensemble,
         # Reused methods count with the time they took when they ran, so a resumed comparison
         # reports what the whole comparison cost.
-        "total_seconds": time.perf_counter() - started
+        "total_seconds": time.perf_counter()
+        - started
         + sum(r.get("process_seconds", 0.0) for r in results if r.get("reused")),
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),

@@ -77,4 +77,6 @@ def test_prompt_engineering_results_are_shared_across_budgets(tiny_dirs, tmp_pat
     other = {"spec": MethodSpec(Kind.ZERO_SHOT).__dict__, "setup": bigger.__dict__}
     assert _same_job(job, other, MethodSpec(Kind.ZERO_SHOT))
     lora = MethodSpec(Kind.LORA, lr=0.01)
-    assert not _same_job({"spec": lora.__dict__, "setup": setup.__dict__}, {"spec": lora.__dict__, "setup": bigger.__dict__}, lora)
+    assert not _same_job(
+        {"spec": lora.__dict__, "setup": setup.__dict__}, {"spec": lora.__dict__, "setup": bigger.__dict__}, lora
+    )
