@@ -209,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     for serve_cls in (ServeConfig, EngineConfig, RegistryConfig):
         add_config_args(srv, serve_cls)
     srv.set_defaults(func=cmd_serve)
+
+    from softprompt.cli_compare import add_commands
+
+    add_commands(sub, _model_args)  # eval, compare, inspect
     return parser
 
 
