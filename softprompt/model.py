@@ -72,6 +72,42 @@ def token_nll(base: BaseModel, hidden: torch.Tensor, labels: torch.Tensor) -> tu
     return total, int(wanted.numel())
 
 
+def shared_prefix_hidden(
+    base: BaseModel, prompt: torch.Tensor, token_embeds: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """Hidden states [B, 1 + T, H] of left-padded tokens after one soft prompt [P, H] shared by every row.
+
+    Under causal attention the prompt's keys and values do not depend on the tokens after it, so
+    they are computed once (batch 1) and expanded to the batch instead of B times. The rows are
+    laid out as ``[prompt][padding][tokens]``: the mask hides the padding and position ids go on
+    from P, so each row attends to exactly what it would in ``[padding][prompt][tokens]`` with the
+    same positions. Gradients flow back through the expanded keys and values into the prompt.
+
+    Column 0, and the padding column just before a row's first token, hold the prompt's last
+    state, which predicts that first token; so ``hidden[:, :-1]`` predicts ``tokens`` exactly as
+    in the injected layout, given labels shifted right by one (see :func:`shared_prefix_labels`).
+    """
+    batch, seq, _ = token_embeds.shape
+    n_prompt = prompt.shape[0]
+    ones = attention_mask.new_ones(1, n_prompt)
+    positions = torch.arange(n_prompt, device=ones.device)[None]
+    prefix, cache = run_decoder(base, prompt[None].to(token_embeds.dtype), ones, positions, use_cache=True)
+    cache.batch_repeat_interleave(batch)  # [1, kv, P, d] -> [B, kv, P, d] per layer, differentiable
+    mask = torch.cat([ones.expand(batch, -1), attention_mask], dim=1)  # [B, P + T]
+    positions = (n_prompt + attention_mask.cumsum(dim=1) - 1) * attention_mask  # [B, T], 0 on padding
+    hidden, _ = run_decoder(base, token_embeds, mask, positions, cache=cache, use_cache=True)
+    last = prefix[:, -1:].expand(batch, 1, -1)  # [B, 1, H]
+    hidden = torch.cat([last, hidden], dim=1)  # [B, 1 + T, H]
+    first_predictor = (seq - attention_mask.sum(dim=1))[:, None]  # column before each row's first token
+    at_predictor = torch.arange(seq + 1, device=hidden.device)[None, :] == first_predictor  # [B, 1 + T]
+    return torch.where(at_predictor[..., None], last, hidden)
+
+
+def shared_prefix_labels(labels: torch.Tensor) -> torch.Tensor:
+    """[B, T] labels -> [B, 1 + T], aligned with :func:`shared_prefix_hidden`."""
+    return torch.cat([labels.new_full((labels.shape[0], 1), IGNORE_INDEX), labels], dim=1)
+
+
 class SoftPromptModel(nn.Module):
     """The frozen base model and a trainable (or loaded) soft prompt."""
 
@@ -80,6 +116,9 @@ class SoftPromptModel(nn.Module):
         self.base = base
         self.prompt = prompt
         self.prompt_config = prompt_config
+        # Compute the prompt's keys/values once per batch (see shared_prefix_hidden); False runs
+        # the plain injected layout, which tests compare against.
+        self.share_prompt_kv = True
 
     @classmethod
     def from_pretrained(
@@ -114,6 +153,10 @@ class SoftPromptModel(nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, int]:
         """Summed next-token loss over labelled tokens, and their count."""
+        if self.prompt is not None and self.share_prompt_kv:
+            token_embeds = self.base.model.get_input_embeddings()(input_ids)
+            hidden = shared_prefix_hidden(self.base, self.prompt(), token_embeds, attention_mask)
+            return token_nll(self.base, hidden, shared_prefix_labels(labels))
         injected = self.embed(input_ids, attention_mask)
         hidden, _ = run_decoder(self.base, injected.embeds, injected.attention_mask, injected.position_ids)
         return token_nll(self.base, hidden, inject_labels(labels, injected))
