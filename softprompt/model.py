@@ -26,6 +26,12 @@ log = logging.getLogger(__name__)
 
 # Rows of the LM head computed at once when scoring; bounds the [rows, vocab] logits buffer.
 LOSS_CHUNK = 2048
+# Rows per chunk of the fused head + cross-entropy: a [512, vocab] fp32 buffer is 100 MB for a
+# 49k vocabulary, and 512 rows keep the matmul efficient.
+FUSED_CHUNK = 512
+# Padded tokens per forward/backward slice in training: bounds activation memory (~1.3 MB a token
+# for SmolLM2-135M in fp32) while keeping matmuls large enough to run near the machine's peak.
+MICRO_BATCH_TOKENS = 512
 
 
 def run_decoder(
@@ -65,11 +71,57 @@ def token_nll(base: BaseModel, hidden: torch.Tensor, labels: torch.Tensor) -> tu
     keep = targets != IGNORE_INDEX
     selected = hidden[:, :-1][keep]  # [N, H]
     wanted = targets[keep]  # [N]
+    head = base.model.get_output_embeddings()
+    if _fusable_head(base, head):
+        return LinearCrossEntropy.apply(selected, head.weight, wanted), int(wanted.numel())
     total = hidden.new_zeros(())
     for start in range(0, selected.shape[0], LOSS_CHUNK):
         logits = lm_logits(base, selected[start : start + LOSS_CHUNK]).float()
         total = total + F.cross_entropy(logits, wanted[start : start + LOSS_CHUNK], reduction="sum")
     return total, int(wanted.numel())
+
+
+def _fusable_head(base: BaseModel, head: Any) -> bool:
+    """A frozen bias-free linear head with no logit soft-capping: what LinearCrossEntropy computes."""
+    return (
+        isinstance(head, nn.Linear)
+        and head.bias is None
+        and not head.weight.requires_grad
+        and not getattr(base.model.config, "final_logit_softcapping", None)
+    )
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of ``hidden @ weight.T`` with the gradient taken during the forward pass.
+
+    hidden [N, H], frozen weight [V, H], targets [N]. Chunk by chunk, the logits become softmax
+    minus one-hot in place and are multiplied back into d loss / d hidden [N, H], so no [N, V]
+    buffer outlives its chunk and autograd stores only [N, H] (the idea of Liger's fused linear
+    cross-entropy). The weight is frozen, so it gets no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        want_grad = ctx.needs_input_grad[0]
+        grad = torch.empty_like(hidden) if want_grad else None
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for start in range(0, hidden.shape[0], FUSED_CHUNK):
+            rows = slice(start, start + FUSED_CHUNK)
+            logits = (hidden[rows] @ weight.T).float()  # [n, V]
+            target = targets[rows, None]
+            lse = torch.logsumexp(logits, dim=1, keepdim=True)  # [n, 1]
+            total += (lse - logits.gather(1, target)).sum()
+            if grad is not None:
+                probs = logits.sub_(lse).exp_()  # softmax, in place
+                probs.scatter_add_(1, target, probs.new_full(target.shape, -1.0))
+                grad[rows] = probs.to(weight.dtype) @ weight
+        ctx.save_for_backward(grad)
+        return total.to(hidden.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad_total: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+        (grad,) = ctx.saved_tensors
+        return (grad * grad_total if grad is not None else None), None, None
 
 
 def shared_prefix_hidden(
@@ -106,6 +158,18 @@ def shared_prefix_hidden(
 def shared_prefix_labels(labels: torch.Tensor) -> torch.Tensor:
     """[B, T] labels -> [B, 1 + T], aligned with :func:`shared_prefix_hidden`."""
     return torch.cat([labels.new_full((labels.shape[0], 1), IGNORE_INDEX), labels], dim=1)
+
+
+def _row_slices(lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """Consecutive rows, longest first, grouped so rows x longest row stays within ``max_tokens``."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    slices: list[list[int]] = []
+    for i in order:
+        if slices and (len(slices[-1]) + 1) * lengths[slices[-1][0]] <= max_tokens:
+            slices[-1].append(i)
+        else:
+            slices.append([i])
+    return slices
 
 
 class SoftPromptModel(nn.Module):
@@ -160,6 +224,36 @@ class SoftPromptModel(nn.Module):
         injected = self.embed(input_ids, attention_mask)
         hidden, _ = run_decoder(self.base, injected.embeds, injected.attention_mask, injected.position_ids)
         return token_nll(self.base, hidden, inject_labels(labels, injected))
+
+    def backward_mean_loss(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        scale: float = 1.0,
+        max_tokens: int = MICRO_BATCH_TOKENS,
+    ) -> tuple[float, int, int]:
+        """Backpropagate ``scale`` x the batch's mean token loss; returns it, the token count and the slots run.
+
+        The batch runs in slices of rows of at most ``max_tokens`` (padded) tokens each, every
+        slice trimmed to its own longest row, and each slice's summed loss is divided by the
+        whole batch's count: the gradient equals one pass over the batch, while activation
+        memory is bounded by the slice (about 1.3 MB per token for SmolLM2-135M).
+        """
+        self.require_prompt()
+        count = int((labels != IGNORE_INDEX).sum())  # every labelled token is scored after a prompt
+        lengths = attention_mask.sum(dim=1).tolist()
+        total, slots = 0.0, 0
+        for rows in _row_slices(lengths, max_tokens):
+            width = max(lengths[i] for i in rows)
+            index = torch.tensor(rows, device=input_ids.device)
+            loss, _ = self.loss(input_ids[index, -width:], attention_mask[index, -width:], labels[index, -width:])
+            if not torch.isfinite(loss):
+                return float(loss), count, slots
+            (loss * (scale / max(count, 1))).backward()
+            total += float(loss.detach())
+            slots += len(rows) * width
+        return total / max(count, 1), count, slots
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Logits [B, T, vocab] for the real tokens only (virtual positions are dropped)."""

@@ -51,3 +51,40 @@ def test_first_token_is_scored_from_the_last_virtual_token(llama):
     ids = torch.tensor([[5, 6, 7]])
     _, count = model.loss(ids, torch.ones_like(ids), ids.clone())
     assert count == 3
+
+
+def test_fused_head_cross_entropy_equals_plain(llama):
+    """LinearCrossEntropy: same summed loss and d loss / d hidden as logits + F.cross_entropy."""
+    from softprompt.model import FUSED_CHUNK, LinearCrossEntropy
+
+    weight = llama.model.get_output_embeddings().weight
+    rows = FUSED_CHUNK + 7  # more than one chunk
+    hidden = torch.randn(rows, weight.shape[1], requires_grad=True)
+    targets = torch.randint(weight.shape[0], (rows,))
+    fused = LinearCrossEntropy.apply(hidden, weight, targets)
+    (grad_fused,) = torch.autograd.grad(2 * fused, hidden)
+    plain = torch.nn.functional.cross_entropy(hidden @ weight.T, targets, reduction="sum")
+    (grad_plain,) = torch.autograd.grad(2 * plain, hidden)
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(grad_fused, grad_plain, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(LinearCrossEntropy.apply(hidden, weight, targets), plain.detach())
+
+
+@pytest.mark.parametrize("max_tokens", [1, 12, 10_000])
+def test_sliced_backward_equals_one_pass(llama, max_tokens):
+    """Row slices under a token budget, each trimmed to its longest row: same mean loss and gradient."""
+    model = SoftPromptModel.with_new_prompt(llama, PromptConfig(num_virtual_tokens=3, init=Init.RANDOM))
+    batch = next(batches(_examples(llama.tokenizer, False), 4, llama.tokenizer.pad_token_id))
+    prompt = model.require_prompt()
+    loss, count = model.loss(batch.input_ids, batch.attention_mask, batch.labels)
+    (loss / count / 2).backward()
+    assert prompt.embedding.grad is not None
+    expected = prompt.embedding.grad.clone()
+    prompt.embedding.grad = None
+    mean, sliced_count, slots = model.backward_mean_loss(
+        batch.input_ids, batch.attention_mask, batch.labels, scale=0.5, max_tokens=max_tokens
+    )
+    assert sliced_count == count and slots <= batch.input_ids.numel()
+    assert mean == pytest.approx(float(loss) / count, rel=1e-5)
+    torch.testing.assert_close(prompt.embedding.grad, expected, atol=1e-6, rtol=1e-4)
