@@ -90,10 +90,16 @@ def load_data(case: Case, tokenizer: Any, twitter_eval_rows: int) -> tuple[list,
     return load_examples(config, tokenizer)
 
 
-def peak_rss_mb() -> float:
-    import resource
+def reset_peak_rss() -> None:
+    """Restart the kernel's high-water mark (VmHWM) so the peak covers training, not model loading."""
+    Path("/proc/self/clear_refs").write_text("5")
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def heldout_ce(base: Any, embedding: Any, held_out: list) -> float:
@@ -201,7 +207,7 @@ def run_softprompt(case: Case, base: Any, train_set: list, held_out: list) -> di
         "eval_seconds": metrics.get("eval_seconds", 0.0),
         "real_tokens": metrics["train_tokens_per_second"] * metrics["train_seconds"],
         "padded_tokens": metrics["train_padded_tokens_per_second"] * metrics["train_seconds"],
-        "peak_rss_mb": metrics["peak_rss_mb"],
+        "peak_rss_mb": peak_rss_mb(),
         "ce_before": metrics["heldout_loss_before"],
         "ce_after": metrics["heldout_loss_after"],
         "batch_size": metrics["batch_size"],
@@ -253,6 +259,7 @@ def worker(method: str, case_key: str, result_path: Path, twitter_eval_rows: int
     base = load_base_model(MODEL)
     train_set, held_out = load_data(case, base.tokenizer, twitter_eval_rows)
     run = run_peft if method == "peft" else run_softprompt
+    reset_peak_rss()
     result = run(case, base, train_set, held_out)
     config = base.model.config
     n_body = sum(p.numel() for p in base.model.parameters()) - base.embedding_weight.numel()
