@@ -116,12 +116,12 @@ class LinearCrossEntropy(torch.autograd.Function):
                 probs.scatter_add_(1, target, probs.new_full(target.shape, -1.0))
                 grad[rows] = probs.to(weight.dtype) @ weight
         ctx.save_for_backward(grad)
-        return total.to(hidden.dtype)
+        return total  # fp32 whatever the model dtype, like the plain path
 
     @staticmethod
     def backward(ctx: Any, grad_total: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
         (grad,) = ctx.saved_tensors
-        return (grad * grad_total if grad is not None else None), None, None
+        return (None if grad is None else (grad * grad_total).to(grad.dtype)), None, None
 
 
 def shared_prefix_hidden(
