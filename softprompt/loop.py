@@ -25,6 +25,7 @@ from softprompt.checkpoint import Checkpoint, save_checkpoint
 from softprompt.data import Batch, Example, batches
 from softprompt.errors import TrainingError
 from softprompt.evaluate import mean_token_loss
+from softprompt.inject import IGNORE_INDEX
 from softprompt.model import SoftPromptModel
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class Progress:
     padded_tokens: int = 0
     train_seconds: float = 0.0
     stopped_early: bool = False
+    eval_seconds: float = 0.0  # held-out scoring between epochs, kept out of train_seconds
 
 
 @dataclass
@@ -139,19 +141,20 @@ class TrainingLoop:
         """
         local = distributed.shard(batch).to(self.model.base.device)
         rows = local.input_ids.shape[0]  # 0 when a short last batch has fewer rows than ranks
-        loss_sum, count = self.model.loss(local.input_ids, local.attention_mask, local.labels) if rows else (None, 0)
-        total, tokens, real, padded = distributed.global_sums(
-            float(loss_sum.detach()) if loss_sum is not None else 0.0, count, local.real_tokens, local.input_ids.numel()
-        )
+        (tokens,) = distributed.global_sums(int((local.labels != IGNORE_INDEX).sum()))
+        mean, count, slots = 0.0, 0, 0
+        if rows:  # row slices under a token budget bound activation memory; same gradient as one pass
+            mean, count, slots = self.model.backward_mean_loss(
+                local.input_ids, local.attention_mask, local.labels, 1 / self.config.grad_accum, divisor=int(tokens)
+            )
+        total, real, padded = distributed.global_sums(mean * count, local.real_tokens, slots)
         if not math.isfinite(total):  # the same global value on every rank, so all stop together
             saved = (
                 f"the last good checkpoint (step {self.step}) is in {self.output}" if self.step else "nothing was saved"
             )
             raise TrainingError(f"loss became {total} at step {self.step + 1}; lower --lr or check the data; {saved}")
-        if loss_sum is not None:
-            (loss_sum / max(tokens, 1) / self.config.grad_accum).backward()
         self.progress.real_tokens += int(real)
-        self.progress.padded_tokens += int(padded)
+        self.progress.padded_tokens += int(padded)  # token slots computed, padding included
         return total / max(tokens, 1)
 
     def _optimizer_step(self) -> None:
@@ -165,8 +168,10 @@ class TrainingLoop:
         self.step += 1
 
     def _end_epoch(self) -> None:
+        started = time.perf_counter()
         loss = mean_token_loss(self.model, self.eval_set, self.config.eval_batch_size)
-        self._record({"step": self.step, "epoch": self.epoch, "eval_loss": loss})
+        self.progress.eval_seconds += time.perf_counter() - started
+        self._record({"step": self.step, "epoch": self.epoch, "eval_loss": loss, "elapsed": self.progress.train_seconds})
         log.info("epoch %d: held-out loss %.4f", self.epoch, loss)
         if loss < self.progress.best_loss:
             self.progress.best_loss, self.progress.best_epoch, self.progress.stale_epochs = loss, self.epoch, 0

@@ -26,6 +26,12 @@ log = logging.getLogger(__name__)
 
 # Rows of the LM head computed at once when scoring; bounds the [rows, vocab] logits buffer.
 LOSS_CHUNK = 2048
+# Rows per chunk of the fused head + cross-entropy: a [512, vocab] fp32 buffer is 100 MB for a
+# 49k vocabulary, and 512 rows keep the matmul efficient.
+FUSED_CHUNK = 512
+# Padded tokens per forward/backward slice in training: bounds activation memory (~1.3 MB a token
+# for SmolLM2-135M in fp32) while keeping matmuls large enough to run near the machine's peak.
+MICRO_BATCH_TOKENS = 512
 
 
 def run_decoder(
@@ -65,11 +71,105 @@ def token_nll(base: BaseModel, hidden: torch.Tensor, labels: torch.Tensor) -> tu
     keep = targets != IGNORE_INDEX
     selected = hidden[:, :-1][keep]  # [N, H]
     wanted = targets[keep]  # [N]
+    head = base.model.get_output_embeddings()
+    if _fusable_head(base, head):
+        return LinearCrossEntropy.apply(selected, head.weight, wanted), int(wanted.numel())
     total = hidden.new_zeros(())
     for start in range(0, selected.shape[0], LOSS_CHUNK):
         logits = lm_logits(base, selected[start : start + LOSS_CHUNK]).float()
         total = total + F.cross_entropy(logits, wanted[start : start + LOSS_CHUNK], reduction="sum")
     return total, int(wanted.numel())
+
+
+def _fusable_head(base: BaseModel, head: Any) -> bool:
+    """A frozen bias-free linear head with no logit soft-capping: what LinearCrossEntropy computes."""
+    return (
+        isinstance(head, nn.Linear)
+        and head.bias is None
+        and not head.weight.requires_grad
+        and not getattr(base.model.config, "final_logit_softcapping", None)
+    )
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of ``hidden @ weight.T`` with the gradient taken during the forward pass.
+
+    hidden [N, H], frozen weight [V, H], targets [N]. Chunk by chunk, the logits become softmax
+    minus one-hot in place and are multiplied back into d loss / d hidden [N, H], so no [N, V]
+    buffer outlives its chunk and autograd stores only [N, H] (the idea of Liger's fused linear
+    cross-entropy). The weight is frozen, so it gets no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        want_grad = ctx.needs_input_grad[0]
+        grad = torch.empty_like(hidden) if want_grad else None
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for start in range(0, hidden.shape[0], FUSED_CHUNK):
+            rows = slice(start, start + FUSED_CHUNK)
+            logits = (hidden[rows] @ weight.T).float()  # [n, V]
+            target = targets[rows, None]
+            lse = torch.logsumexp(logits, dim=1, keepdim=True)  # [n, 1]
+            total += (lse - logits.gather(1, target)).sum()
+            if grad is not None:
+                probs = logits.sub_(lse).exp_()  # softmax, in place
+                probs.scatter_add_(1, target, probs.new_full(target.shape, -1.0))
+                grad[rows] = probs.to(weight.dtype) @ weight
+        ctx.save_for_backward(grad)
+        return total  # fp32 whatever the model dtype, like the plain path
+
+    @staticmethod
+    def backward(ctx: Any, grad_total: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+        (grad,) = ctx.saved_tensors
+        return (None if grad is None else (grad * grad_total).to(grad.dtype)), None, None
+
+
+def shared_prefix_hidden(
+    base: BaseModel, prompt: torch.Tensor, token_embeds: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """Hidden states [B, 1 + T, H] of left-padded tokens after one soft prompt [P, H] shared by every row.
+
+    Under causal attention the prompt's keys and values do not depend on the tokens after it, so
+    they are computed once (batch 1) and expanded to the batch instead of B times. The rows are
+    laid out as ``[prompt][padding][tokens]``: the mask hides the padding and position ids go on
+    from P, so each row attends to exactly what it would in ``[padding][prompt][tokens]`` with the
+    same positions. Gradients flow back through the expanded keys and values into the prompt.
+
+    Column 0, and the padding column just before a row's first token, hold the prompt's last
+    state, which predicts that first token; so ``hidden[:, :-1]`` predicts ``tokens`` exactly as
+    in the injected layout, given labels shifted right by one (see :func:`shared_prefix_labels`).
+    """
+    batch, seq, _ = token_embeds.shape
+    n_prompt = prompt.shape[0]
+    ones = attention_mask.new_ones(1, n_prompt)
+    positions = torch.arange(n_prompt, device=ones.device)[None]
+    prefix, cache = run_decoder(base, prompt[None].to(token_embeds.dtype), ones, positions, use_cache=True)
+    cache.batch_repeat_interleave(batch)  # [1, kv, P, d] -> [B, kv, P, d] per layer, differentiable
+    mask = torch.cat([ones.expand(batch, -1), attention_mask], dim=1)  # [B, P + T]
+    positions = (n_prompt + attention_mask.cumsum(dim=1) - 1) * attention_mask  # [B, T], 0 on padding
+    hidden, _ = run_decoder(base, token_embeds, mask, positions, cache=cache, use_cache=True)
+    last = prefix[:, -1:].expand(batch, 1, -1)  # [B, 1, H]
+    hidden = torch.cat([last, hidden], dim=1)  # [B, 1 + T, H]
+    first_predictor = (seq - attention_mask.sum(dim=1))[:, None]  # column before each row's first token
+    at_predictor = torch.arange(seq + 1, device=hidden.device)[None, :] == first_predictor  # [B, 1 + T]
+    return torch.where(at_predictor[..., None], last, hidden)
+
+
+def shared_prefix_labels(labels: torch.Tensor) -> torch.Tensor:
+    """[B, T] labels -> [B, 1 + T], aligned with :func:`shared_prefix_hidden`."""
+    return torch.cat([labels.new_full((labels.shape[0], 1), IGNORE_INDEX), labels], dim=1)
+
+
+def _row_slices(lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """Consecutive rows, longest first, grouped so rows x longest row stays within ``max_tokens``."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    slices: list[list[int]] = []
+    for i in order:
+        if slices and (len(slices[-1]) + 1) * lengths[slices[-1][0]] <= max_tokens:
+            slices[-1].append(i)
+        else:
+            slices.append([i])
+    return slices
 
 
 class SoftPromptModel(nn.Module):
@@ -80,6 +180,9 @@ class SoftPromptModel(nn.Module):
         self.base = base
         self.prompt = prompt
         self.prompt_config = prompt_config
+        # Compute the prompt's keys/values once per batch (see shared_prefix_hidden); False runs
+        # the plain injected layout, which tests compare against.
+        self.share_prompt_kv = True
 
     @classmethod
     def from_pretrained(
@@ -114,9 +217,45 @@ class SoftPromptModel(nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, int]:
         """Summed next-token loss over labelled tokens, and their count."""
+        if self.prompt is not None and self.share_prompt_kv:
+            token_embeds = self.base.model.get_input_embeddings()(input_ids)
+            hidden = shared_prefix_hidden(self.base, self.prompt(), token_embeds, attention_mask)
+            return token_nll(self.base, hidden, shared_prefix_labels(labels))
         injected = self.embed(input_ids, attention_mask)
         hidden, _ = run_decoder(self.base, injected.embeds, injected.attention_mask, injected.position_ids)
         return token_nll(self.base, hidden, inject_labels(labels, injected))
+
+    def backward_mean_loss(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        scale: float = 1.0,
+        max_tokens: int = MICRO_BATCH_TOKENS,
+        divisor: int | None = None,
+    ) -> tuple[float, int, int]:
+        """Backpropagate ``scale`` x the batch's mean token loss; returns it, the token count and the slots run.
+
+        The batch runs in slices of rows of at most ``max_tokens`` (padded) tokens each, every
+        slice trimmed to its own longest row, and each slice's summed loss is divided by the
+        whole batch's count: the gradient equals one pass over the batch, while activation
+        memory is bounded by the slice (about 1.3 MB per token for SmolLM2-135M). ``divisor``
+        replaces the batch's own token count (multi-process training divides by the global count).
+        """
+        self.require_prompt()
+        count = int((labels != IGNORE_INDEX).sum())  # every labelled token is scored after a prompt
+        lengths = attention_mask.sum(dim=1).tolist()
+        total, slots = 0.0, 0
+        for rows in _row_slices(lengths, max_tokens):
+            width = max(lengths[i] for i in rows)
+            index = torch.tensor(rows, device=input_ids.device)
+            loss, _ = self.loss(input_ids[index, -width:], attention_mask[index, -width:], labels[index, -width:])
+            if not torch.isfinite(loss):
+                return float(loss), count, slots
+            (loss * (scale / max(divisor or count, 1))).backward()
+            total += float(loss.detach())
+            slots += len(rows) * width
+        return total / max(count, 1), count, slots
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Logits [B, T, vocab] for the real tokens only (virtual positions are dropped)."""

@@ -186,6 +186,7 @@ def _finish(loop: TrainingLoop) -> TrainResult:
         "heldout_loss_before": progress.heldout_loss_before,
         "heldout_loss_after": after,
         "train_seconds": progress.train_seconds,
+        "eval_seconds": progress.eval_seconds,
         "train_tokens_per_second": progress.real_tokens / seconds,
         "train_padded_tokens_per_second": progress.padded_tokens / seconds,
         "train_rows": len(loop.train_set),
