@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from softprompt.data import left_pad
 from softprompt.errors import ConfigError
 from softprompt.inject import inject
 from softprompt.model import lm_logits, run_decoder
@@ -119,16 +120,6 @@ def label_ids(tokenizer: PreTrainedTokenizerBase, words: Sequence[str]) -> list[
         if not tokens:
             raise ConfigError(f"label word {word!r} tokenizes to nothing")
     return ids
-
-
-def left_pad(seqs: Sequence[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        ids[row, width - len(seq) :] = torch.tensor(seq)
-        mask[row, width - len(seq) :] = 1
-    return ids.to(device), mask.to(device)
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ import io
 import json
 import random
 import string
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -283,17 +283,24 @@ def label_words(config: DataConfig) -> tuple[str, ...]:
     return tuple(seen)
 
 
+def left_pad(
+    seqs: Sequence[list[int]], pad_id: int, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad id lists to [B, T] ids and mask: every row ends at the last column, so virtual
+    tokens and decoding line up."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        if seq:
+            ids[row, width - len(seq) :] = torch.tensor(seq)
+            mask[row, width - len(seq) :] = 1
+    return ids.to(device), mask.to(device)
+
+
 def collate(examples: list[Example], pad_id: int) -> Batch:
-    """Left-pad: every row ends at the last column, so virtual tokens and decoding line up."""
-    width = max(len(e.input_ids) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, e in enumerate(examples):
-        n = len(e.input_ids)
-        ids[row, width - n :] = torch.tensor(e.input_ids)
-        labels[row, width - n :] = torch.tensor(e.labels)
-        mask[row, width - n :] = 1
+    ids, mask = left_pad([e.input_ids for e in examples], pad_id)
+    labels, _ = left_pad([e.labels for e in examples], IGNORE_INDEX)
     return Batch(ids, mask, labels)
 
 

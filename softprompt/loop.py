@@ -171,7 +171,9 @@ class TrainingLoop:
         started = time.perf_counter()
         loss = mean_token_loss(self.model, self.eval_set, self.config.eval_batch_size)
         self.progress.eval_seconds += time.perf_counter() - started
-        self._record({"step": self.step, "epoch": self.epoch, "eval_loss": loss, "elapsed": self.progress.train_seconds})
+        self._record(
+            {"step": self.step, "epoch": self.epoch, "eval_loss": loss, "elapsed": self.progress.train_seconds}
+        )
         log.info("epoch %d: held-out loss %.4f", self.epoch, loss)
         if loss < self.progress.best_loss:
             self.progress.best_loss, self.progress.best_epoch, self.progress.stale_epochs = loss, self.epoch, 0

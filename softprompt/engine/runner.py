@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
+from softprompt.data import left_pad
 from softprompt.engine.kv import BatchKV, PromptKV, cache_from_layers, layers_from_cache, merge, prompt_prefix, select
 from softprompt.engine.sampler import new_generator, sample
 from softprompt.engine.sequence import Sequence
@@ -46,13 +47,7 @@ class ModelRunner:
     def prefill(self, seqs: list[Sequence], prompts: list[PromptKV | None]) -> list[int]:
         """Prefill ``seqs`` after their prompt KV, sample their first tokens, and join the running batch."""
         device = self.base.device
-        width = max(len(s.prompt_ids) for s in seqs)
-        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long, device=device)  # [B, T]
-        token_mask = torch.zeros_like(ids)
-        for row, seq in enumerate(seqs):  # left padding: the newest token is last in every row
-            if seq.prompt_ids:
-                ids[row, width - len(seq.prompt_ids) :] = torch.tensor(seq.prompt_ids, device=device)
-                token_mask[row, width - len(seq.prompt_ids) :] = 1
+        ids, token_mask = left_pad([s.prompt_ids for s in seqs], self.pad_id, device)  # [B, T], newest token last
         prefix, prefix_mask = prompt_prefix(prompts, device)  # per layer [B, h, Pmax, d]; [B, Pmax]
         prompt_lengths = prefix_mask.sum(dim=1)  # [B]
         positions = prompt_lengths[:, None] + (token_mask.cumsum(dim=1) - 1).clamp(min=0)  # [B, T]
