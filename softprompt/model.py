@@ -108,13 +108,14 @@ class LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, hidden.shape[0], FUSED_CHUNK):
             rows = slice(start, start + FUSED_CHUNK)
             logits = (hidden[rows] @ weight.T).float()  # [n, V]
-            target = targets[rows, None]
-            lse = torch.logsumexp(logits, dim=1, keepdim=True)  # [n, 1]
-            total += (lse - logits.gather(1, target)).sum()
-            if grad is not None:
-                probs = logits.sub_(lse).exp_()  # softmax, in place
-                probs.scatter_add_(1, target, probs.new_full(target.shape, -1.0))
-                grad[rows] = probs.to(weight.dtype) @ weight
+            target = targets[rows]
+            picked = logits.gather(1, target[:, None])
+            peak = logits.amax(dim=1, keepdim=True)
+            # exp in place: the [n, V] buffer is read four times (max, sub, exp, sum), never copied
+            norm = logits.sub_(peak).exp_().sum(dim=1, keepdim=True)  # [n, 1]
+            total += (peak + norm.log() - picked).sum()
+            if grad is not None:  # d/dh = softmax @ W - W[target]: the division folds into [n, H]
+                grad[rows] = (logits.to(weight.dtype) @ weight).div_(norm.to(weight.dtype)) - weight[target]
         ctx.save_for_backward(grad)
         return total  # fp32 whatever the model dtype, like the plain path
 

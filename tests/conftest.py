@@ -22,6 +22,7 @@ from transformers import (
     Qwen2Config,
 )
 
+from fuzz.targets import Targets
 from softprompt.models import BaseModel, load_base_model
 
 ARCHS = ["llama", "gpt2", "bloom", "qwen2"]
@@ -94,3 +95,14 @@ def tiny(tiny_dirs, arch) -> BaseModel:
 @pytest.fixture
 def llama(tiny_dirs) -> BaseModel:
     return load_tiny(tiny_dirs, "llama")
+
+
+@pytest.fixture(scope="module")
+def fuzz_dir(tmp_path_factory) -> Path:
+    """Scratch space for a module's property tests (hypothesis forbids function-scoped tmp_path)."""
+    return tmp_path_factory.mktemp("fuzz")
+
+
+@pytest.fixture(scope="module")
+def targets(fuzz_dir) -> Targets:
+    return Targets(fuzz_dir)

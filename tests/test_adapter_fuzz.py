@@ -7,8 +7,6 @@ finite. A failed save leaves the previous adapter byte for byte, and no temp fil
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,25 +16,12 @@ from hypothesis import strategies as st
 from safetensors.torch import save as safetensors_bytes
 
 from fuzz.properties import HOSTILE_JSON, fuzz_settings, json_dumps_or_none, safetensors_files
-from fuzz.targets import SHAPE, Targets, expect_clean
+from fuzz.targets import SHAPE, expect_clean
 from softprompt import adapter as adapter_module
 from softprompt.adapter import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig, load_adapter, save_adapter
 from softprompt.errors import AdapterError, SoftPromptError
 
-WORK = Path(tempfile.mkdtemp(prefix="softprompt-test-adapter-fuzz-"))
 GOOD_CONFIG = AdapterConfig(*SHAPE).to_json()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _cleanup():
-    yield
-    shutil.rmtree(WORK, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def targets() -> Targets:
-    return Targets(WORK)
-
 
 # -- weights ---------------------------------------------------------------------------------------
 
@@ -208,8 +193,8 @@ def test_failed_save_keeps_the_old_adapter(tmp_path, monkeypatch, where, patch):
 
 @fuzz_settings(20)
 @given(rows=st.integers(1, 6), dim=st.integers(1, 6), metrics=st.dictionaries(st.text(max_size=5), HOSTILE_JSON))
-def test_save_then_load_round_trips(rows, dim, metrics):
-    directory = WORK / "round-trip"
+def test_save_then_load_round_trips(fuzz_dir, rows, dim, metrics):
+    directory = fuzz_dir / "round-trip"
     embedding = torch.randn(rows, dim)
     text = json_dumps_or_none(metrics)
     config = AdapterConfig(rows, dim, softprompt_metrics=metrics if text is not None else {})

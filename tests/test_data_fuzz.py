@@ -9,8 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,7 @@ from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from fuzz.properties import HOSTILE_JSON, NASTY_TEXT, fuzz_settings, json_dumps_or_none
-from fuzz.targets import Targets, byte_tokenizer, expect_clean
+from fuzz.targets import byte_tokenizer, expect_clean
 from softprompt.data import DataConfig, read_rows, tokenize_row
 from softprompt.errors import ConfigError, DataError, SoftPromptError
 from softprompt.inject import IGNORE_INDEX
@@ -26,22 +24,8 @@ from softprompt.inject import IGNORE_INDEX
 TOKENIZER = byte_tokenizer()
 
 
-WORK = Path(tempfile.mkdtemp(prefix="softprompt-test-data-fuzz-"))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _cleanup():
-    yield
-    shutil.rmtree(WORK, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def targets() -> Targets:
-    return Targets(WORK)
-
-
-def _write(data: bytes, suffix: str) -> str:
-    path = WORK / f"written{suffix}"
+def _write(directory: Path, data: bytes, suffix: str) -> str:
+    path = directory / f"written{suffix}"
     path.write_bytes(data)
     return str(path)
 
@@ -116,7 +100,7 @@ CELL = st.text(max_size=12).filter(lambda c: "\x00" not in c)
     bom=st.booleans(),
 )
 @example(header=["a", "b"], data=None, bom=False)  # filled in below: a form feed inside a field
-def test_csv_written_by_csv_writer_reads_back_exactly(header, data, bom):
+def test_csv_written_by_csv_writer_reads_back_exactly(fuzz_dir, header, data, bom):
     if data is None:
         rows = [["x\x0cy", "\u2028"], ["q\r\nr", "s\rt"]]
     else:
@@ -124,7 +108,9 @@ def test_csv_written_by_csv_writer_reads_back_exactly(header, data, bom):
     assume(not any(len(header) == 1 and row == [""] for row in rows))  # csv writes a lone "" as ""
     buffer = io.StringIO()
     csv.writer(buffer).writerows([header, *rows])
-    path = _write((b"\xef\xbb\xbf" if bom else b"") + buffer.getvalue().encode("utf-8", "surrogatepass"), ".csv")
+    path = _write(
+        fuzz_dir, (b"\xef\xbb\xbf" if bom else b"") + buffer.getvalue().encode("utf-8", "surrogatepass"), ".csv"
+    )
     try:
         assert read_rows(path) == [dict(zip(header, row)) for row in rows]
     except DataError as exc:  # only lone surrogates may fail, and then as invalid UTF-8
@@ -150,18 +136,18 @@ def test_csv_written_by_csv_writer_reads_back_exactly(header, data, bom):
     crlf=st.booleans(),
 )
 @example(rows=[{"text": "a\u2028b\x85c"}], ascii_only=False, crlf=False)
-def test_jsonl_reads_back_exactly(rows, ascii_only, crlf):
+def test_jsonl_reads_back_exactly(fuzz_dir, rows, ascii_only, crlf):
     end = "\r\n" if crlf else "\n"
     text = end.join(json.dumps(row, ensure_ascii=ascii_only) for row in rows) + end + end  # a blank line too
-    path = _write(text.encode("utf-8", "surrogatepass"), ".jsonl")
+    path = _write(fuzz_dir, text.encode("utf-8", "surrogatepass"), ".jsonl")
     try:
         assert read_rows(path) == rows
     except DataError as exc:
         assert "UTF-8" in str(exc)
 
 
-def test_invalid_utf8_names_the_line_and_byte():
-    path = _write(b"\xef\xbb\xbfa,b\n1,2\n3,\xff\n", ".csv")
+def test_invalid_utf8_names_the_line_and_byte(fuzz_dir):
+    path = _write(fuzz_dir, b"\xef\xbb\xbfa,b\n1,2\n3,\xff\n", ".csv")
     with pytest.raises(DataError, match=r"line 3: not valid UTF-8 \(byte 13\)"):
         read_rows(path)
 
