@@ -19,7 +19,8 @@ How a step is split, so that N processes compute the 1-process update:
   and an implicit divide-by-world-size for one tensor of a few KB.
 
 Only rank 0 writes files; checkpoints hold the global data position (epoch, next batch), so a
-run saved with N processes resumes with any other number.
+run saved with N processes resumes with any other number. Every rank holds the whole frozen
+model unless softprompt.sharding splits it over them (``--shard fsdp``).
 """
 
 from __future__ import annotations
@@ -169,9 +170,18 @@ def all_reduce_grads(params: Sequence[torch.Tensor]) -> None:
 
 def global_min(value: int) -> int:
     """The smallest ``value`` over all ranks (all must agree on, e.g., the batch size)."""
+    return _global_int(value, dist.ReduceOp.MIN)
+
+
+def global_max(value: int) -> int:
+    """The largest ``value`` over all ranks (e.g. the model passes every rank must run under FSDP)."""
+    return _global_int(value, dist.ReduceOp.MAX)
+
+
+def _global_int(value: int, op: Any) -> int:
     if not active():
         return value
     device = "cuda" if dist.get_backend() == "nccl" else "cpu"
     packed = torch.tensor([value], dtype=torch.int64, device=device)
-    dist.all_reduce(packed, op=dist.ReduceOp.MIN)
+    dist.all_reduce(packed, op=op)
     return int(packed.item())

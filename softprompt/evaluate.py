@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from softprompt import distributed
+from softprompt import distributed, sharding
 from softprompt.data import Example, batches
 from softprompt.inject import IGNORE_INDEX
 from softprompt.model import SoftPromptModel
@@ -28,10 +28,16 @@ def mean_token_loss(model: SoftPromptModel, examples: list[Example], batch_size:
         return math.nan
     total, count = 0.0, 0
     scored = [without_first_token(e) for e in examples]
+    everyone = list(batches(scored, batch_size, model.base.tokenizer.pad_token_id))
     # Under torchrun each process scores every world_size-th batch; the sums are then added up.
-    for batch in distributed.shard_list(list(batches(scored, batch_size, model.base.tokenizer.pad_token_id))):
+    mine = distributed.shard_list(everyone)
+    for batch in mine:
         batch = batch.to(model.base.device)
         loss, n = model.loss(batch.input_ids, batch.attention_mask, batch.labels)
         total, count = total + float(loss), count + n
+    if sharding.is_sharded(model.base.model):  # rank 0 has the most batches: the others keep in step
+        idle = len(everyone[:: distributed.world_size()]) - len(mine)
+        first = everyone[0].to(model.base.device)
+        model.keep_in_step(first.input_ids, first.attention_mask, first.labels, idle)
     summed, tokens = distributed.global_sums(total, count)
     return summed / tokens if tokens else math.nan

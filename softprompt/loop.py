@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from softprompt import distributed
+from softprompt import distributed, sharding
 from softprompt.checkpoint import Checkpoint, save_checkpoint
 from softprompt.data import Batch, Example, batches
 from softprompt.errors import TrainingError
@@ -63,6 +63,10 @@ class TrainingLoop:
     next_batch: int = 0
     records: list[dict[str, Any]] = field(default_factory=list)
     best_prompt: torch.Tensor | None = None
+
+    @property
+    def sharded(self) -> bool:
+        return sharding.is_sharded(self.model.base.model)
 
     @property
     def embedding(self) -> torch.Tensor:
@@ -143,10 +147,19 @@ class TrainingLoop:
         rows = local.input_ids.shape[0]  # 0 when a short last batch has fewer rows than ranks
         (tokens,) = distributed.global_sums(int((local.labels != IGNORE_INDEX).sum()))
         mean, count, slots = 0.0, 0, 0
+        passes = self._lockstep_passes(local)
         if rows:  # row slices under a token budget bound activation memory; same gradient as one pass
             mean, count, slots = self.model.backward_mean_loss(
-                local.input_ids, local.attention_mask, local.labels, 1 / self.config.grad_accum, divisor=int(tokens)
+                local.input_ids,
+                local.attention_mask,
+                local.labels,
+                1 / self.config.grad_accum,
+                divisor=int(tokens),
+                passes=passes,
             )
+        elif passes:  # no rows here, but the sharded layers all-gather in every pass of the others
+            first = Batch(batch.input_ids[:1], batch.attention_mask[:1], batch.labels[:1]).to(self.model.base.device)
+            self.model.keep_in_step(first.input_ids, first.attention_mask, first.labels, passes)
         total, real, padded = distributed.global_sums(mean * count, local.real_tokens, slots)
         if not math.isfinite(total):  # the same global value on every rank, so all stop together
             saved = (
@@ -156,6 +169,13 @@ class TrainingLoop:
         self.progress.real_tokens += int(real)
         self.progress.padded_tokens += int(padded)  # token slots computed, padding included
         return total / max(tokens, 1)
+
+    def _lockstep_passes(self, local: Batch) -> int:
+        """Under --shard fsdp, the passes every process runs for this batch (the most any needs); else 0."""
+        if not self.sharded:
+            return 0
+        mine = self.model.count_passes(local.attention_mask) if local.input_ids.shape[0] else 0
+        return distributed.global_max(mine)
 
     def _optimizer_step(self) -> None:
         params = [self.embedding]

@@ -232,8 +232,9 @@ class SoftPromptModel(nn.Module):
         attention_mask: torch.Tensor,
         labels: torch.Tensor,
         scale: float = 1.0,
-        max_tokens: int = MICRO_BATCH_TOKENS,
+        max_tokens: int | None = None,
         divisor: int | None = None,
+        passes: int = 0,
     ) -> tuple[float, int, int]:
         """Backpropagate ``scale`` x the batch's mean token loss; returns it, the token count and the slots run.
 
@@ -242,21 +243,51 @@ class SoftPromptModel(nn.Module):
         whole batch's count: the gradient equals one pass over the batch, while activation
         memory is bounded by the slice (about 1.3 MB per token for SmolLM2-135M). ``divisor``
         replaces the batch's own token count (multi-process training divides by the global count).
+        ``passes`` pads the work to that many forward/backward passes (see :meth:`keep_in_step`)
+        and then every slice runs even after a non-finite loss, so no process leaves the others
+        waiting; the caller sees the non-finite mean.
         """
         self.require_prompt()
         count = int((labels != IGNORE_INDEX).sum())  # every labelled token is scored after a prompt
         lengths = attention_mask.sum(dim=1).tolist()
+        slices = _row_slices(lengths, max_tokens or MICRO_BATCH_TOKENS)
         total, slots = 0.0, 0
-        for rows in _row_slices(lengths, max_tokens):
+        for rows in slices:
             width = max(lengths[i] for i in rows)
             index = torch.tensor(rows, device=input_ids.device)
             loss, _ = self.loss(input_ids[index, -width:], attention_mask[index, -width:], labels[index, -width:])
-            if not torch.isfinite(loss):
+            if not torch.isfinite(loss) and not passes:
                 return float(loss), count, slots
             (loss * (scale / max(divisor or count, 1))).backward()
             total += float(loss.detach())
             slots += len(rows) * width
+        self.keep_in_step(input_ids, attention_mask, labels, passes - len(slices))
         return total / max(count, 1), count, slots
+
+    def count_passes(self, attention_mask: torch.Tensor, max_tokens: int | None = None) -> int:
+        """Forward/backward passes :meth:`backward_mean_loss` runs for these rows (0 for none)."""
+        return len(_row_slices(attention_mask.sum(dim=1).tolist(), max_tokens or MICRO_BATCH_TOKENS))
+
+    def keep_in_step(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, passes: int
+    ) -> None:
+        """Run ``passes`` zero-weighted passes over the shortest row (backward too while grads are on).
+
+        Under ``--shard fsdp`` each decoder layer all-gathers its weights in every forward and
+        backward, so a process with fewer rows than the others, or none, must still take part
+        in as many passes or the others wait forever. The loss is multiplied by zero, so the
+        prompt's gradient gains exact zeros and the result is that of the unpadded work.
+        """
+        if passes <= 0:
+            return
+        lengths = attention_mask.sum(dim=1)
+        row = int(lengths.argmin())
+        width = int(lengths[row])
+        ids, mask, target = (t[row : row + 1, -width:] for t in (input_ids, attention_mask, labels))
+        for _ in range(passes):
+            loss, _ = self.loss(ids, mask, target)
+            if torch.is_grad_enabled():
+                (loss * 0.0).backward()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Logits [B, T, vocab] for the real tokens only (virtual positions are dropped)."""

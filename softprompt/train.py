@@ -19,7 +19,7 @@ import psutil
 import torch
 from transformers import get_scheduler
 
-from softprompt import distributed
+from softprompt import distributed, sharding
 from softprompt.adapter import atomic_path, write_json
 from softprompt.checkpoint import Checkpoint, load_checkpoint
 from softprompt.checks import check_types
@@ -31,6 +31,7 @@ from softprompt.model import SoftPromptModel
 from softprompt.models import load_base_model
 from softprompt.plots import save_loss_curve
 from softprompt.prompt import Init, PromptConfig
+from softprompt.sharding import SHARD_MODES
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,13 @@ class TrainConfig:
         default="float32",
         metadata={"help": "dtype of the frozen base model: float32, bfloat16 or float16 (the prompt stays float32)"},
     )
+    shard: str = field(
+        default="none",
+        metadata={
+            "help": "fsdp: split the frozen model's weights over the processes of a torchrun / accelerate launch, "
+            "for models that do not fit one device (a warned no-op with one process); none: each holds it all"
+        },
+    )
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -77,6 +85,8 @@ class TrainConfig:
             raise ConfigError("warmup_ratio must be in [0, 1), early_stopping and checkpoint_every >= 0")
         if self.model_dtype not in MODEL_DTYPES:
             raise ConfigError(f"model_dtype must be one of {', '.join(MODEL_DTYPES)}, got {self.model_dtype!r}")
+        if self.shard not in SHARD_MODES:
+            raise ConfigError(f"shard must be one of {', '.join(SHARD_MODES)}, got {self.shard!r}")
 
 
 @dataclass
@@ -224,8 +234,10 @@ def tune(
     distributed.on_main(lambda: prepare_output(Path(training.output)))
     with distributed.main_first():  # rank 0 fills the model and dataset caches, the others read them
         dtype = MODEL_DTYPES[training.model_dtype]
-        base = load_base_model(model, trust_remote_code=trust_remote_code, device=device, dtype=dtype)
+        load_to = sharding.load_device(training.shard, device)
+        base = load_base_model(model, trust_remote_code=trust_remote_code, device=load_to, dtype=dtype)
         train_set, held_out = load_examples(data, base.tokenizer)
+    sharding.shard_model(base, training.shard, device)  # outside main_first: every rank shards together
     if prompt.init is Init.LABELS and not prompt.init_labels:
         prompt = replace(prompt, init_labels=label_words(data))
     tuned = SoftPromptModel.with_new_prompt(base, prompt, seed=training.seed)
@@ -245,7 +257,9 @@ def resume(output: str | Path, *, device: str | None = None, epochs: int | None 
     data, prompt = DataConfig(**run["data"]), PromptConfig(**run["prompt"])
     with distributed.main_first():
         dtype = MODEL_DTYPES[training.model_dtype]
-        base = load_base_model(run["model"], trust_remote_code=run["trust_remote_code"], device=device, dtype=dtype)
+        load_to = sharding.load_device(training.shard, device)
+        base = load_base_model(run["model"], trust_remote_code=run["trust_remote_code"], device=load_to, dtype=dtype)
         train_set, held_out = load_examples(data, base.tokenizer)
+    sharding.shard_model(base, training.shard, device)
     model = SoftPromptModel.with_new_prompt(base, prompt, seed=training.seed)
     return train(model, train_set, held_out, training, resume=ckpt, run_info=run)
