@@ -154,6 +154,7 @@ class TrainingLoop:
                 local.attention_mask,
                 local.labels,
                 1 / self.config.grad_accum,
+                max_tokens=self.config.micro_batch_tokens,
                 divisor=int(tokens),
                 passes=passes,
             )
@@ -174,7 +175,11 @@ class TrainingLoop:
         """Under --shard fsdp, the passes every process runs for this batch (the most any needs); else 0."""
         if not self.sharded:
             return 0
-        mine = self.model.count_passes(local.attention_mask) if local.input_ids.shape[0] else 0
+        mine = (
+            self.model.count_passes(local.attention_mask, self.config.micro_batch_tokens)
+            if local.input_ids.shape[0]
+            else 0
+        )
         return distributed.global_max(mine)
 
     def _optimizer_step(self) -> None:

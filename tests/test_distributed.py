@@ -21,6 +21,10 @@ from softprompt.train import TrainConfig, resume
 # rows share their first 20 bytes ("I want you to act as"): a shorter --max-length makes them
 # identical, every row's prompt gradient then points the same way, and after gradient clipping
 # any weighting of the rows (a wrong divisor, a missing or extra pass) trains the same prompt.
+# Float rounding moves with row slicing and the process count (~1e-6 seen); the bugs these tests
+# catch (local instead of global token count, no all-reduce, weighted padding passes) move it by >= 0.048.
+SAME = {"atol": 1e-5, "rtol": 0}
+
 ARGS = ["--limit", "13", "--eval-rows", "5", "--eval-batch-size", "2", "--max-length", "40",
         "--num-virtual-tokens", "3", "--init", "random", "--epochs", "2", "--batch-size", "4",
         "--grad-accum", "2", "--lr", "0.05", "--checkpoint-every", "1", "--no-progress", "--device", "cpu"]  # fmt: skip
@@ -92,7 +96,7 @@ def _losses(output) -> list[float]:
 def test_two_processes_train_the_same_prompt_as_one(tiny_dirs, tmp_path, one_process, launch):
     done = launch(["-m", "softprompt"], _train_args(tiny_dirs["llama"], tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
-    torch.testing.assert_close(load_adapter(tmp_path).embedding, load_adapter(one_process).embedding, atol=1e-6, rtol=0)
+    torch.testing.assert_close(load_adapter(tmp_path).embedding, load_adapter(one_process).embedding, **SAME)
     assert _losses(tmp_path) == pytest.approx(_losses(one_process), abs=1e-6)
     two, one = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path, one_process))
     assert (two["processes"], one["processes"]) == (2, 1)
@@ -119,7 +123,7 @@ def test_a_two_process_checkpoint_resumes_in_one_process(tiny_dirs, tmp_path, on
     finally:
         torch.set_num_threads(threads)
     assert result.metrics["processes"] == 1
-    torch.testing.assert_close(load_adapter(output).embedding, load_adapter(one_process).embedding, atol=1e-6, rtol=0)
+    torch.testing.assert_close(load_adapter(output).embedding, load_adapter(one_process).embedding, **SAME)
     assert _losses(output) == pytest.approx(_losses(one_process), abs=1e-6)
 
 
@@ -145,7 +149,7 @@ def test_a_one_process_checkpoint_resumes_in_two_processes(tiny_dirs, tmp_path, 
     done = _torchrun(["-m", "softprompt"], ["train", "--resume", str(tmp_path), "--device", "cpu"])
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((tmp_path / "metrics.json").read_text())["processes"] == 2
-    torch.testing.assert_close(load_adapter(tmp_path).embedding, load_adapter(one_process).embedding, atol=1e-6, rtol=0)
+    torch.testing.assert_close(load_adapter(tmp_path).embedding, load_adapter(one_process).embedding, **SAME)
     assert _losses(tmp_path) == pytest.approx(_losses(one_process), abs=1e-6)
 
 
@@ -159,10 +163,9 @@ SHARDED = [*ARGS, "--shard", "fsdp"]
 REPORT = """
 import json, os, sys
 import torch.distributed as dist
-import softprompt.model as model_module
 import softprompt.sharding as sharding
 from softprompt.model import SoftPromptModel
-model_module.MICRO_BATCH_TOKENS = 40 if os.environ["RANK"] == "0" else 512
+sys.argv += ["--micro-batch-tokens", "40" if os.environ["RANK"] == "0" else "512"]
 report = {"rank": int(os.environ["RANK"]), "all_gather": 0, "reduce_scatter": 0, "idle_passes": 0}
 def counted(name, collective):
     def call(*args, **kwargs):
@@ -202,7 +205,7 @@ def test_fsdp_shards_the_frozen_model_and_trains_the_same_prompt_as_one(tiny_dir
     output = tmp_path / "run"
     done = _torchrun([str(script)], _train_args(tiny_dirs["llama"], output, SHARDED))
     assert done.returncode == 0, done.stderr[-3000:]
-    torch.testing.assert_close(load_adapter(output).embedding, load_adapter(one_process).embedding, atol=1e-6, rtol=0)
+    torch.testing.assert_close(load_adapter(output).embedding, load_adapter(one_process).embedding, **SAME)
     assert _losses(output) == pytest.approx(_losses(one_process), abs=1e-6)
     assert json.loads((output / "metrics.json").read_text())["processes"] == 2
     assert done.stdout.count("adapter saved to") == 1, "only rank 0 reports"
@@ -239,7 +242,7 @@ def test_a_sharded_two_process_checkpoint_resumes_in_one_process(tiny_dirs, tmp_
         torch.set_num_threads(threads)
     assert result.metrics["processes"] == 1
     assert "only one process, nothing to shard over" in caplog.text, "one process: a warned no-op"
-    torch.testing.assert_close(load_adapter(output).embedding, load_adapter(one_process).embedding, atol=1e-6, rtol=0)
+    torch.testing.assert_close(load_adapter(output).embedding, load_adapter(one_process).embedding, **SAME)
     assert _losses(output) == pytest.approx(_losses(one_process), abs=1e-6)
 
 
@@ -266,7 +269,7 @@ def test_a_one_process_checkpoint_resumes_sharded_in_two_processes(tiny_dirs, tm
     assert done.returncode == 0, done.stderr[-3000:]
     assert "fsdp over 2 processes" in done.stdout + done.stderr, "the resumed run is sharded"
     assert json.loads((tmp_path / "metrics.json").read_text())["processes"] == 2
-    torch.testing.assert_close(load_adapter(tmp_path).embedding, load_adapter(one_process).embedding, atol=1e-6, rtol=0)
+    torch.testing.assert_close(load_adapter(tmp_path).embedding, load_adapter(one_process).embedding, **SAME)
     assert _losses(tmp_path) == pytest.approx(_losses(one_process), abs=1e-6)
 
 

@@ -69,7 +69,15 @@ def test_auto_batch_size_shrinks_with_budget(llama):
 
 
 @pytest.mark.parametrize(
-    "kwargs", [dict(lr=0), dict(lr=float("nan")), dict(epochs=0), dict(scheduler="zigzag"), dict(batch_size=-1)]
+    "kwargs",
+    [
+        dict(lr=0),
+        dict(lr=float("nan")),
+        dict(epochs=0),
+        dict(scheduler="zigzag"),
+        dict(batch_size=-1),
+        dict(micro_batch_tokens=0),
+    ],
 )
 def test_bad_training_options(kwargs):
     with pytest.raises(ConfigError):
