@@ -281,3 +281,10 @@ def test_fsdp_without_a_launch_is_a_warned_no_op_and_unknown_modes_are_refused(l
     assert [type(layer).__name__ for layer in sharding.decoder_layers(llama.model)] == ["LlamaDecoderLayer"] * 2
     with pytest.raises(ConfigError, match="shard must be one of none, fsdp"):
         TrainConfig(shard="zero3")
+
+
+def test_fsdp_finds_one_unit_per_decoder_layer_in_every_architecture(tiny):
+    """The sharding units come from ``_no_split_modules``: one per layer, for llama, gpt2, bloom and qwen2."""
+    layers = sharding.decoder_layers(tiny.model)
+    assert len(layers) == tiny.model.config.num_hidden_layers
+    assert len({type(layer) for layer in layers}) == 1
