@@ -325,12 +325,12 @@ def table(case: Case, peft: dict[str, Any], sp: dict[str, Any], ceiling: dict[st
     rows[-1] = (
         f"| batch size / epochs run | {peft['batch_size']} / {peft['epochs_run']} | {sp['batch_size']} / {sp['epochs_run']} | |"
     )
-    if sp.get("seconds_to_target") is not None or case.softprompt_defaults:
+    if case.softprompt_defaults:  # TARGET_CE is the seed data's target: meaningless for other cases
         rows.append(
             f"| seconds to held-out CE <= {TARGET_CE} | {peft['train_seconds']:.0f}{peft.get('note', '')} | "
             f"{sp['seconds_to_target'] or float('nan'):.0f} | {ratio(sp['seconds_to_target'], peft['train_seconds'])} |"
         )
-    if sp.get("seconds_to_target") is not None and sp.get("eval_seconds"):
+    if case.softprompt_defaults and sp.get("seconds_to_target") is not None and sp.get("eval_seconds"):
         epoch = next(e for e, _, loss in sp["eval_curve"] if e and loss <= TARGET_CE)
         with_eval = sp["seconds_to_target"] + sp["eval_seconds"] * epoch / sp["epochs_run"]
         rows.append(

@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -207,6 +208,21 @@ def atomic_path(target: Path) -> Iterator[Path]:
         yield tmp
 
 
+def _new_temp_file(target: Path) -> Path:
+    """Create an empty temp file beside ``target`` with the mode a plain ``open`` would give.
+
+    ``tempfile.mkstemp`` creates files 0600, which made every adapter and report unreadable to
+    the other users of a shared machine (a server running under its own account, say).
+    """
+    while True:
+        path = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the umask applies
+            return path
+        except FileExistsError:
+            continue
+
+
 @contextmanager
 def atomic_paths(*targets: Path) -> Iterator[tuple[Path, ...]]:
     """Yield temp paths beside ``targets``; if the block succeeds, sync all, then rename each in order.
@@ -217,11 +233,11 @@ def atomic_paths(*targets: Path) -> Iterator[tuple[Path, ...]]:
     tmps: list[Path] = []
     try:
         for target in targets:
-            fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-            os.close(fd)
-            tmps.append(Path(name))
+            tmps.append(_new_temp_file(target))
+        modes = [stat.S_IMODE(tmp.stat().st_mode) for tmp in tmps]
         yield tuple(tmps)
-        for tmp in tmps:
+        for tmp, mode in zip(tmps, modes):
+            os.chmod(tmp, mode)  # writers that replace the file (safetensors does) leave it 0600
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())
         for tmp, target in zip(tmps, targets):

@@ -97,12 +97,12 @@ def test_two_processes_train_the_same_prompt_as_one(tiny_dirs, tmp_path, one_pro
     done = launch(["-m", "softprompt"], _train_args(tiny_dirs["llama"], tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
     torch.testing.assert_close(load_adapter(tmp_path).embedding, load_adapter(one_process).embedding, **SAME)
-    assert _losses(tmp_path) == pytest.approx(_losses(one_process), abs=1e-6)
+    assert _losses(tmp_path) == pytest.approx(_losses(one_process), abs=SAME["atol"])
     two, one = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path, one_process))
     assert (two["processes"], one["processes"]) == (2, 1)
     for key in ("optimizer_steps", "batch_size", "epochs_run"):
         assert two[key] == one[key]
-    assert two["heldout_loss_after"] == pytest.approx(one["heldout_loss_after"], abs=1e-6)
+    assert two["heldout_loss_after"] == pytest.approx(one["heldout_loss_after"], abs=SAME["atol"])
     assert load_checkpoint(tmp_path).progress["real_tokens"] == load_checkpoint(one_process).progress["real_tokens"]
     assert done.stdout.count("adapter saved to") == 1, "only rank 0 reports"
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporary files left behind"
@@ -124,7 +124,7 @@ def test_a_two_process_checkpoint_resumes_in_one_process(tiny_dirs, tmp_path, on
         torch.set_num_threads(threads)
     assert result.metrics["processes"] == 1
     torch.testing.assert_close(load_adapter(output).embedding, load_adapter(one_process).embedding, **SAME)
-    assert _losses(output) == pytest.approx(_losses(one_process), abs=1e-6)
+    assert _losses(output) == pytest.approx(_losses(one_process), abs=SAME["atol"])
 
 
 def test_a_one_process_checkpoint_resumes_in_two_processes(tiny_dirs, tmp_path, one_process, monkeypatch):
@@ -150,7 +150,7 @@ def test_a_one_process_checkpoint_resumes_in_two_processes(tiny_dirs, tmp_path, 
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((tmp_path / "metrics.json").read_text())["processes"] == 2
     torch.testing.assert_close(load_adapter(tmp_path).embedding, load_adapter(one_process).embedding, **SAME)
-    assert _losses(tmp_path) == pytest.approx(_losses(one_process), abs=1e-6)
+    assert _losses(tmp_path) == pytest.approx(_losses(one_process), abs=SAME["atol"])
 
 
 # --shard fsdp: the same runs with the frozen model's decoder layers sharded over the 2 processes.
@@ -206,7 +206,7 @@ def test_fsdp_shards_the_frozen_model_and_trains_the_same_prompt_as_one(tiny_dir
     done = _torchrun([str(script)], _train_args(tiny_dirs["llama"], output, SHARDED))
     assert done.returncode == 0, done.stderr[-3000:]
     torch.testing.assert_close(load_adapter(output).embedding, load_adapter(one_process).embedding, **SAME)
-    assert _losses(output) == pytest.approx(_losses(one_process), abs=1e-6)
+    assert _losses(output) == pytest.approx(_losses(one_process), abs=SAME["atol"])
     assert json.loads((output / "metrics.json").read_text())["processes"] == 2
     assert done.stdout.count("adapter saved to") == 1, "only rank 0 reports"
     sharded, plain = (json.loads((d / "adapter_config.json").read_text()) for d in (output, one_process))
@@ -243,7 +243,7 @@ def test_a_sharded_two_process_checkpoint_resumes_in_one_process(tiny_dirs, tmp_
     assert result.metrics["processes"] == 1
     assert "only one process, nothing to shard over" in caplog.text, "one process: a warned no-op"
     torch.testing.assert_close(load_adapter(output).embedding, load_adapter(one_process).embedding, **SAME)
-    assert _losses(output) == pytest.approx(_losses(one_process), abs=1e-6)
+    assert _losses(output) == pytest.approx(_losses(one_process), abs=SAME["atol"])
 
 
 def test_a_one_process_checkpoint_resumes_sharded_in_two_processes(tiny_dirs, tmp_path, one_process, monkeypatch):
@@ -270,7 +270,7 @@ def test_a_one_process_checkpoint_resumes_sharded_in_two_processes(tiny_dirs, tm
     assert "fsdp over 2 processes" in done.stdout + done.stderr, "the resumed run is sharded"
     assert json.loads((tmp_path / "metrics.json").read_text())["processes"] == 2
     torch.testing.assert_close(load_adapter(tmp_path).embedding, load_adapter(one_process).embedding, **SAME)
-    assert _losses(tmp_path) == pytest.approx(_losses(one_process), abs=1e-6)
+    assert _losses(tmp_path) == pytest.approx(_losses(one_process), abs=SAME["atol"])
 
 
 def test_fsdp_without_a_launch_is_a_warned_no_op_and_unknown_modes_are_refused(llama, caplog):
