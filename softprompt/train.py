@@ -51,7 +51,9 @@ class TrainConfig:
     scheduler: str = field(default="linear", metadata={"help": "learning-rate schedule: " + ", ".join(SCHEDULERS)})
     warmup_ratio: float = field(default=0.0, metadata={"help": "fraction of steps spent warming up the learning rate"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 disables)"})
-    eval_batch_size: int = field(default=16, metadata={"help": "rows per batch when scoring held-out data"})
+    # 4, not 16: scoring at 16 rows peaked above training's own memory (1592 vs 1459 MB for the whole
+    # default run on SmolLM2-135M, docs/benchmarks.md) and was no faster.
+    eval_batch_size: int = field(default=4, metadata={"help": "rows per batch when scoring held-out data"})
     early_stopping: int = field(
         default=0, metadata={"help": "stop after N epochs without held-out improvement and keep the best (0: off)"}
     )
