@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from train_vs_peft import MODEL, SEED_CSV
+from train_vs_peft import CASES, MODEL, load_data
 
-from softprompt.data import DataConfig, batches, load_examples
+from softprompt.data import batches
 from softprompt.model import SoftPromptModel
 from softprompt.models import load_base_model
 from softprompt.prompt import PromptConfig
@@ -26,17 +26,19 @@ def main() -> None:
     parser.add_argument("mode", choices=["eager", "compile"])
     parser.add_argument("--passes", type=int, default=3)
     args = parser.parse_args()
+    case = CASES["seed"]
     base = load_base_model(MODEL)
-    train_set, _ = load_examples(DataConfig(data=str(SEED_CSV), limit=50), base.tokenizer)
-    model = SoftPromptModel.with_new_prompt(base, PromptConfig(num_virtual_tokens=4, init="peft-random"), seed=0)
+    train_set, _ = load_data(case, base.tokenizer, 0)
+    prompt = PromptConfig(num_virtual_tokens=case.num_virtual_tokens, init=case.softprompt_init)  # type: ignore[arg-type]
+    model = SoftPromptModel.with_new_prompt(base, prompt, seed=0)
     if args.mode == "compile":
         for layer in base.model.model.layers:
             layer.compile(dynamic=True)
-    rows = list(batches(train_set, 8, base.tokenizer.pad_token_id))
+    rows = list(batches(train_set, case.batch_size, base.tokenizer.pad_token_id))
     for index in range(args.passes):
         started, tokens, losses = time.perf_counter(), 0, []
         for batch in rows:
-            loss, _, _ = model.backward_mean_loss(batch.input_ids, batch.attention_mask, batch.labels, max_tokens=512)
+            loss, _, _ = model.backward_mean_loss(batch.input_ids, batch.attention_mask, batch.labels)
             tokens += int(batch.attention_mask.sum())
             losses.append(round(loss, 5))
         seconds = time.perf_counter() - started
