@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,7 @@ from softprompt.adapter import AdapterConfig, load_adapter, save_adapter
 from softprompt.errors import AdapterError, BaseModelMismatchError
 from softprompt.inject import IGNORE_INDEX, Injected, inject, inject_labels
 from softprompt.models import BaseModel, load_base_model
+from softprompt.packed import packed_hidden, supports_packing
 from softprompt.prompt import PEFT_INIT_NAMES, Init, PromptConfig, SoftPrompt, initial_embedding
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,10 @@ LOSS_CHUNK = 2048
 # Rows per chunk of the fused head + cross-entropy: a [512, vocab] fp32 buffer is 100 MB for a
 # 49k vocabulary, and 512 rows keep the matmul efficient.
 FUSED_CHUNK = 512
+# How a training pass lays out the prompt and the rows: "packed" (padding-free, one sequence, see
+# softprompt.packed), "shared" (prompt keys/values computed once and shared by padded rows) or
+# "plain" (the prompt injected into every row, which the other two are tested against).
+Layout = Literal["packed", "shared", "plain"]
 # Padded tokens per forward/backward slice in training: bounds activation memory (~1.3 MB a token
 # for SmolLM2-135M in fp32) while keeping matmuls large enough to run near the machine's peak.
 MICRO_BATCH_TOKENS = 512
@@ -161,12 +166,19 @@ def shared_prefix_labels(labels: torch.Tensor) -> torch.Tensor:
     return torch.cat([labels.new_full((labels.shape[0], 1), IGNORE_INDEX), labels], dim=1)
 
 
-def _row_slices(lengths: list[int], max_tokens: int) -> list[list[int]]:
-    """Consecutive rows, longest first, grouped so rows x longest row stays within ``max_tokens``."""
+def _row_slices(lengths: list[int], max_tokens: int, packed: bool = False) -> list[list[int]]:
+    """Consecutive rows, longest first, grouped so a slice's token slots stay within ``max_tokens``.
+
+    Padded slices cost rows x longest row; packed ones only the sum of their rows.
+    """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+
+    def slots(rows: list[int]) -> int:
+        return sum(lengths[j] for j in rows) if packed else len(rows) * lengths[rows[0]]
+
     slices: list[list[int]] = []
     for i in order:
-        if slices and (len(slices[-1]) + 1) * lengths[slices[-1][0]] <= max_tokens:
+        if slices and slots([*slices[-1], i]) <= max_tokens:
             slices[-1].append(i)
         else:
             slices.append([i])
@@ -181,9 +193,7 @@ class SoftPromptModel(nn.Module):
         self.base = base
         self.prompt = prompt
         self.prompt_config = prompt_config
-        # Compute the prompt's keys/values once per batch (see shared_prefix_hidden); False runs
-        # the plain injected layout, which tests compare against.
-        self.share_prompt_kv = True
+        self.layout: Layout = "packed" if supports_packing(base) else "shared"
 
     @classmethod
     def from_pretrained(
@@ -218,7 +228,12 @@ class SoftPromptModel(nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, int]:
         """Summed next-token loss over labelled tokens, and their count."""
-        if self.prompt is not None and self.share_prompt_kv:
+        if self.prompt is not None and self.layout == "packed":
+            lengths = attention_mask.sum(dim=1).tolist()
+            rows = [ids[ids.shape[0] - n :] for ids, n in zip(input_ids, lengths, strict=True)]
+            targets = [row[row.shape[0] - n :] for row, n in zip(labels, lengths, strict=True)]
+            return token_nll(self.base, *packed_hidden(self.base, self.prompt(), rows, targets))
+        if self.prompt is not None and self.layout == "shared":
             token_embeds = self.base.model.get_input_embeddings()(input_ids)
             hidden = shared_prefix_hidden(self.base, self.prompt(), token_embeds, attention_mask)
             return token_nll(self.base, hidden, shared_prefix_labels(labels))
@@ -250,7 +265,8 @@ class SoftPromptModel(nn.Module):
         self.require_prompt()
         count = int((labels != IGNORE_INDEX).sum())  # every labelled token is scored after a prompt
         lengths = attention_mask.sum(dim=1).tolist()
-        slices = _row_slices(lengths, max_tokens or MICRO_BATCH_TOKENS)
+        packed = self.layout == "packed"
+        slices = _row_slices(lengths, max_tokens or MICRO_BATCH_TOKENS, packed)
         total, slots = 0.0, 0
         for rows in slices:
             width = max(lengths[i] for i in rows)
@@ -260,13 +276,14 @@ class SoftPromptModel(nn.Module):
                 return float(loss), count, slots
             (loss * (scale / max(divisor or count, 1))).backward()
             total += float(loss.detach())
-            slots += len(rows) * width
+            slots += sum(lengths[i] for i in rows) if packed else len(rows) * width
         self.keep_in_step(input_ids, attention_mask, labels, passes - len(slices))
         return total / max(count, 1), count, slots
 
     def count_passes(self, attention_mask: torch.Tensor, max_tokens: int | None = None) -> int:
         """Forward/backward passes :meth:`backward_mean_loss` runs for these rows (0 for none)."""
-        return len(_row_slices(attention_mask.sum(dim=1).tolist(), max_tokens or MICRO_BATCH_TOKENS))
+        lengths = attention_mask.sum(dim=1).tolist()
+        return len(_row_slices(lengths, max_tokens or MICRO_BATCH_TOKENS, self.layout == "packed"))
 
     def keep_in_step(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, passes: int

@@ -66,7 +66,8 @@ class TrainConfig:
     micro_batch_tokens: int = field(
         default=512,
         metadata={
-            "help": "padded tokens per forward/backward slice of a batch: bounds activation memory "
+            "help": "tokens per forward/backward slice of a batch (padding included for models that "
+            "cannot train padding-free, such as bloom): bounds activation memory "
             "(about 1.5 MB a token for SmolLM2-135M in float32) without changing the gradient; "
             "lower saves memory, higher can be faster"
         },
