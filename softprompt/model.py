@@ -253,10 +253,11 @@ class SoftPromptModel(nn.Module):
     ) -> tuple[float, int, int]:
         """Backpropagate ``scale`` x the batch's mean token loss; returns it, the token count and the slots run.
 
-        The batch runs in slices of rows of at most ``max_tokens`` (padded) tokens each, every
-        slice trimmed to its own longest row, and each slice's summed loss is divided by the
-        whole batch's count: the gradient equals one pass over the batch, while activation
-        memory is bounded by the slice (about 1.3 MB per token for SmolLM2-135M). ``divisor``
+        The batch runs in slices of rows of at most ``max_tokens`` tokens each (padding counted
+        unless the layout is packed), every padded slice trimmed to its own longest row, and each
+        slice's summed loss is divided by the whole batch's count: the gradient equals one pass
+        over the batch, while activation memory is bounded by the slice (about 1.3 MB per token
+        for SmolLM2-135M). ``divisor``
         replaces the batch's own token count (multi-process training divides by the global count).
         ``passes`` pads the work to that many forward/backward passes (see :meth:`keep_in_step`)
         and then every slice runs even after a non-finite loss, so no process leaves the others
