@@ -18,7 +18,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from softprompt.inject import IGNORE_INDEX
 from softprompt.models import BaseModel
@@ -53,14 +52,11 @@ def packed_attention(
     attention_mask: torch.Tensor | None,
     scaling: float | None = None,
     dropout: float = 0.0,
-    packing: Packing | None = None,
+    *,
+    packing: Packing,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """Attention over a packed [1, heads, N, d] sequence; plain SDPA when no packing is given."""
-    if packing is None:
-        return sdpa_attention_forward(
-            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
-        )
+    """Attention over a packed [1, heads, N, d] sequence; returns [1, N, heads, d] as transformers expects."""
     groups = query.shape[1] // key.shape[1]
     if groups > 1:  # grouped-query attention: kv head h serves query heads h*groups .. h*groups+groups-1
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
