@@ -124,9 +124,9 @@ def packed_hidden(
         out = base.model.base_model(
             inputs_embeds=embeds, position_ids=position_ids, use_cache=False, packing=Packing(n_prompt, bounds)
         )
-    hidden = out.last_hidden_state[0]
-    last = hidden[n_prompt - 1 : n_prompt]
-    pieces = [piece for s, e in bounds for piece in (last, hidden[s:e])]
+    prompt_states, *row_states = out.last_hidden_state[0].split([n_prompt] + [len(row) for row in rows])
+    last = prompt_states[-1:]
+    pieces = [piece for states in row_states for piece in (last, states)]
     ignore = row_labels[0].new_full((1,), IGNORE_INDEX)
     labels = torch.cat([piece for row in row_labels for piece in (ignore, row)])
     return torch.cat(pieces)[None], labels[None]
