@@ -30,10 +30,10 @@ FAMILIES = frozenset({"llama", "qwen2", "gpt2"})
 
 @dataclass
 class Packing:
-    """Where each row lies in the packed sequence: tokens [start, end), after ``n_prompt`` prompt tokens."""
+    """The packed sequence's layout: ``n_prompt`` prompt tokens, then rows of these lengths in order."""
 
     n_prompt: int
-    bounds: list[tuple[int, int]]
+    lengths: list[int]
     _masks: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def mask(self, length: int, device: torch.device) -> torch.Tensor:
@@ -62,7 +62,7 @@ def packed_attention(
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
     # split, not slicing: its backward is one concatenation, where each slice's backward would
     # write its gradient into a zero tensor the size of the whole sequence
-    sizes = [packing.n_prompt] + [end - start for start, end in packing.bounds]
+    sizes = [packing.n_prompt, *packing.lengths]
     queries, keys, values = (t.split(sizes, dim=2) for t in (query, key, value))
 
     def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -91,11 +91,11 @@ def supports_packing(base: BaseModel) -> bool:
 
 
 @contextmanager
-def _attention(base: BaseModel, name: str) -> Iterator[None]:
-    """Switch the model's attention function for one forward pass (backward needs no lookup)."""
+def _packed_attention(base: BaseModel) -> Iterator[None]:
+    """Switch the model to :func:`packed_attention` for one forward pass (backward needs no lookup)."""
     config = base.model.config
     previous = config._attn_implementation
-    config._attn_implementation = name
+    config._attn_implementation = ATTENTION
     try:
         yield
     finally:
@@ -114,17 +114,14 @@ def packed_hidden(
     n_prompt = prompt.shape[0]
     embeds = base.model.get_input_embeddings()(torch.cat(rows))
     embeds = torch.cat([prompt.to(embeds.dtype), embeds])[None]  # [1, N, H]
-    bounds, positions, start = [], [torch.arange(n_prompt)], n_prompt
-    for row in rows:
-        bounds.append((start, start + len(row)))
-        positions.append(torch.arange(n_prompt, n_prompt + len(row)))
-        start += len(row)
+    lengths = [len(row) for row in rows]
+    positions = [torch.arange(n_prompt)] + [torch.arange(n_prompt, n_prompt + n) for n in lengths]
     position_ids = torch.cat(positions).to(embeds.device)[None]
-    with _attention(base, ATTENTION):
+    with _packed_attention(base):
         out = base.model.base_model(
-            inputs_embeds=embeds, position_ids=position_ids, use_cache=False, packing=Packing(n_prompt, bounds)
+            inputs_embeds=embeds, position_ids=position_ids, use_cache=False, packing=Packing(n_prompt, lengths)
         )
-    prompt_states, *row_states = out.last_hidden_state[0].split([n_prompt] + [len(row) for row in rows])
+    prompt_states, *row_states = out.last_hidden_state[0].split([n_prompt, *lengths])
     last = prompt_states[-1:]
     pieces = [piece for states in row_states for piece in (last, states)]
     ignore = row_labels[0].new_full((1,), IGNORE_INDEX)
