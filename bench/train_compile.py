@@ -1,48 +1,76 @@
-"""Does regional torch.compile (each decoder layer) speed up prompt-tuning passes on this machine?
+"""Does regional torch.compile speed up prompt-tuning passes on this machine?
 
-    .venv/bin/python bench/train_compile.py eager
-    .venv/bin/python bench/train_compile.py compile
+    .venv/bin/python bench/train_compile.py layers-eager-attention --case twitter
+    .venv/bin/python bench/train_compile.py layers            # attention traced too
+    .venv/bin/python bench/train_compile.py mlp-norms         # only the MLPs and RMSNorms
 
-Runs the seed recipe's forward + backward passes (batch 8, 512-token row slices, no optimizer
-step, so every pass sees the same prompt and the losses must match between the two modes) three
-times over the 50 rows and prints real tokens/s per pass. Results: docs/benchmarks.md.
+Runs a case's forward + backward passes (batch 8, the default layout and row slices, no optimizer
+step, so every pass sees the same prompt and the losses must match) over the 50 rows: first one
+compiling pass, then eager and compiled passes alternately in the same process, because the
+host's speed drifts by several percent within minutes. Results: docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
+import torch
 from train_vs_peft import CASES, MODEL, load_data
+from transformers import AttentionInterface
 
+from softprompt import packed
 from softprompt.data import batches
 from softprompt.model import SoftPromptModel
 from softprompt.models import load_base_model
 from softprompt.prompt import PromptConfig
 
 
+def regions(model: Any, mode: str) -> list[torch.nn.Module]:
+    """The modules to compile, one graph per module type as transformers recommends for repeated blocks."""
+    layers = list(model.model.layers)
+    if mode == "mlp-norms":
+        return [m for layer in layers for m in (layer.mlp, layer.input_layernorm, layer.post_attention_layernorm)]
+    if mode == "layers-eager-attention":  # the row loop stays eager: no recompiling per batch layout
+        AttentionInterface.register(packed.ATTENTION, torch.compiler.disable(packed.packed_attention))
+    return layers
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["eager", "compile"])
-    parser.add_argument("--passes", type=int, default=3)
+    parser.add_argument("mode", choices=["layers", "layers-eager-attention", "mlp-norms"])
+    parser.add_argument("--case", choices=["seed", "twitter"], default="seed")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    case = CASES["seed"]
+    case = CASES[args.case]
     base = load_base_model(MODEL)
     train_set, _ = load_data(case, base.tokenizer, 0)
     prompt = PromptConfig(num_virtual_tokens=case.num_virtual_tokens, init=case.softprompt_init)  # type: ignore[arg-type]
     model = SoftPromptModel.with_new_prompt(base, prompt, seed=0)
-    if args.mode == "compile":
-        for layer in base.model.model.layers:
-            layer.compile(dynamic=True)
     rows = list(batches(train_set, case.batch_size, base.tokenizer.pad_token_id))
-    for index in range(args.passes):
+
+    def one_pass(label: str) -> None:
         started, tokens, losses = time.perf_counter(), 0, []
         for batch in rows:
             loss, _, _ = model.backward_mean_loss(batch.input_ids, batch.attention_mask, batch.labels)
             tokens += int(batch.attention_mask.sum())
             losses.append(round(loss, 5))
         seconds = time.perf_counter() - started
-        print(f"{args.mode} pass {index}: {seconds:.1f} s, {tokens / seconds:.0f} real tokens/s, losses {losses[:3]}")
+        print(f"{label:>9} {args.case}: {seconds:5.1f} s, {tokens / seconds:4.0f} real tokens/s, losses {losses[:3]}")
+
+    modules = regions(base.model, args.mode)
+    for module in modules:
+        module.compile(dynamic=True)
+    compiled = [module._compiled_call_impl for module in modules]
+    one_pass("compiling")
+    for _ in range(args.rounds):
+        for module in modules:
+            module._compiled_call_impl = None
+        one_pass("eager")
+        for module, call in zip(modules, compiled, strict=True):
+            module._compiled_call_impl = call
+        one_pass(args.mode)
 
 
 if __name__ == "__main__":
