@@ -55,37 +55,51 @@ def gflops(run: Callable[[], Any], flops: float, rounds: int = 4) -> float:
     return flops / best / 1e9
 
 
-def variants(rows: int, shapes: list[tuple[int, int]], layers: int) -> dict[str, float]:
+Product = Callable[[int, int, torch.Tensor], Any]  # (layer, projection, weight) -> output
+
+
+def stack(rows: int, shapes: list[tuple[int, int]], layers: int) -> tuple[list[list[torch.Tensor]], dict, float]:
+    """Every layer's own random weights, one input per input width, and the FLOPs of one pass."""
     weights = [[torch.randn(n, k) for n, k in shapes] for _ in range(layers)]
     inputs = {k: torch.randn(rows, k) for _, k in shapes}
-    wider = {k: torch.randn(rows + 1, k) for _, k in shapes}
-    flops = 2.0 * rows * sum(n * k for n, k in shapes) * layers
+    return weights, inputs, 2.0 * rows * sum(n * k for n, k in shapes) * layers
+
+
+def over(weights: list[list[torch.Tensor]], product: Product) -> Callable[[], None]:
+    def run() -> None:
+        for i, layer in enumerate(weights):
+            for j, w in enumerate(layer):
+                product(i, j, w)
+
+    return run
+
+
+def plain(inputs: dict[int, torch.Tensor]) -> Product:
+    return lambda i, j, w: F.linear(inputs[w.shape[1]], w)
+
+
+def variants(rows: int, shapes: list[tuple[int, int]], layers: int) -> dict[str, float]:
+    weights, inputs, flops = stack(rows, shapes, layers)
+    wider = {k: torch.randn(rows + 1, k) for k in inputs}
     mkl = [[torch.ops.mkl._mkl_reorder_linear_weight(w, rows) for w in ws] for ws in weights]
     onednn = [[torch.ops.mkldnn._reorder_linear_weight(w, None) for w in ws] for ws in weights]
-
-    def each(fn: Callable[[int, int, torch.Tensor], Any], stack: int | None = None) -> Callable[[], None]:
-        def run() -> None:
-            for layer in range(layers):
-                for j, w in enumerate(weights[layer if stack is None else stack]):
-                    fn(layer if stack is None else stack, j, w)
-
-        return run
-
     return {
-        "plain, warm": gflops(each(lambda i, j, w: F.linear(inputs[w.shape[1]], w), stack=0), flops),
-        "plain, cold": gflops(each(lambda i, j, w: F.linear(inputs[w.shape[1]], w)), flops),
+        "plain, warm": gflops(over([weights[0]] * layers, plain(inputs)), flops),
+        "plain, cold": gflops(over(weights, plain(inputs)), flops),
         "MKL pre-packed, exact rows": gflops(
-            each(lambda i, j, w: torch.ops.mkl._mkl_linear(inputs[w.shape[1]], mkl[i][j], w, None, rows)), flops
+            over(weights, lambda i, j, w: torch.ops.mkl._mkl_linear(inputs[w.shape[1]], mkl[i][j], w, None, rows)),
+            flops,
         ),
         "MKL pre-packed, rows + 1": gflops(
-            each(lambda i, j, w: torch.ops.mkl._mkl_linear(wider[w.shape[1]], mkl[i][j], w, None, rows)),
+            over(weights, lambda i, j, w: torch.ops.mkl._mkl_linear(wider[w.shape[1]], mkl[i][j], w, None, rows)),
             flops * (rows + 1) / rows,
         ),
         "oneDNN pre-packed": gflops(
-            each(
+            over(
+                weights,
                 lambda i, j, w: torch.ops.mkldnn._linear_pointwise(
                     inputs[w.shape[1]], onednn[i][j], None, "none", [], ""
-                )
+                ),
             ),
             flops,
         ),
@@ -94,15 +108,8 @@ def variants(rows: int, shapes: list[tuple[int, int]], layers: int) -> dict[str,
 
 def single_thread(rows: int, shapes: list[tuple[int, int]], layers: int) -> float:
     torch.set_num_threads(1)
-    weights = [[torch.randn(n, k) for n, k in shapes] for _ in range(layers)]
-    inputs = {k: torch.randn(rows, k) for _, k in shapes}
-
-    def run() -> None:
-        for ws in weights:
-            for w in ws:
-                F.linear(inputs[w.shape[1]], w)
-
-    return gflops(run, 2.0 * rows * sum(n * k for n, k in shapes) * layers)
+    weights, inputs, flops = stack(rows, shapes, layers)
+    return gflops(over(weights, plain(inputs)), flops)
 
 
 def two_processes(rows: int, shapes: list[tuple[int, int]], layers: int) -> float:
