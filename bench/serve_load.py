@@ -82,9 +82,8 @@ async def _client_loop(url: str, deadline: float, results: list[tuple[str, float
 
 async def _limits(url: str, burst: int) -> dict[str, object]:
     async with httpx.AsyncClient(base_url=url, timeout=120) as client:
-        big = await client.post(
-            "/v1/completions", content=b"{" + b" " * (2 << 20) + b"}", headers={"content-type": "application/json"}
-        )
+        big = await client.post("/v1/completions", content=b"{" + b" " * (2 << 20) + b"}",
+                                headers={"content-type": "application/json"})
         bodies = [{"model": "alpha", "prompt": "burst", "max_tokens": 16} for _ in range(burst)]
         codes = [r.status_code for r in await asyncio.gather(*(client.post("/v1/completions", json=b) for b in bodies))]
         await asyncio.sleep(1.0)
@@ -129,9 +128,7 @@ def main() -> int:
         deadline = time.time() + args.seconds
 
         async def soak() -> None:
-            await asyncio.gather(
-                *(_client_loop(url, deadline, results, args.max_requests) for _ in range(args.clients))
-            )
+            await asyncio.gather(*(_client_loop(url, deadline, results, args.max_requests) for _ in range(args.clients)))
 
         asyncio.run(soak())
         rss_end = proc.memory_info().rss / 2**20

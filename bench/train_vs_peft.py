@@ -67,15 +67,8 @@ CASES = {
     ),
     "seed-lowmem": Case(
         "seed recipe, 320-token slices (--micro-batch-tokens 320)",
-        "seed",
-        4,
-        "RANDOM",
-        "peft-random",
-        None,
-        0.005,
-        5,
-        extra={"micro_batch_tokens": 320},
-        peft_from="seed",
+        "seed", 4, "RANDOM", "peft-random", None, 0.005, 5,
+        extra={"micro_batch_tokens": 320}, peft_from="seed",
     ),  # fmt: skip
     "quality": Case(
         "time to held-out CE <= 3.01 (seed data)", "seed", 8, "TEXT", "text", ROLE_TEXT, 0.005, 20, 8, True
@@ -350,9 +343,7 @@ def table(case: Case, peft: dict[str, Any], sp: dict[str, Any], ceiling: dict[st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--cases", default="seed,seed-lowmem,twitter,quality", help="comma-separated: " + ", ".join(CASES)
-    )
+    parser.add_argument("--cases", default="seed,seed-lowmem,twitter,quality", help="comma-separated: " + ", ".join(CASES))
     parser.add_argument("--rerun-peft-quality", action="store_true", help="re-run PEFT's 20-epoch recipe (~10 min)")
     parser.add_argument("--out", default=None, help="directory for the JSON results (default: a temp dir)")
     parser.add_argument("--twitter-eval-rows", type=int, default=200, help="held-out rows of twitter test.jsonl")
