@@ -166,19 +166,17 @@ def shared_prefix_labels(labels: torch.Tensor) -> torch.Tensor:
     return torch.cat([labels.new_full((labels.shape[0], 1), IGNORE_INDEX), labels], dim=1)
 
 
+def _slots(lengths: list[int], rows: list[int], packed: bool) -> int:
+    """Token slots a slice of these rows computes: rows x longest row when padded, their sum when packed."""
+    return sum(lengths[i] for i in rows) if packed else len(rows) * max(lengths[i] for i in rows)
+
+
 def _row_slices(lengths: list[int], max_tokens: int, packed: bool = False) -> list[list[int]]:
-    """Consecutive rows, longest first, grouped so a slice's token slots stay within ``max_tokens``.
-
-    Padded slices cost rows x longest row; packed ones only the sum of their rows.
-    """
+    """Consecutive rows, longest first, grouped so a slice's token slots stay within ``max_tokens``."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-
-    def slots(rows: list[int]) -> int:
-        return sum(lengths[j] for j in rows) if packed else len(rows) * lengths[rows[0]]
-
     slices: list[list[int]] = []
     for i in order:
-        if slices and slots([*slices[-1], i]) <= max_tokens:
+        if slices and _slots(lengths, [*slices[-1], i], packed) <= max_tokens:
             slices[-1].append(i)
         else:
             slices.append([i])
@@ -257,8 +255,8 @@ class SoftPromptModel(nn.Module):
         unless the layout is packed), every padded slice trimmed to its own longest row, and each
         slice's summed loss is divided by the whole batch's count: the gradient equals one pass
         over the batch, while activation memory is bounded by the slice (about 1.3 MB per token
-        for SmolLM2-135M). ``divisor``
-        replaces the batch's own token count (multi-process training divides by the global count).
+        for SmolLM2-135M). ``divisor`` replaces the batch's own token count (multi-process
+        training divides by the global count).
         ``passes`` pads the work to that many forward/backward passes (see :meth:`keep_in_step`)
         and then every slice runs even after a non-finite loss, so no process leaves the others
         waiting; the caller sees the non-finite mean.
@@ -277,7 +275,7 @@ class SoftPromptModel(nn.Module):
                 return float(loss), count, slots
             (loss * (scale / max(divisor or count, 1))).backward()
             total += float(loss.detach())
-            slots += sum(lengths[i] for i in rows) if packed else len(rows) * width
+            slots += _slots(lengths, rows, packed)
         self.keep_in_step(input_ids, attention_mask, labels, passes - len(slices))
         return total / max(count, 1), count, slots
 
