@@ -11,7 +11,8 @@ they come from memory as in training, not from cache) and prints GFLOP/s, best o
 - plain, warm: one layer's weights over and over (what a ceiling measurement sees)
 - plain, cold: every layer's own weights (what training sees)
 - MKL pre-packed, exact rows: `torch.ops.mkl._mkl_linear` with weights packed for that row count
-- MKL pre-packed, rows + 1: the same packs with one more row (ATen then falls back to plain)
+- MKL pre-packed, rows + 1: the same packs with one more row (ATen then falls back to plain);
+  the time MKL takes to pack every weight is printed too (what repacking per step would cost)
 - oneDNN pre-packed: `torch.ops.mkldnn._linear_pointwise` with reordered weights
 - 2 processes x 1 thread: half the rows each, concurrently (data parallel instead of 2 threads);
   printed as the sum of both processes
@@ -78,10 +79,13 @@ def plain(inputs: dict[int, torch.Tensor]) -> Product:
     return lambda i, j, w: F.linear(inputs[w.shape[1]], w)
 
 
-def variants(rows: int, shapes: list[tuple[int, int]], layers: int) -> dict[str, float]:
+def variants(rows: int, shapes: list[tuple[int, int]], layers: int) -> tuple[dict[str, float], float]:
+    """GFLOP/s of each variant, and the seconds MKL takes to pack every weight for ``rows``."""
     weights, inputs, flops = stack(rows, shapes, layers)
     wider = {k: torch.randn(rows + 1, k) for k in inputs}
+    started = time.perf_counter()
     mkl = [[torch.ops.mkl._mkl_reorder_linear_weight(w, rows) for w in ws] for ws in weights]
+    repack_seconds = time.perf_counter() - started  # what packing for each step's row count would cost
     onednn = [[torch.ops.mkldnn._reorder_linear_weight(w, None) for w in ws] for ws in weights]
     return {
         "plain, warm": gflops(over([weights[0]] * layers, plain(inputs)), flops),
@@ -103,7 +107,7 @@ def variants(rows: int, shapes: list[tuple[int, int]], layers: int) -> dict[str,
             ),
             flops,
         ),
-    }
+    }, repack_seconds
 
 
 def single_thread(rows: int, shapes: list[tuple[int, int]], layers: int) -> float:
@@ -129,9 +133,10 @@ def main() -> None:
     shapes, layers = layer_shapes()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {layers} layers of {shapes}")
     for rows in args.rows:
-        results = variants(rows, shapes, layers)
+        results, repack_seconds = variants(rows, shapes, layers)
         results["2 processes x 1 thread"] = two_processes(rows, shapes, layers)
-        print(f"{rows} rows: " + ", ".join(f"{name} {value:.0f}" for name, value in results.items()), flush=True)
+        line = ", ".join(f"{name} {value:.0f}" for name, value in results.items())
+        print(f"{rows} rows (GFLOP/s): {line}; MKL packing all weights: {repack_seconds:.2f} s", flush=True)
 
 
 if __name__ == "__main__":
