@@ -27,11 +27,11 @@ import uvicorn
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from softprompt.engine import AdapterRegistry, Engine, EngineConfig, SamplingParams
-from softprompt.model import SoftPromptModel
-from softprompt.models import cache_root, load_base_model
-from softprompt.prompt import PromptConfig
-from softprompt.serve import ServeConfig, create_app
+from softprompt.core.model import SoftPromptModel
+from softprompt.core.models import cache_root, load_base_model
+from softprompt.core.prompt import PromptConfig
+from softprompt.inference.engine import AdapterRegistry, Engine, EngineConfig, SamplingParams
+from softprompt.inference.serve import ServeConfig, create_app
 
 MODEL = "smollm2-135m"
 

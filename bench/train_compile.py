@@ -20,11 +20,11 @@ import torch
 from train_vs_peft import CASES, MODEL, load_data
 from transformers import AttentionInterface
 
-from softprompt import packed
-from softprompt.data import batches
-from softprompt.model import SoftPromptModel
-from softprompt.models import load_base_model
-from softprompt.prompt import PromptConfig
+from softprompt.core import packed
+from softprompt.core.data import batches
+from softprompt.core.model import SoftPromptModel
+from softprompt.core.models import load_base_model
+from softprompt.core.prompt import PromptConfig
 
 
 def regions(model: Any, mode: str) -> list[torch.nn.Module]:

@@ -81,7 +81,7 @@ CASES = {
 
 
 def load_data(case: Case, tokenizer: Any, twitter_eval_rows: int) -> tuple[list, list]:
-    from softprompt.data import DataConfig, load_examples
+    from softprompt.core.data import DataConfig, load_examples
 
     if case.data == "seed":
         config = DataConfig(data=str(SEED_CSV), limit=50)
@@ -109,9 +109,9 @@ def peak_rss_mb() -> float:
 
 
 def heldout_ce(base: Any, embedding: Any, held_out: list) -> float:
-    from softprompt.evaluate import mean_token_loss
-    from softprompt.model import SoftPromptModel
-    from softprompt.prompt import SoftPrompt
+    from softprompt.core.model import SoftPromptModel
+    from softprompt.core.prompt import SoftPrompt
+    from softprompt.training.heldout import mean_token_loss
 
     return mean_token_loss(SoftPromptModel(base, SoftPrompt(embedding.detach().float())), held_out, 16)
 
@@ -122,7 +122,7 @@ def run_peft(case: Case, base: Any, train_set: list, held_out: list) -> dict[str
     from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
     from transformers import DataCollatorForLanguageModeling, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
-    from softprompt.models import cache_root
+    from softprompt.core.models import cache_root
 
     tokenizer = base.tokenizer
     tokenizer.padding_side = "right"  # as in PEFT's examples; the Trainer's collators pad on the right
@@ -188,9 +188,9 @@ def run_peft(case: Case, base: Any, train_set: list, held_out: list) -> dict[str
 
 
 def run_softprompt(case: Case, base: Any, train_set: list, held_out: list) -> dict[str, Any]:
-    from softprompt.model import SoftPromptModel
-    from softprompt.prompt import PromptConfig
-    from softprompt.train import TrainConfig, train
+    from softprompt.core.model import SoftPromptModel
+    from softprompt.core.prompt import PromptConfig
+    from softprompt.training.train import TrainConfig, train
 
     output = tempfile.mkdtemp(prefix="softprompt-bench-")
     if case.softprompt_defaults:
@@ -228,7 +228,7 @@ def measure_ceiling(tokens: int = 768, repeats: int = 5) -> dict[str, float]:
     """fp32 GFLOP/s of the model's own matmuls (forward and backward-to-input shapes) at ``tokens`` rows."""
     import torch
 
-    from softprompt.models import load_base_model
+    from softprompt.core.models import load_base_model
 
     config = load_base_model(MODEL).model.config
     h, inter, kv = config.hidden_size, config.intermediate_size, config.num_key_value_heads * config.head_dim
@@ -256,7 +256,7 @@ def _timed(fn: Any) -> float:
 def worker(method: str, case_key: str, result_path: Path, twitter_eval_rows: int, epochs: int | None) -> None:
     import torch
 
-    from softprompt.models import load_base_model
+    from softprompt.core.models import load_base_model
 
     if method == "ceiling":
         result_path.write_text(json.dumps(measure_ceiling()))

@@ -24,12 +24,12 @@ from safetensors.torch import save as safetensors_bytes
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
-from softprompt.adapter import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig, load_adapter
-from softprompt.data import DataConfig, load_examples, tokenize_row
-from softprompt.errors import SoftPromptError
-from softprompt.generate import GenerateConfig, complete
-from softprompt.models import BaseModel
-from softprompt.prompt import Init, PromptConfig, initial_embedding
+from softprompt.core.adapter import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig, load_adapter
+from softprompt.core.data import DataConfig, load_examples, tokenize_row
+from softprompt.core.errors import SoftPromptError
+from softprompt.core.models import BaseModel
+from softprompt.core.prompt import Init, PromptConfig, initial_embedding
+from softprompt.inference.generate import GenerateConfig, complete
 
 T = TypeVar("T")
 SHAPE = (2, 4)  # the prompt shape the fixed adapter config promises

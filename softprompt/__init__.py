@@ -3,10 +3,9 @@
 The public API is what ``__all__`` lists; module internals may change without notice.
 """
 
-from softprompt.adapter import Adapter, AdapterConfig, load_adapter, save_adapter
-from softprompt.data import DataConfig, load_examples
-from softprompt.engine import AdapterRegistry, Engine, EngineConfig, RegistryConfig, SamplingParams
-from softprompt.errors import (
+from softprompt.core.adapter import Adapter, AdapterConfig, load_adapter, save_adapter
+from softprompt.core.data import DataConfig, load_examples
+from softprompt.core.errors import (
     AdapterError,
     BaseModelMismatchError,
     ConfigError,
@@ -16,13 +15,14 @@ from softprompt.errors import (
     SoftPromptError,
     TrainingError,
 )
-from softprompt.evaluate import mean_token_loss
-from softprompt.export import build_prompt_embeds
-from softprompt.generate import Completion, GenerateConfig, complete, generate
-from softprompt.model import SoftPromptModel
-from softprompt.models import BaseModel, load_base_model
-from softprompt.prompt import Init, PromptConfig, SoftPrompt
-from softprompt.train import TrainConfig, TrainResult, train, tune
+from softprompt.core.model import SoftPromptModel
+from softprompt.core.models import BaseModel, load_base_model
+from softprompt.core.prompt import Init, PromptConfig, SoftPrompt
+from softprompt.inference.engine import AdapterRegistry, Engine, EngineConfig, RegistryConfig, SamplingParams
+from softprompt.inference.export import build_prompt_embeds
+from softprompt.inference.generate import Completion, GenerateConfig, complete, generate
+from softprompt.training.heldout import mean_token_loss
+from softprompt.training.train import TrainConfig, TrainResult, train, tune
 
 __version__ = "0.1.0"
 

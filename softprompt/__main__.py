@@ -1,5 +1,5 @@
 import sys
 
-from softprompt.cli import main
+from softprompt.cli.main import main
 
 sys.exit(main())

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from softprompt.data import DataConfig, load_examples
-from softprompt.generate import GenerateConfig
-from softprompt.model import SoftPromptModel
-from softprompt.models import DEFAULT_MODEL, load_base_model
-from softprompt.prompt import PromptConfig
-from softprompt.train import TrainConfig, train
+from softprompt.core.data import DataConfig, load_examples
+from softprompt.core.model import SoftPromptModel
+from softprompt.core.models import DEFAULT_MODEL, load_base_model
+from softprompt.core.prompt import PromptConfig
+from softprompt.inference.generate import GenerateConfig
+from softprompt.training.train import TrainConfig, train
 
 DEMO_QUERY = "I want you to act as a logistician. "
 DEMO_GENERATION = GenerateConfig(max_new_tokens=48, repetition_penalty=1.5)

@@ -23,7 +23,7 @@ from transformers import (
 )
 
 from fuzz.targets import Targets
-from softprompt.models import BaseModel, load_base_model
+from softprompt.core.models import BaseModel, load_base_model
 
 ARCHS = ["llama", "gpt2", "bloom", "qwen2"]
 EOS = "<|endoftext|>"

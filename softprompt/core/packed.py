@@ -1,0 +1,129 @@
+"""Padding-free training passes: one soft prompt and a batch's rows packed into one sequence.
+
+The rows run as ``[prompt][row 0][row 1]...`` in a single [1, N, H] pass, so every projection is
+one matmul over all real tokens: no padding, no separate batch-1 pass for the prompt, no cache
+concatenation. Only attention needs to know the layout, so a registered transformers attention
+function lets each row attend to the prompt and to its own earlier tokens, with positions P,
+P + 1, ... as in the injected layout. Models whose attention goes elsewhere (bloom's ALiBi) keep
+the shared-prefix layout of :mod:`softprompt.model`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+
+from softprompt.core.inject import IGNORE_INDEX
+from softprompt.core.models import BaseModel
+
+ATTENTION = "softprompt_packed"
+# Families whose decoder attends through transformers' attention interface after its own
+# position handling (RoPE or learned positions); each is checked against the plain layout in tests.
+FAMILIES = frozenset({"llama", "qwen2", "gpt2"})
+
+
+@dataclass
+class Packing:
+    """The packed sequence's layout: ``n_prompt`` prompt tokens, then rows of these lengths in order."""
+
+    n_prompt: int
+    lengths: list[int]
+    _masks: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def mask(self, length: int, device: torch.device) -> torch.Tensor:
+        """[T, P + T] bool: token i sees the whole prompt and tokens 0..i of its own row."""
+        if length not in self._masks:
+            cols = torch.arange(self.n_prompt + length, device=device)
+            self._masks[length] = cols[None, :] <= torch.arange(length, device=device)[:, None] + self.n_prompt
+        return self._masks[length]
+
+
+def packed_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    *,
+    packing: Packing,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Attention over a packed [1, heads, N, d] sequence; returns [1, N, heads, d] as transformers expects."""
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:  # grouped-query attention: kv head h serves query heads h*groups .. h*groups+groups-1
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    # split, not slicing: its backward is one concatenation, where each slice's backward would
+    # write its gradient into a zero tensor the size of the whole sequence
+    sizes = [packing.n_prompt, *packing.lengths]
+    queries, keys, values = (t.split(sizes, dim=2) for t in (query, key, value))
+
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=mask is None, scale=scaling
+        )
+
+    outputs = [attend(queries[0], keys[0], values[0], None)]
+    for q, k, v in zip(queries[1:], keys[1:], values[1:], strict=True):
+        mask = packing.mask(q.shape[2], query.device)
+        outputs.append(attend(q, torch.cat([keys[0], k], dim=2), torch.cat([values[0], v], dim=2), mask))
+    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(ATTENTION, packed_attention)
+
+
+def supports_packing(base: BaseModel) -> bool:
+    """Packed passes are exact only where attention runs through the registered function."""
+    config = base.model.config
+    return (
+        config.model_type in FAMILIES
+        and config._attn_implementation == "sdpa"
+        and not getattr(config, "sliding_window", None)
+    )
+
+
+@contextmanager
+def _packed_attention(base: BaseModel) -> Iterator[None]:
+    """Switch the model to :func:`packed_attention` for one forward pass (backward needs no lookup)."""
+    config = base.model.config
+    previous = config._attn_implementation
+    config._attn_implementation = ATTENTION
+    try:
+        yield
+    finally:
+        config._attn_implementation = previous
+
+
+def packed_hidden(
+    base: BaseModel, prompt: torch.Tensor, rows: list[torch.Tensor], row_labels: list[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hidden states and labels [1, M] of unpadded rows after a shared prompt [P, H], for ``token_nll``.
+
+    The result is laid out as ``[last][row 0][last][row 1]...`` with ``last`` the prompt's final
+    state and an ignored label before each row, so that under the usual shift ``last`` predicts
+    each row's first token and no row predicts the next row's.
+    """
+    n_prompt = prompt.shape[0]
+    embeds = base.model.get_input_embeddings()(torch.cat(rows))
+    embeds = torch.cat([prompt.to(embeds.dtype), embeds])[None]  # [1, N, H]
+    lengths = [len(row) for row in rows]
+    positions = [torch.arange(n_prompt)] + [torch.arange(n_prompt, n_prompt + n) for n in lengths]
+    position_ids = torch.cat(positions).to(embeds.device)[None]
+    with _packed_attention(base):
+        out = base.model.base_model(
+            inputs_embeds=embeds, position_ids=position_ids, use_cache=False, packing=Packing(n_prompt, lengths)
+        )
+    prompt_states, *row_states = out.last_hidden_state[0].split([n_prompt, *lengths])
+    last = prompt_states[-1:]
+    pieces = [piece for states in row_states for piece in (last, states)]
+    ignore = row_labels[0].new_full((1,), IGNORE_INDEX)
+    labels = torch.cat([piece for row in row_labels for piece in (ignore, row)])
+    return torch.cat(pieces)[None], labels[None]

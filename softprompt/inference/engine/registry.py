@@ -1,0 +1,188 @@
+"""Adapter registry: which soft prompts the engine can serve, and which are held in memory.
+
+Every adapter is known by a validated name and, when it came from disk, its directory. Loaded
+adapters (embedding plus prompt KV) are held in least-recently-used order under a byte bound;
+an evicted adapter stays listed and is read back from disk on its next use. Names never reach
+the filesystem unchecked: they must match ``NAME_PATTERN`` and any path must resolve inside the
+registry's root directory. Adapters trained on another base model are refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from softprompt.core.adapter import CONFIG_NAME, load_adapter
+from softprompt.core.errors import AdapterError, ConfigError, SoftPromptError
+from softprompt.core.model import check_compatible
+from softprompt.core.models import BaseModel
+from softprompt.inference.engine.kv import PromptKV
+
+log = logging.getLogger(__name__)
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    max_loaded_bytes: int = field(
+        default=256 << 20, metadata={"help": "bytes of prompt embeddings + prompt KV held in memory (LRU beyond)"}
+    )
+    max_adapters: int = field(default=4096, metadata={"help": "most adapters the registry lists"})
+
+    def __post_init__(self) -> None:
+        if self.max_loaded_bytes < 1 or self.max_adapters < 1:
+            raise ConfigError("max_loaded_bytes and max_adapters must be at least 1")
+
+
+@dataclass
+class Entry:
+    name: str
+    path: Path | None  # None: given in memory, so it can never be evicted
+    num_virtual_tokens: int
+    embedding: torch.Tensor | None = None  # [P, H] while loaded
+    kv: dict[str, PromptKV] = field(default_factory=dict)  # per dtype@device
+
+    @property
+    def nbytes(self) -> int:
+        held = 0 if self.embedding is None else self.embedding.numel() * self.embedding.element_size()
+        return held + sum(kv.nbytes for kv in self.kv.values())
+
+    def unload(self) -> None:
+        self.embedding, self.kv = None, {}
+
+
+def check_name(name: object) -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise AdapterError(
+            f"invalid adapter name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+class AdapterRegistry:
+    """Thread-safe: the server edits it while the engine thread reads prompt KV from it."""
+
+    def __init__(self, base: BaseModel, root: str | Path | None = None, config: RegistryConfig | None = None) -> None:
+        self.base = base
+        self.root = Path(root).resolve() if root is not None else None
+        self.config = config or RegistryConfig()
+        self._entries: dict[str, Entry] = {}
+        self._loaded: OrderedDict[str, Entry] = OrderedDict()
+        self._lock = threading.RLock()
+
+    def scan(self) -> list[str]:
+        """Add every adapter directory directly under the root; bad ones are logged and skipped."""
+        if self.root is None or not self.root.is_dir():
+            raise AdapterError(f"adapters directory not found: {self.root}")
+        added = []
+        for child in sorted(self.root.iterdir()):
+            if not (child / CONFIG_NAME).is_file():
+                continue
+            try:
+                self.add(child.name, child)
+                added.append(child.name)
+            except SoftPromptError as exc:
+                log.warning("skipping adapter %s: %s", child, exc)
+        return added
+
+    def add(self, name: str, path: str | Path | None = None) -> None:
+        """Load and check adapter ``name`` from ``path`` (default: ``root/name``), replacing any old one."""
+        check_name(name)
+        directory = self._confine(Path(path) if path is not None else None, name)
+        adapter = load_adapter(directory)
+        check_compatible(self.base, adapter.config, directory, allow_mismatch=False)
+        entry = Entry(name, directory, adapter.config.num_virtual_tokens, adapter.embedding)
+        self._insert(entry)
+
+    def add_embedding(self, name: str, embedding: torch.Tensor) -> None:
+        """Serve an in-memory prompt [P, H]; it is pinned, since there is no file to reload it from."""
+        check_name(name)
+        if embedding.ndim != 2 or embedding.shape[1] != self.base.hidden_size:
+            raise AdapterError(
+                f"prompt {name!r} must be [tokens, {self.base.hidden_size}], got {tuple(embedding.shape)}"
+            )
+        self._insert(Entry(name, None, int(embedding.shape[0]), embedding.detach().float().cpu()))
+
+    def remove(self, name: str) -> None:
+        with self._lock:
+            if name not in self._entries:
+                raise AdapterError(f"unknown adapter {name!r}")
+            del self._entries[name]
+            self._loaded.pop(name, None)
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._entries)
+
+    def loaded_names(self) -> list[str]:
+        """Adapters held in memory, least recently used first."""
+        with self._lock:
+            return list(self._loaded)
+
+    def num_virtual_tokens(self, name: str) -> int:
+        with self._lock:
+            entry = self._entries.get(name)
+            if entry is None:
+                raise AdapterError(f"unknown adapter {name!r}")
+            return entry.num_virtual_tokens
+
+    def __contains__(self, name: object) -> bool:
+        with self._lock:
+            return name in self._entries
+
+    def prompt_kv(self, name: str, key: str, compute: Callable[[torch.Tensor], PromptKV]) -> PromptKV:
+        """The adapter's prompt KV for ``key`` (dtype@device), computed on first use and then cached."""
+        with self._lock:
+            entry = self._entries.get(name)
+            if entry is None:
+                raise AdapterError(f"unknown adapter {name!r}")
+            if entry.embedding is None and entry.path is not None:
+                entry.embedding = load_adapter(entry.path).embedding
+            if key not in entry.kv:
+                assert entry.embedding is not None  # pinned entries always hold their embedding
+                entry.kv[key] = compute(entry.embedding)
+            self._loaded[name] = entry
+            self._loaded.move_to_end(name)
+            self._evict(keep=name)
+            return entry.kv[key]
+
+    def _confine(self, path: Path | None, name: str) -> Path:
+        if self.root is None:
+            if path is None:
+                raise AdapterError(f"adapter {name!r} needs a path: this registry has no adapters directory")
+            return path
+        candidate = (self.root / name) if path is None else (path if path.is_absolute() else self.root / path)
+        resolved = candidate.resolve()
+        if resolved != self.root and self.root not in resolved.parents:
+            raise AdapterError(f"adapter path {str(path)!r} is outside the adapters directory {self.root}")
+        return resolved
+
+    def _insert(self, entry: Entry) -> None:
+        with self._lock:
+            if entry.name not in self._entries and len(self._entries) >= self.config.max_adapters:
+                raise AdapterError(f"registry is full ({self.config.max_adapters} adapters); remove one first")
+            self._entries[entry.name] = entry
+            self._loaded[entry.name] = entry
+            self._loaded.move_to_end(entry.name)
+            self._evict(keep=entry.name)
+
+    def _evict(self, keep: str) -> None:
+        total = sum(e.nbytes for e in self._loaded.values())
+        for name in list(self._loaded):
+            if total <= self.config.max_loaded_bytes:
+                break
+            entry = self._loaded[name]
+            if name == keep or entry.path is None:
+                continue
+            total -= entry.nbytes
+            entry.unload()
+            del self._loaded[name]
+            log.debug("evicted adapter %s from memory", name)

@@ -1,0 +1,107 @@
+"""The model runner: the only part that calls the model or holds device state.
+
+It computes prompt KV for adapters, prefills newly admitted sequences on top of their prompt KV,
+runs one decode step for the whole running batch, and keeps the batch cache and each
+sequence's random generator. Which sequences to run is decided elsewhere (scheduler, engine).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+from softprompt.core.data import left_pad
+from softprompt.core.model import lm_logits, run_decoder
+from softprompt.core.models import BaseModel
+from softprompt.inference.engine.kv import (
+    BatchKV,
+    PromptKV,
+    cache_from_layers,
+    layers_from_cache,
+    merge,
+    prompt_prefix,
+    select,
+)
+from softprompt.inference.engine.sampler import new_generator, sample
+from softprompt.inference.engine.sequence import Sequence
+
+
+class ModelRunner:
+    def __init__(self, base: BaseModel) -> None:
+        self.base = base
+        self.config = base.model.config
+        self.embed = base.model.get_input_embeddings()
+        pad = base.tokenizer.pad_token_id
+        self.pad_id = int(pad) if pad is not None else 0
+        self.batch: BatchKV | None = None
+        self.generators: dict[int, torch.Generator] = {}
+
+    @property
+    def kv_key(self) -> str:
+        """Prompt KV depends on the model's dtype and device, so it is cached per pair."""
+        return f"{self.base.dtype}@{self.base.device}"
+
+    @torch.no_grad()
+    def prompt_kv(self, embedding: torch.Tensor) -> PromptKV:
+        """Run the virtual tokens [P, H] alone from position 0 and keep every layer's keys/values."""
+        embeds = embedding.to(self.base.device, self.base.dtype)[None]  # [1, P, H]
+        length = embeds.shape[1]
+        mask = torch.ones(1, length, dtype=torch.long, device=self.base.device)
+        positions = torch.arange(length, device=self.base.device)[None]
+        _, cache = run_decoder(self.base, embeds, mask, positions, DynamicCache(config=self.config), use_cache=True)
+        return PromptKV(tuple((k[0].clone(), v[0].clone()) for k, v in layers_from_cache(cache)))
+
+    @torch.no_grad()
+    def prefill(self, seqs: list[Sequence], prompts: list[PromptKV | None]) -> list[int]:
+        """Prefill ``seqs`` after their prompt KV, sample their first tokens, and join the running batch."""
+        device = self.base.device
+        ids, token_mask = left_pad([s.prompt_ids for s in seqs], self.pad_id, device)  # [B, T], newest token last
+        prefix, prefix_mask = prompt_prefix(prompts, device)  # per layer [B, h, Pmax, d]; [B, Pmax]
+        prompt_lengths = prefix_mask.sum(dim=1)  # [B]
+        positions = prompt_lengths[:, None] + (token_mask.cumsum(dim=1) - 1).clamp(min=0)  # [B, T]
+        mask = torch.cat([prefix_mask, token_mask], dim=1)  # [B, Pmax + T]
+        cache = cache_from_layers(prefix, self.config)
+        hidden, cache = run_decoder(self.base, self.embed(ids), mask, positions, cache, use_cache=True)
+        for seq in seqs:
+            self.generators[seq.seq_id] = new_generator(seq.params.seed, device)
+        tokens = sample(lm_logits(self.base, hidden[:, -1]).float(), seqs, self.generators)
+        new = BatchKV(
+            seq_ids=[s.seq_id for s in seqs],
+            cache=cache,
+            mask=mask,
+            next_position=prompt_lengths + token_mask.sum(dim=1),
+            last_token=torch.tensor(tokens, dtype=torch.long, device=device),
+        )
+        self.batch = merge(self.batch, new, self.config)
+        return tokens
+
+    @torch.no_grad()
+    def decode(self, seqs: dict[int, Sequence]) -> list[int]:
+        """Feed every running row its last token; returns the next token per row, in batch order."""
+        batch = self.batch
+        if batch is None or not len(batch):
+            return []
+        batch.mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch), 1)], dim=1)
+        embeds = self.embed(batch.last_token[:, None])  # [B, 1, H]
+        hidden, batch.cache = run_decoder(
+            self.base, embeds, batch.mask, batch.next_position[:, None], batch.cache, use_cache=True
+        )
+        batch.next_position = batch.next_position + 1
+        rows = [seqs[i] for i in batch.seq_ids]
+        tokens = sample(lm_logits(self.base, hidden[:, -1]).float(), rows, self.generators)
+        batch.last_token = torch.tensor(tokens, dtype=torch.long, device=self.base.device)
+        return tokens
+
+    def release(self, finished: set[int]) -> None:
+        """Drop finished rows from the batch cache (and their generators)."""
+        for seq_id in finished:
+            self.generators.pop(seq_id, None)
+        if self.batch is None:
+            return
+        keep = [i for i, seq_id in enumerate(self.batch.seq_ids) if seq_id not in finished]
+        if len(keep) != len(self.batch):
+            self.batch = select(self.batch, keep, self.config) if keep else None
+
+    @property
+    def row_ids(self) -> list[int]:
+        return [] if self.batch is None else list(self.batch.seq_ids)

@@ -1,0 +1,93 @@
+"""The request record passed between scheduler, engine and server; no torch here.
+
+A :class:`Sequence` is the only thing the engine's parts share: the scheduler moves it between
+queues, the engine appends sampled tokens and decides when it is finished, and the server reads
+its text. Device state (cache rows, random generators) lives in the runner, keyed by ``seq_id``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from enum import Enum
+
+from softprompt.core.errors import RequestError
+
+_ids = itertools.count()
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one request is decoded; every row of a batch may differ."""
+
+    max_new_tokens: int = field(default=16, metadata={"help": "tokens to generate"})
+    temperature: float = field(default=0.0, metadata={"help": "0 for greedy decoding, else the sampling temperature"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling probability mass"})
+    top_k: int = field(default=0, metadata={"help": "sample among the k most likely tokens (0: all)"})
+    repetition_penalty: float = field(default=1.0, metadata={"help": "penalty > 1 discourages repeats"})
+    seed: int | None = field(default=None, metadata={"help": "seed for this request's sampling"})
+    stop: tuple[str, ...] = field(default=(), metadata={"help": "strings that end generation (not returned)"})
+    stop_at_eos: bool = field(default=True, metadata={"help": "stop at the end-of-sequence token"})
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stop", tuple(s for s in self.stop if s))
+        if self.max_new_tokens < 1:
+            raise RequestError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise RequestError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise RequestError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0 or self.repetition_penalty <= 0:
+            raise RequestError("top_k must be >= 0 and repetition_penalty > 0")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+class Status(str, Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One request: prompt token ids, the adapter that conditions it, and what has been generated."""
+
+    prompt_ids: list[int]
+    adapter: str | None
+    params: SamplingParams
+    seq_id: int = field(default_factory=lambda: next(_ids))
+    output_ids: list[int] = field(default_factory=list)
+    text: str = ""  # decoded output, already cut at a stop string
+    status: Status = Status.WAITING
+    finish_reason: str | None = None  # "stop", "length", "cancelled" or "error"
+    error: str | None = None
+    cancelled: bool = False  # set from any thread; the engine acts on it at its next step
+
+    @property
+    def finished(self) -> bool:
+        return self.status is Status.FINISHED
+
+    def finish(self, reason: str, error: str | None = None) -> None:
+        self.status, self.finish_reason, self.error = Status.FINISHED, reason, error
+
+    def stream_text(self) -> str:
+        """Text safe to send now: holds back an incomplete UTF-8 character or a possible stop-string start."""
+        if self.finished:
+            return self.text
+        text = self.text.rstrip("\ufffd")
+        hold = 0
+        for stop in self.params.stop:
+            for size in range(min(len(stop) - 1, len(text)), 0, -1):
+                if text.endswith(stop[:size]):
+                    hold = max(hold, size)
+                    break
+        return text[: len(text) - hold]
+
+
+def cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
+    """Text up to the earliest stop string, and whether one was found."""
+    cut = min((text.find(s) for s in stops if s in text), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)

@@ -1,0 +1,99 @@
+"""Export a soft prompt for serving engines that take embeddings instead of token ids.
+
+vLLM serves soft prompts through its ``prompt_embeds`` input: one ``[seq, hidden]`` tensor per
+request, fed to the decoder in place of the embedding lookup, with position ids counting from 0.
+:func:`build_prompt_embeds` builds that tensor exactly as softprompt injects a single unpadded
+request, ``[virtual tokens][token embeddings]``, by calling the same :func:`~softprompt.inject.inject`
+that training and generation use, so the engine sees what softprompt's own decode loop sees.
+
+The tensor already contains the (optional) chat template, so it belongs in vLLM's
+``LLM.generate({"prompt_embeds": ...})`` or its Completions API, not the Chat Completions API
+(which would wrap the template around the soft prompt a second time). See docs/scaling.md.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from softprompt.core.adapter import atomic_path
+from softprompt.core.errors import AdapterError, ConfigError
+from softprompt.core.inject import inject
+from softprompt.core.model import SoftPromptModel
+from softprompt.inference.generate import format_inputs
+
+TARGETS = ("vllm-prompt-embeds",)
+DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TENSOR_KEY = "prompt_embeds"
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    to: str = field(default="vllm-prompt-embeds", metadata={"help": "export format: " + ", ".join(TARGETS)})
+    output: str = field(default="prompt_embeds.safetensors", metadata={"help": "file to write (safetensors)"})
+    chat_template: bool = field(default=False, metadata={"help": "wrap the prompt in the tokenizer's chat template"})
+    dtype: str = field(
+        default="auto",
+        metadata={"help": "tensor dtype: the served model's (e.g. bfloat16), or auto for the loaded model's"},
+    )
+
+    def __post_init__(self) -> None:
+        if self.to not in TARGETS:
+            raise ConfigError(f"export target must be one of {', '.join(TARGETS)}, got {self.to!r}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+
+
+@torch.no_grad()
+def build_prompt_embeds(model: SoftPromptModel, text: str, *, chat_template: bool = False) -> torch.Tensor:
+    """The ``[num_virtual_tokens + n_tokens, hidden]`` embeddings of one request, as softprompt injects them.
+
+    Tokenization is the one ``softprompt generate`` uses: special tokens (e.g. BOS) are added
+    unless the chat template supplies them. Feed the result to an engine as ``prompt_embeds``
+    (vLLM) or to a Hugging Face model as ``inputs_embeds[None]`` with default position ids.
+    """
+    base = model.base
+    formatted = format_inputs(base, [text], chat_template)
+    ids = base.tokenizer(formatted, return_tensors="pt", add_special_tokens=not chat_template)["input_ids"]
+    ids = ids.to(base.device)  # [1, n]
+    token_embeds = base.model.get_input_embeddings()(ids)  # [1, n, H]
+    prompt = model.require_prompt().embedding
+    return inject(token_embeds, torch.ones_like(ids), [prompt]).embeds[0]  # [P + n, H], no padding
+
+
+def export_prompt_embeds(model: SoftPromptModel, text: str, config: ExportConfig) -> Path:
+    """Write the request's embeddings to ``config.output`` (one tensor, key ``prompt_embeds``), atomically."""
+    embeds = build_prompt_embeds(model, text, chat_template=config.chat_template)
+    dtype = DTYPES[config.dtype] or embeds.dtype
+    metadata = {
+        "format": "pt",
+        "softprompt_export": json.dumps(
+            {
+                "to": config.to,
+                "text": text,
+                "chat_template": config.chat_template,
+                "num_virtual_tokens": model.require_prompt().num_virtual_tokens,
+                "base_model": model.base.name,
+                "base_fingerprint": model.base.fingerprint,
+            }
+        ),
+    }
+    output = Path(config.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(output) as tmp:
+        save_file({TENSOR_KEY: embeds.to("cpu", dtype).contiguous()}, str(tmp), metadata=metadata)
+    return output
+
+
+def load_prompt_embeds(path: str | Path) -> torch.Tensor:
+    """Read an exported tensor back, e.g. in the process that calls vLLM."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return handle.get_tensor(TENSOR_KEY)
+    except (SafetensorError, OSError, KeyError) as exc:
+        raise AdapterError(f"{path} is not a softprompt prompt-embeddings export: {exc}") from exc

@@ -1,0 +1,151 @@
+"""Text generation with soft prompts: a thin front end over :mod:`softprompt.engine`.
+
+Owning the decode loop (instead of patching ``model.generate``) is what keeps virtual tokens
+correct: each prompt's keys/values are computed once and placed before its row's tokens, and
+every decode step feeds one token per row with the next position id. Rows may use different
+prompts, so one batch can serve several tasks. There is one decode loop, the engine's; this
+module maps :class:`GenerateConfig` onto per-request sampling parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from softprompt.core.checks import check_types, shown
+from softprompt.core.errors import ConfigError, RequestError
+from softprompt.core.models import BaseModel
+from softprompt.inference.engine import Engine, EngineConfig, SamplingParams
+
+MAX_TOKENS = 1 << 30  # token counts become int64 tensors; this bound keeps them far from overflow
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    max_new_tokens: int | None = field(default=64, metadata={"help": "tokens to generate per prompt"})
+    max_length: int | None = field(
+        default=None, metadata={"help": "cap on input + generated tokens (virtual tokens not counted)"}
+    )
+    do_sample: bool = field(default=False, metadata={"help": "sample instead of greedy decoding"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling probability mass"})
+    top_k: int = field(default=0, metadata={"help": "sample among the k most likely tokens (0: all)"})
+    repetition_penalty: float = field(default=1.0, metadata={"help": "penalty > 1 discourages repeats"})
+    seed: int | None = field(default=None, metadata={"help": "seed for sampling"})
+    chat_template: bool = field(default=False, metadata={"help": "wrap each prompt in the tokenizer's chat template"})
+    stop_at_eos: bool = field(default=True, metadata={"help": "stop a row at the end-of-sequence token"})
+    stop: tuple[str, ...] = field(default=(), metadata={"help": "strings that end generation"})
+
+    def __post_init__(self) -> None:
+        check_types(self)  # also makes stop a tuple and ints floats where floats are expected
+        if self.max_new_tokens is None and self.max_length is None:
+            raise ConfigError("set max_new_tokens or max_length")
+        for name in ("max_new_tokens", "max_length"):
+            value = getattr(self, name)
+            if value is not None and not 1 <= value <= MAX_TOKENS:
+                raise ConfigError(f"{name} must be between 1 and {MAX_TOKENS}, got {shown(value)}")
+        if self.seed is not None and not -(1 << 63) <= self.seed < 1 << 64:  # torch.Generator's range
+            raise ConfigError(f"seed must be between -2**63 and 2**64 - 1, got {shown(self.seed)}")
+        if any(not s for s in self.stop):
+            raise ConfigError("stop strings must not be empty")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be positive, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0 or self.repetition_penalty <= 0:
+            raise ConfigError("top_k must be >= 0 and repetition_penalty > 0")
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    finish_reason: str  # "stop" (eos or a stop string) or "length"
+
+
+def generate(
+    base: BaseModel,
+    texts: Sequence[str],
+    prompts: Sequence[torch.Tensor | None],
+    config: GenerateConfig | None = None,
+) -> list[str]:
+    return [c.text for c in complete(base, texts, prompts, config or GenerateConfig())]
+
+
+def format_inputs(base: BaseModel, texts: Sequence[str], chat_template: bool) -> list[str]:
+    if not chat_template:
+        return list(texts)
+    if base.tokenizer.chat_template is None:
+        raise ConfigError(f"model {base.name!r} has no chat template; drop the chat-template option")
+    return [
+        str(
+            base.tokenizer.apply_chat_template(
+                [{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True
+            )
+        )
+        for t in texts
+    ]
+
+
+def complete(
+    base: BaseModel,
+    texts: Sequence[str],
+    prompts: Sequence[torch.Tensor | None],
+    config: GenerateConfig,
+) -> list[Completion]:
+    """Generate for each text with its own prompt [P, H] (or None), through the one engine decode loop."""
+    if len(prompts) != len(texts):
+        raise RequestError(f"got {len(prompts)} prompts for {len(texts)} texts")
+    if not texts:
+        return []
+    if not all(isinstance(t, str) for t in texts):
+        raise RequestError("every prompt must be a string")
+    _check_finite(prompts)
+    engine = Engine(base, config=EngineConfig(max_batch_size=max(1, len(texts)), max_context=1 << 30))
+    names: dict[int, str] = {}  # one registry entry per distinct prompt tensor
+    for prompt in prompts:
+        if prompt is not None and id(prompt) not in names:
+            names[id(prompt)] = f"prompt-{len(names)}"
+            engine.registry.add_embedding(names[id(prompt)], prompt)
+    tokenizer = base.tokenizer
+    encoded = tokenizer(format_inputs(base, texts, config.chat_template), add_special_tokens=not config.chat_template)
+    for row, ids in enumerate(encoded["input_ids"]):
+        if not ids:  # nothing to condition on, and no last token to decode from
+            raise RequestError(f"prompt {row + 1} is empty: it has no tokens")
+    seqs = [
+        engine.add_request(list(ids), None if p is None else names[id(p)], _params(config, len(ids)))
+        for ids, p in zip(encoded["input_ids"], prompts)
+    ]
+    engine.run(seqs)
+    return [Completion(s.text, list(s.output_ids), len(s.prompt_ids), s.finish_reason or "length") for s in seqs]
+
+
+def _check_finite(prompts: Sequence[torch.Tensor | None]) -> None:
+    """Refuse NaN/inf soft prompts; each distinct tensor is checked once (batches often repeat one)."""
+    checked: set[int] = set()
+    for row, prompt in enumerate(prompts):
+        if prompt is None or id(prompt) in checked:
+            continue
+        checked.add(id(prompt))
+        if not bool(torch.isfinite(prompt).all()):
+            raise RequestError(f"soft prompt for row {row + 1} contains NaN or infinite values")
+
+
+def _params(config: GenerateConfig, prompt_tokens: int) -> SamplingParams:
+    """Per-row sampling parameters; max_length counts each row's own tokens, so batching changes nothing."""
+    budget = config.max_new_tokens or 1 << 30
+    if config.max_length is not None:
+        budget = min(budget, max(1, config.max_length - prompt_tokens))
+    return SamplingParams(
+        max_new_tokens=budget,
+        temperature=config.temperature if config.do_sample else 0.0,
+        top_p=config.top_p,
+        top_k=config.top_k,
+        repetition_penalty=config.repetition_penalty,
+        seed=config.seed,
+        stop=config.stop,
+        stop_at_eos=config.stop_at_eos,
+    )

@@ -1,0 +1,37 @@
+"""OpenAI-compatible serving of one base model and many soft prompts (``softprompt serve``)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from softprompt.inference.engine import EngineConfig, RegistryConfig
+from softprompt.inference.serve.app import create_app
+from softprompt.inference.serve.config import ServeConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ServeConfig", "create_app", "serve"]
+
+
+def serve(
+    model: str,
+    adapters: str | Path | None,
+    config: ServeConfig,
+    engine_config: EngineConfig | None = None,
+    registry_config: RegistryConfig | None = None,
+    device: str | None = None,
+    trust_remote_code: bool = False,
+) -> None:
+    """Load the model and adapters, then run uvicorn until interrupted."""
+    import uvicorn
+
+    from softprompt.core.models import load_base_model
+    from softprompt.inference.engine import AdapterRegistry, Engine
+
+    base = load_base_model(model, device=device, trust_remote_code=trust_remote_code)
+    registry = AdapterRegistry(base, adapters, registry_config)
+    if adapters is not None:
+        log.info("loaded adapters: %s", ", ".join(registry.scan()) or "none")
+    app = create_app(Engine(base, registry, engine_config), config)
+    uvicorn.run(app, host=config.host, port=config.port, log_level="info")

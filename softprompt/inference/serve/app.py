@@ -1,0 +1,123 @@
+"""The OpenAI-compatible HTTP app: routes only; the work is in :mod:`softprompt.serve.service`.
+
+Routes: ``GET /health``, ``GET /v1/models``, ``POST /v1/completions``,
+``POST /v1/chat/completions``, ``POST /v1/adapters`` and ``DELETE /v1/adapters/{name}``.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from softprompt.core.errors import AdapterError, BaseModelMismatchError
+from softprompt.inference.engine import Engine
+from softprompt.inference.engine.registry import check_name
+from softprompt.inference.serve import errors
+from softprompt.inference.serve.config import ServeConfig
+from softprompt.inference.serve.errors import APIError
+from softprompt.inference.serve.formats import model_card
+from softprompt.inference.serve.limits import BodyLimit
+from softprompt.inference.serve.schemas import AdapterLoad, ChatRequest, CompletionRequest
+from softprompt.inference.serve.service import Service
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+router = APIRouter()
+
+
+def create_app(engine: Engine, config: ServeConfig | None = None) -> FastAPI:
+    service = Service(engine, config or ServeConfig())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service.worker.start()
+        yield
+        service.worker.stop()
+
+    app = FastAPI(title="softprompt", lifespan=lifespan)
+    app.state.service = service
+    errors.install(app)
+    app.add_middleware(BodyLimit, limit=service.config.max_body_bytes)
+    app.include_router(router)
+    return app
+
+
+def _service(request: Request) -> Service:
+    return request.app.state.service
+
+
+@router.get("/health")
+def health(request: Request) -> dict:
+    service = _service(request)
+    engine = service.engine
+    return {
+        "status": "ok",
+        "model": service.model_name,
+        "adapters": len(engine.registry.names()),
+        "active_requests": service.worker.active,
+        "running": len(engine.scheduler.running),
+        "waiting": len(engine.scheduler.waiting),
+    }
+
+
+@router.get("/v1/models")
+def models(request: Request) -> dict:
+    return _service(request).models()
+
+
+@router.post("/v1/completions", response_model=None)
+async def completions(body: CompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
+    return await _respond(_service(request), body, chat=False)
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat(body: ChatRequest, request: Request) -> JSONResponse | StreamingResponse:
+    return await _respond(_service(request), body, chat=True)
+
+
+@router.post("/v1/adapters", status_code=201)
+def load_adapter(body: AdapterLoad, request: Request) -> dict:
+    service = _admin(request)
+    if body.name == service.model_name:
+        raise APIError(400, f"{body.name!r} is the base model's name", param="name")
+    try:
+        service.engine.registry.add(check_name(body.name), body.path)
+    except BaseModelMismatchError as exc:
+        raise APIError(400, str(exc), param="path", code="base_model_mismatch") from exc
+    except AdapterError as exc:
+        raise APIError(400, str(exc), param="name" if "name" in str(exc) else "path") from exc
+    return model_card(body.name, service.created, service.model_name)
+
+
+@router.delete("/v1/adapters/{name}")
+def unload_adapter(name: str, request: Request) -> dict:
+    service = _admin(request)
+    try:
+        service.engine.registry.remove(check_name(name))
+    except AdapterError as exc:
+        status = 404 if "unknown" in str(exc) else 400
+        raise APIError(status, str(exc), param="name", code="model_not_found" if status == 404 else None) from exc
+    return {"id": name, "object": "model", "deleted": True}
+
+
+async def _respond(
+    service: Service, body: CompletionRequest | ChatRequest, chat: bool
+) -> JSONResponse | StreamingResponse:
+    if not body.stream:
+        return JSONResponse(await service.complete(body, chat))
+    seqs, slots = service.sequences(body)
+    events = service.stream(seqs[0], slots, body, chat)
+    # If the response is dropped before its body starts (client gone at once), free the slot anyway.
+    weakref.finalize(events, slots.release)
+    return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+def _admin(request: Request) -> Service:
+    service = _service(request)
+    if not service.config.admin:
+        raise APIError(403, "adapter management is disabled on this server (--no-admin)")
+    return service

@@ -1,0 +1,89 @@
+"""OpenAI-style error responses: ``{"error": {"message", "type", "param", "code"}}`` with a 4xx/5xx status.
+
+Every failure a client can cause (bad JSON, wrong types, unknown model, limits) is answered in
+this one shape, so OpenAI client libraries raise their usual typed exceptions.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from softprompt.core.errors import AdapterError, RequestError, SoftPromptError
+
+log = logging.getLogger(__name__)
+
+TYPES = {
+    400: "invalid_request_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "server_error",
+}
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+
+def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+    return {
+        "error": {"message": message, "type": TYPES.get(status, "invalid_request_error"), "param": param, "code": code}
+    }
+
+
+def error_response(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
+    return JSONResponse(error_body(status, message, param, code), status_code=status)
+
+
+def _validation(request: Request, exc: Exception) -> JSONResponse:
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return error_response(400, "the request body is not valid JSON", code="invalid_json")
+    if any(tuple(e.get("loc", ())) == ("body",) for e in errors):
+        return error_response(400, "the request body must be a JSON object", code="invalid_json")
+    first = errors[0] if errors else {"loc": (), "msg": str(exc)}
+    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    param = loc[0] if loc else None  # the top-level field, as OpenAI reports it
+    message = f"{'.'.join(loc)}: {first.get('msg')}" if loc else str(first.get("msg"))
+    return error_response(400, message, param=param, code="invalid_value")
+
+
+def _http(request: Request, exc: Exception) -> JSONResponse:
+    status = exc.status_code if isinstance(exc, StarletteHTTPException) else 500
+    detail = exc.detail if isinstance(exc, StarletteHTTPException) else "internal error"
+    return error_response(status, str(detail))
+
+
+def _api(request: Request, exc: Exception) -> JSONResponse:
+    if not isinstance(exc, APIError):
+        return error_response(500, "internal error")
+    return error_response(exc.status, exc.message, exc.param, exc.code)
+
+
+def _library(request: Request, exc: Exception) -> JSONResponse:
+    status = 400 if isinstance(exc, (RequestError, AdapterError)) else 500
+    return error_response(status, str(exc))
+
+
+def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s", request.url.path, exc_info=exc)
+    return error_response(500, "internal server error", code="internal_error")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(APIError, _api)
+    app.add_exception_handler(SoftPromptError, _library)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,152 @@
+"""``softprompt eval``: score a model, with or without adapters, on classification or text data.
+
+Classification (a preset): accuracy and macro-F1 by rank classification, optionally exact match
+of greedy generations too. With several soft-prompt adapters every row is scored by all of them
+in one batched pass and the members vote. Text data (a CSV/JSONL file): mean token
+cross-entropy and perplexity. The model is the bare base, or the base with soft prompts, with a
+k-shot context, or with a PEFT adapter (LoRA, prefix tuning, ...).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from softprompt.core.data import DataConfig, read_rows, tokenize_rows
+from softprompt.core.errors import ConfigError
+from softprompt.core.model import SoftPromptModel, check_compatible
+from softprompt.core.models import BaseModel
+from softprompt.measuring.classify import Scorer, classify, hf_scorer, metrics, shared_scorer, vote
+from softprompt.measuring.presets import few_shot_context, load_preset, load_task
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    data: str = field(metadata={"help": "data directory (with --preset) or a CSV/JSONL text file"})
+    preset: str | None = field(default=None, metadata={"help": "task preset (classification); none: text data"})
+    adapter: tuple[str, ...] = field(default=(), metadata={"help": "soft-prompt adapter dirs; several: an ensemble"})
+    peft_adapter: str | None = field(default=None, metadata={"help": "a PEFT adapter dir (LoRA, prefix tuning, ...)"})
+    shots: int = field(default=0, metadata={"help": "in-context examples from the training file (k-shot)"})
+    instruction: bool = field(default=False, metadata={"help": "put the preset's instruction before every input"})
+    rows: int | None = field(default=None, metadata={"help": "evaluate only the first N rows"})
+    split: str = field(default="test", metadata={"help": "which preset file to score: test or train"})
+    vote: str = field(default="mean", metadata={"help": "ensemble vote: mean (log-prob) or majority"})
+    exact_match: bool = field(default=False, metadata={"help": "also generate greedily and count exact label matches"})
+    text_column: str = field(default="prompt", metadata={"help": "column of text (text data)"})
+    batch_size: int = field(default=16, metadata={"help": "rows per scoring batch"})
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "adapter", tuple(self.adapter))
+        if self.adapter and self.peft_adapter:
+            raise ConfigError("use soft-prompt adapters or a PEFT adapter, not both")
+        if self.split not in ("test", "train") or self.vote not in ("mean", "majority"):
+            raise ConfigError("split must be test or train, vote mean or majority")
+        if self.preset is None and (self.shots or self.instruction or self.exact_match):
+            raise ConfigError("--shots, --instruction and --exact-match need a classification --preset")
+        if self.shots < 0 or self.batch_size < 1 or (self.rows is not None and self.rows < 1):
+            raise ConfigError("shots must be >= 0, batch_size and rows >= 1")
+
+
+def load_model(base: BaseModel, config: EvalConfig, context: str = "") -> tuple[Scorer, list[torch.Tensor], Any]:
+    """The scorer (holding ``context`` unless PEFT), the soft prompts (possibly none), the PEFT model."""
+    from softprompt.core.adapter import load_adapter
+
+    prompts = []
+    for path in config.adapter:
+        loaded = load_adapter(path)
+        check_compatible(base, loaded.config, Path(path), allow_mismatch=False)
+        prompts.append(loaded.embedding.to(base.device))
+    if config.peft_adapter:
+        from peft import PeftModel
+
+        peft_model = PeftModel.from_pretrained(base.model, config.peft_adapter).eval()
+        return hf_scorer(peft_model, int(base.tokenizer.pad_token_id), base.accepts_position_ids), prompts, peft_model
+    return shared_scorer(base, prompts or [None], context), prompts, None
+
+
+def evaluate_task(base: BaseModel, config: EvalConfig) -> dict[str, Any]:
+    if config.preset is None:
+        return _text_metrics(base, config, *load_model(base, config)[1:])
+    preset = load_preset(config.preset)
+    task = load_task(preset, config.data, test_rows=config.rows)
+    rows = task.test if config.split == "test" else task.train[: config.rows]
+    context = few_shot_context(preset, task.train, config.shots) if config.shots else ""
+    if config.instruction and not config.shots:
+        context = preset.instruction
+    inline = bool(config.peft_adapter or len(config.adapter) > 1)  # no shared cached prefix there
+    scorer, prompts, peft_model = load_model(base, config, "" if inline else context)
+    texts = [(context if inline else "") + preset.fill(r) for r in rows]
+    gold = [preset.label_index(r, f"row {i + 1}") for i, r in enumerate(rows)]
+    with torch.inference_mode():
+        result = classify(scorer, base.tokenizer, texts, preset.words, config.batch_size, base.device)
+    members = [metrics(s.argmax(-1).tolist(), gold, len(preset.labels)) for s in result.scores]
+    out: dict[str, Any] = {
+        "task": preset.name,
+        "rows": len(rows),
+        **metrics(vote(result.scores, config.vote).tolist(), gold, len(preset.labels)),
+        "seconds": result.seconds,
+        "ms_per_example": result.ms_per_example,
+        "context_chars": len(context),
+    }
+    if len(members) > 1:
+        out["members"] = [{"adapter": a, **m} for a, m in zip(config.adapter, members)]
+        out["vote"] = config.vote
+    if config.exact_match:
+        full_texts = [context + preset.fill(r) for r in rows]
+        out["exact_match"] = _exact_match(base, full_texts, preset.words, gold, prompts, peft_model, config.batch_size)
+    return out
+
+
+def _exact_match(
+    base: BaseModel, texts: list[str], words: list[str], gold: list[int], prompts: list[torch.Tensor],
+    peft_model: Any, batch_size: int,
+) -> float:  # fmt: skip
+    """Greedy generation (first soft prompt, if any) compared with the gold label word."""
+    from softprompt.inference.generate import GenerateConfig, generate
+
+    longest = max(len(base.tokenizer(" " + w, add_special_tokens=False)["input_ids"]) for w in words)
+    outputs: list[str] = []
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start : start + batch_size]
+        if peft_model is None:
+            prompt = prompts[0] if prompts else None
+            config = GenerateConfig(max_new_tokens=longest + 1, stop=("\n",))
+            outputs += generate(base, chunk, [prompt] * len(chunk), config)
+        else:
+            enc = base.tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(base.device)
+            new = peft_model.generate(**enc, max_new_tokens=longest + 1, do_sample=False,
+                                      pad_token_id=base.tokenizer.pad_token_id)[:, enc["input_ids"].shape[1] :]  # fmt: skip
+            outputs += base.tokenizer.batch_decode(new, skip_special_tokens=True)
+    hits = sum(out.strip().split("\n")[0].strip() == words[g] for out, g in zip(outputs, gold))
+    return hits / max(len(gold), 1)
+
+
+def _text_metrics(base: BaseModel, config: EvalConfig, prompts: list[torch.Tensor], peft_model: Any) -> dict[str, Any]:
+    from softprompt.core.prompt import SoftPrompt
+    from softprompt.training.heldout import mean_token_loss, without_first_token
+
+    data = DataConfig(data=config.data, text_column=config.text_column)
+    examples = tokenize_rows(read_rows(config.data)[: config.rows], data, base.tokenizer, config.data)
+    started = time.perf_counter()
+    if peft_model is not None:
+        from softprompt.core.data import batches
+        from softprompt.measuring.methods.fit import hf_loss
+
+        loss_fn, total, count = hf_loss(peft_model, base.accepts_position_ids), 0.0, 0
+        with torch.inference_mode():
+            for batch in batches(
+                [without_first_token(e) for e in examples], config.batch_size, base.tokenizer.pad_token_id
+            ):
+                loss, n = loss_fn(batch.to(base.device))
+                total, count = total + float(loss), count + n
+        ce = total / count if count else math.nan
+    else:
+        model = SoftPromptModel(base, SoftPrompt(prompts[0]) if prompts else None)
+        ce = mean_token_loss(model, examples, config.batch_size)
+    return {"rows": len(examples), "mean_token_ce": ce, "perplexity": math.exp(ce) if ce == ce else math.nan,
+            "seconds": time.perf_counter() - started}  # fmt: skip

@@ -1,0 +1,97 @@
+"""One small training loop shared by every method that compare trains, so they differ only in
+what is trainable: same batches, same step budget, same optimizer and schedule.
+
+The product's own prompt-tuning loop (``softprompt.train``) adds checkpoints and held-out
+evaluation; a comparison needs neither, and a shared loop keeps the wall times comparable.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from softprompt.core.data import Batch, Example, batches
+from softprompt.core.errors import ConfigError, TrainingError
+
+LossFn = Callable[[Batch], tuple[torch.Tensor, int]]  # batch -> (summed token NLL, token count)
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    steps: int = field(default=30, metadata={"help": "optimizer steps (the training budget)"})
+    lr: float = field(default=0.03, metadata={"help": "AdamW learning rate"})
+    batch_size: int = field(default=8, metadata={"help": "rows per step"})
+    seed: int = field(default=0, metadata={"help": "seed for shuffling"})
+    max_seconds: float = field(default=0.0, metadata={"help": "stop early after this much training time (0: no limit)"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0: off)"})
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ConfigError(f"steps and batch_size must be >= 1, got {self.steps} and {self.batch_size}")
+        if not self.lr > 0 or not math.isfinite(self.lr) or self.max_seconds < 0:
+            raise ConfigError(f"lr must be positive and max_seconds >= 0, got {self.lr} and {self.max_seconds}")
+
+
+@dataclass
+class FitResult:
+    steps: int
+    seconds: float
+    losses: list[float]
+
+
+def fit(
+    params: Sequence[torch.Tensor], loss_fn: LossFn, examples: list[Example], config: FitConfig, pad_id: int,
+    device: torch.device | str = "cpu",
+) -> FitResult:  # fmt: skip
+    """AdamW with a linearly decaying learning rate, for ``config.steps`` steps over shuffled epochs."""
+    if not examples:
+        raise TrainingError("no training rows")
+    params = [p for p in params if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / config.steps))
+    losses: list[float] = []
+    started, epoch = time.perf_counter(), 0
+    while len(losses) < config.steps:
+        for batch in batches(examples, config.batch_size, pad_id, shuffle=True, seed=config.seed + epoch):
+            total, count = loss_fn(batch.to(device))
+            loss = total / max(count, 1)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"loss became {float(loss)} at step {len(losses) + 1}; lower the learning rate")
+            loss.backward()
+            if config.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+            out_of_time = config.max_seconds and time.perf_counter() - started > config.max_seconds
+            if len(losses) >= config.steps or out_of_time:
+                return FitResult(len(losses), time.perf_counter() - started, losses)
+        epoch += 1
+    return FitResult(len(losses), time.perf_counter() - started, losses)
+
+
+def hf_loss(model: torch.nn.Module, accepts_position_ids: bool = True) -> LossFn:
+    """Summed target-token NLL of a Hugging Face / PEFT causal LM.
+
+    Targets sit at the end of left-padded rows, so only the logits from the first target's
+    predecessor onwards are computed (``logits_to_keep``), never the whole [B, T, vocab].
+    """
+
+    def loss(batch: Batch) -> tuple[torch.Tensor, int]:
+        labelled = (batch.labels != -100).any(0).nonzero()
+        keep = batch.labels.shape[1] - int(labelled[0]) + 1 if len(labelled) else 2
+        keep = min(keep, batch.labels.shape[1])
+        mask = batch.attention_mask
+        extra = {"position_ids": (mask.cumsum(-1) - 1).clamp(min=0)} if accepts_position_ids else {}
+        logits = model(input_ids=batch.input_ids, attention_mask=mask, logits_to_keep=keep, **extra).logits
+        targets = batch.labels[:, -keep + 1 :]  # position i predicts token i + 1
+        return torch.nn.functional.cross_entropy(
+            logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"
+        ), int((targets != -100).sum())
+
+    return loss

@@ -1,0 +1,43 @@
+"""Scoring: mean token cross-entropy of held-out rows, the number every training run reports.
+
+Tokens 1..n-1 of each row are scored, with or without a soft prompt: the bare model has
+nothing to predict a row's first token from, so leaving it out keeps "before" and "after"
+the same computation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from softprompt.core.data import Example, batches
+from softprompt.core.inject import IGNORE_INDEX
+from softprompt.core.model import SoftPromptModel
+from softprompt.training import distributed, sharding
+
+
+def without_first_token(example: Example) -> Example:
+    return Example(example.input_ids, [IGNORE_INDEX] + example.labels[1:])
+
+
+@torch.no_grad()
+def mean_token_loss(model: SoftPromptModel, examples: list[Example], batch_size: int = 8) -> float:
+    """Token-weighted mean cross-entropy over the labelled tokens; NaN when there are none."""
+    if not examples:
+        return math.nan
+    total, count = 0.0, 0
+    scored = [without_first_token(e) for e in examples]
+    everyone = list(batches(scored, batch_size, model.base.tokenizer.pad_token_id))
+    # Under torchrun each process scores every world_size-th batch; the sums are then added up.
+    mine = distributed.shard_list(everyone)
+    for batch in mine:
+        batch = batch.to(model.base.device)
+        loss, n = model.loss(batch.input_ids, batch.attention_mask, batch.labels)
+        total, count = total + float(loss), count + n
+    if sharding.is_sharded(model.base.model):  # rank 0 has the most batches: the others keep in step
+        idle = len(everyone[:: distributed.world_size()]) - len(mine)
+        first = everyone[0].to(model.base.device)
+        model.keep_in_step(first.input_ids, first.attention_mask, first.labels, idle)
+    summed, tokens = distributed.global_sums(total, count)
+    return summed / tokens if tokens else math.nan

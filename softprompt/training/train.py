@@ -1,0 +1,278 @@
+"""Training loop for the soft prompt only; the base model is frozen and never changes.
+
+One run writes into its output directory: the adapter (PEFT format), ``metrics.jsonl`` (a
+line per optimizer step and per evaluation), ``metrics.json`` (the summary) and
+``loss_curve.png``. The output directory is checked for writability before any compute.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import resource
+import shutil
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+from transformers import get_scheduler
+
+from softprompt.core.adapter import atomic_path, write_json
+from softprompt.core.checks import check_types
+from softprompt.core.data import DataConfig, Example, label_words, load_examples
+from softprompt.core.errors import ConfigError, TrainingError, TrainingInterrupted
+from softprompt.core.model import SoftPromptModel
+from softprompt.core.models import load_base_model
+from softprompt.core.prompt import Init, PromptConfig
+from softprompt.training import distributed, sharding
+from softprompt.training.checkpoint import Checkpoint, load_checkpoint
+from softprompt.training.heldout import mean_token_loss
+from softprompt.training.loop import Progress, TrainingLoop
+from softprompt.training.plots import save_loss_curve
+from softprompt.training.sharding import SHARD_MODES
+
+log = logging.getLogger(__name__)
+
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+MODEL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    output: str = field(default="softprompt-out", metadata={"help": "directory for the adapter, metrics and plot"})
+    lr: float = field(default=0.03, metadata={"help": "AdamW learning rate for the prompt"})
+    epochs: int = field(default=5, metadata={"help": "passes over the training rows"})
+    batch_size: int = field(default=0, metadata={"help": "rows per batch; 0 picks one that fits memory"})
+    grad_accum: int = field(default=1, metadata={"help": "batches per optimizer step"})
+    seed: int = field(default=0, metadata={"help": "seed for init, shuffling and dropout: same seed, same prompt"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    scheduler: str = field(default="linear", metadata={"help": "learning-rate schedule: " + ", ".join(SCHEDULERS)})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "fraction of steps spent warming up the learning rate"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 disables)"})
+    # 4, not 16: scoring at 16 rows peaked above training's own memory (1592 vs 1459 MB for the whole
+    # default run on SmolLM2-135M, docs/benchmarks.md) and was no faster.
+    eval_batch_size: int = field(default=4, metadata={"help": "rows per batch when scoring held-out data"})
+    early_stopping: int = field(
+        default=0, metadata={"help": "stop after N epochs without held-out improvement and keep the best (0: off)"}
+    )
+    group_by_length: bool = field(default=True, metadata={"help": "batch rows of similar length to cut padding"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    checkpoint_every: int = field(
+        default=20,
+        metadata={"help": "save a resumable checkpoint every N optimizer steps (and every epoch); 0: epochs only"},
+    )
+    micro_batch_tokens: int = field(
+        default=512,
+        metadata={
+            "help": "tokens per forward/backward slice of a batch (padding included for models that "
+            "cannot train padding-free, such as bloom): bounds activation memory "
+            "(about 1.5 MB a token for SmolLM2-135M in float32) without changing the gradient; "
+            "lower saves memory, higher can be faster"
+        },
+    )
+    model_dtype: str = field(
+        default="float32",
+        metadata={"help": "dtype of the frozen base model: float32, bfloat16 or float16 (the prompt stays float32)"},
+    )
+    shard: str = field(
+        default="none",
+        metadata={
+            "help": "fsdp: split the frozen model's weights over the processes of a torchrun / accelerate launch, "
+            "for models that do not fit one device (a warned no-op with one process); none: each holds it all"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise ConfigError(f"lr must be a positive number, got {self.lr}")
+        if self.epochs < 1 or self.grad_accum < 1 or self.batch_size < 0 or self.eval_batch_size < 1:
+            raise ConfigError("epochs, grad_accum and eval_batch_size must be >= 1 and batch_size >= 0")
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        if not 0 <= self.warmup_ratio < 1 or self.early_stopping < 0 or self.checkpoint_every < 0:
+            raise ConfigError("warmup_ratio must be in [0, 1), early_stopping and checkpoint_every >= 0")
+        if self.micro_batch_tokens < 1:
+            raise ConfigError(f"micro_batch_tokens must be >= 1, got {self.micro_batch_tokens}")
+        if self.model_dtype not in MODEL_DTYPES:
+            raise ConfigError(f"model_dtype must be one of {', '.join(MODEL_DTYPES)}, got {self.model_dtype!r}")
+        if self.shard not in SHARD_MODES:
+            raise ConfigError(f"shard must be one of {', '.join(SHARD_MODES)}, got {self.shard!r}")
+
+
+@dataclass
+class TrainResult:
+    output: Path
+    metrics: dict[str, Any]
+
+
+def auto_batch_size(model: SoftPromptModel, examples: list[Example], budget_bytes: int | None = None) -> int:
+    """Largest power of two (<= 32) whose estimated activation memory fits the budget.
+
+    Backpropagating to the prompt keeps roughly 16 floats per hidden unit per layer per token
+    (attention and MLP inputs, norms, residuals); the budget is a quarter of free RAM (capped at
+    1 GiB on CPU, where bigger batches stop paying) or half of free GPU memory.
+    """
+    config = model.base.model.config
+    layers = getattr(config, "num_hidden_layers", 12)
+    width = max(model.base.hidden_size, getattr(config, "intermediate_size", 0) // 2)
+    bytes_per_token = 16 * layers * width * model.base.model.dtype.itemsize
+    if budget_bytes is None:
+        if model.base.device.type == "cuda":
+            budget_bytes = torch.cuda.mem_get_info(model.base.device)[0] // 2
+        else:
+            budget_bytes = min(psutil.virtual_memory().available // 4, 1 << 30)
+    longest = max(len(e.input_ids) for e in examples) + model.require_prompt().num_virtual_tokens
+    size = 32
+    while size > 1 and size * longest * bytes_per_token > budget_bytes:
+        size //= 2
+    return size
+
+
+# Adapter + checkpoint + metrics + plot for a 135M model take well under 1 MB; ask for margin.
+MIN_FREE_BYTES = 16 << 20
+
+
+def prepare_output(output: Path) -> None:
+    """Fail before training, not after it, when results could not be saved."""
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        with atomic_path(output / ".write-test") as probe:
+            probe.write_bytes(b"ok")
+        (output / ".write-test").unlink()
+        free = shutil.disk_usage(output).free
+    except OSError as exc:
+        raise TrainingError(f"cannot write to output directory {output}: {exc.strerror or exc}") from exc
+    if free < MIN_FREE_BYTES:
+        raise TrainingError(f"only {free >> 20} MB free in {output}; free at least {MIN_FREE_BYTES >> 20} MB first")
+
+
+def train(
+    model: SoftPromptModel,
+    train_set: list[Example],
+    eval_set: list[Example],
+    config: TrainConfig,
+    *,
+    resume: Checkpoint | None = None,
+    run_info: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train the prompt; with ``resume``, continue exactly where that checkpoint stopped.
+
+    Ctrl-C saves a checkpoint at the last completed optimizer step before exiting.
+    """
+    prompt = model.require_prompt()
+    output = Path(config.output)
+    distributed.on_main(lambda: prepare_output(output))
+    torch.manual_seed(config.seed)
+    batch_size = resume.progress["batch_size"] if resume else config.batch_size or _auto_global_batch(model, train_set)
+    steps_per_epoch = math.ceil(math.ceil(len(train_set) / batch_size) / config.grad_accum)
+    total_steps = steps_per_epoch * config.epochs
+    optimizer = torch.optim.AdamW(prompt.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = get_scheduler(config.scheduler, optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    loop = TrainingLoop(
+        model, train_set, eval_set, config, output, optimizer, scheduler, Progress(batch_size), dict(run_info or {})
+    )
+    if resume:
+        loop.restore(resume)
+    else:
+        if distributed.is_main():
+            (output / "metrics.jsonl").unlink(missing_ok=True)
+        loop.evaluate_before()
+    try:
+        loop.run()
+    except KeyboardInterrupt:
+        loop.checkpoint()
+        raise TrainingInterrupted(
+            f"interrupted after step {loop.step}; checkpoint saved, continue with: softprompt train --resume {output}"
+        ) from None
+    return _finish(loop)
+
+
+def _auto_global_batch(model: SoftPromptModel, examples: list[Example]) -> int:
+    """Rows per step over all processes: what fits the smallest device, times the process count."""
+    return distributed.global_min(auto_batch_size(model, examples)) * distributed.world_size()
+
+
+def _finish(loop: TrainingLoop) -> TrainResult:
+    model, config, progress = loop.model, loop.config, loop.progress
+    if config.early_stopping and progress.best_epoch and loop.best_prompt is not None:
+        with torch.no_grad():
+            loop.embedding.copy_(loop.best_prompt)
+    after = mean_token_loss(model, loop.eval_set, config.eval_batch_size)
+    seconds = max(progress.train_seconds, 1e-9)
+    metrics = {
+        "base_model": model.base.name,
+        "num_virtual_tokens": loop.embedding.shape[0],
+        "init": model.prompt_config.init.value if model.prompt_config else None,
+        "heldout_loss_before": progress.heldout_loss_before,
+        "heldout_loss_after": after,
+        "train_seconds": progress.train_seconds,
+        "eval_seconds": progress.eval_seconds,
+        "train_tokens_per_second": progress.real_tokens / seconds,
+        "train_padded_tokens_per_second": progress.padded_tokens / seconds,
+        "train_rows": len(loop.train_set),
+        "eval_rows": len(loop.eval_set),
+        "epochs_run": loop.epoch - 1,
+        "optimizer_steps": loop.step,
+        "batch_size": progress.batch_size,
+        "processes": distributed.world_size(),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "config": asdict(config),
+    }
+    if distributed.is_main():
+        model.save_pretrained(loop.output, metrics={k: v for k, v in metrics.items() if k != "config"})
+        write_json(loop.output / "metrics.json", metrics)
+        title = f"{model.base.name}: {loop.embedding.shape[0]} virtual tokens"
+        save_loss_curve(loop.records, loop.output / "loss_curve.png", title=title)
+    distributed.barrier()  # the adapter exists for every rank once train() returns
+    return TrainResult(output=loop.output, metrics=metrics)
+
+
+def tune(
+    model: str,
+    data: DataConfig,
+    prompt: PromptConfig,
+    training: TrainConfig,
+    *,
+    trust_remote_code: bool = False,
+    device: str | None = None,
+) -> TrainResult:
+    """Load a base model and data, initialise a prompt and train it: ``softprompt train`` in Python.
+
+    Under ``torchrun`` / ``accelerate launch`` every process calls this; see softprompt.training.distributed.
+    """
+    device = distributed.setup(device)
+    distributed.on_main(lambda: prepare_output(Path(training.output)))
+    with distributed.main_first():  # rank 0 fills the model and dataset caches, the others read them
+        dtype = MODEL_DTYPES[training.model_dtype]
+        load_to = sharding.load_device(training.shard, device)
+        base = load_base_model(model, trust_remote_code=trust_remote_code, device=load_to, dtype=dtype)
+        train_set, held_out = load_examples(data, base.tokenizer)
+    sharding.shard_model(base, training.shard, device)  # outside main_first: every rank shards together
+    if prompt.init is Init.LABELS and not prompt.init_labels:
+        prompt = replace(prompt, init_labels=label_words(data))
+    tuned = SoftPromptModel.with_new_prompt(base, prompt, seed=training.seed)
+    run_info = {"model": model, "trust_remote_code": trust_remote_code, "data": asdict(data),
+                "prompt": asdict(prompt), "train": asdict(training)}  # fmt: skip
+    return train(tuned, train_set, held_out, training, run_info=run_info)
+
+
+def resume(output: str | Path, *, device: str | None = None, epochs: int | None = None) -> TrainResult:
+    """Continue an interrupted run from ``output/checkpoint.safetensors`` (``softprompt train --resume``)."""
+    device = distributed.setup(device)
+    ckpt = distributed.on_main(lambda: load_checkpoint(Path(output)))  # rank 0 reads, every rank gets it
+    run = ckpt.run
+    if not run:
+        raise TrainingError(f"{output}: the checkpoint does not record its run; resume through the Python API")
+    training = TrainConfig(**{**run["train"], "output": str(output), **({"epochs": epochs} if epochs else {})})
+    data, prompt = DataConfig(**run["data"]), PromptConfig(**run["prompt"])
+    with distributed.main_first():
+        dtype = MODEL_DTYPES[training.model_dtype]
+        load_to = sharding.load_device(training.shard, device)
+        base = load_base_model(run["model"], trust_remote_code=run["trust_remote_code"], device=load_to, dtype=dtype)
+        train_set, held_out = load_examples(data, base.tokenizer)
+    sharding.shard_model(base, training.shard, device)
+    model = SoftPromptModel.with_new_prompt(base, prompt, seed=training.seed)
+    return train(model, train_set, held_out, training, resume=ckpt, run_info=run)

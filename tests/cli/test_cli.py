@@ -1,0 +1,88 @@
+"""The CLI in-process: thin wrappers over the library, one-line errors, non-zero exit codes."""
+
+import json
+
+import pytest
+
+from softprompt.cli.main import main
+
+
+def _train_args(model_dir, tmp_path, *extra):
+    return [
+        "train",
+        "--model",
+        str(model_dir),
+        "--limit",
+        "8",
+        "--eval-rows",
+        "3",
+        "--max-length",
+        "24",
+        "--num-virtual-tokens",
+        "2",
+        "--init",
+        "random",
+        "--epochs",
+        "1",
+        "--lr",
+        "0.01",
+        "--output",
+        str(tmp_path / "out"),
+        "--no-progress",
+        *extra,
+    ]
+
+
+def test_train_then_generate(tiny_dirs, tmp_path, capsys):
+    assert main(_train_args(tiny_dirs["llama"], tmp_path)) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["train_rows"] == 8 and metrics["eval_rows"] == 3
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                str(tiny_dirs["llama"]),
+                "--adapter",
+                str(tmp_path / "out"),
+                "--max-new-tokens",
+                "4",
+                "hello",
+                "world",
+            ]
+        )
+        == 0
+    )
+    assert "adapter saved to" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["generate", "--model", "no-such-org/no-such-model-xyz", "hi"],
+            "cannot load model 'no-such-org/no-such-model-xyz'",
+        ),
+        (["generate", "--model", "/nonexistent/model.gguf", "hi"], "GGUF file not found"),
+        (["generate", "--model", "{llama}", "--adapter", "/nonexistent", "hi"], "adapter directory not found"),
+        (["generate", "--model", "{llama}", "--max-new-tokens", "0", "hi"], "max_new_tokens must be between 1 and"),
+        (["train", "--model", "{llama}", "--num-virtual-tokens", "0"], "num_virtual_tokens must be between 1 and"),
+        (["train", "--model", "{llama}", "--num-virtual-tokens", "-2"], "num_virtual_tokens must be between 1 and"),
+        (["train", "--model", "{llama}", "--text-column", "missing", "--output", "{out}"], "no column 'missing'"),
+        (["train", "--model", "{llama}", "--data", "/nonexistent.csv", "--output", "{out}"], "dataset file not found"),
+    ],
+)
+def test_errors_are_one_line_with_exit_code_2(tiny_dirs, tmp_path, capsys, args, message):
+    args = [a.format(llama=tiny_dirs["llama"], out=tmp_path / "o") for a in args]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("softprompt: error:") and message in err[-1]
+    assert not any("Traceback" in line for line in err)
+
+
+def test_every_command_has_help(capsys):
+    for command in ("train", "generate", "demo"):
+        with pytest.raises(SystemExit) as info:
+            main([command, "--help"])
+        assert info.value.code == 0
+    assert "--num-virtual-tokens" in capsys.readouterr().out

@@ -1,0 +1,46 @@
+"""eval, compare and inspect through the CLI, in-process."""
+
+import json
+
+from softprompt.cli.main import main
+from tests.measuring.compare_helpers import tiny_task_dir
+
+
+def test_eval_compare_inspect(tiny_dirs, tmp_path, capsys):
+    data = tiny_task_dir(tmp_path / "data")
+    model = str(tiny_dirs["llama"])
+    out = tmp_path / "cmp"
+    code = main(["compare", "--model", model, "--preset", "twitter_complaints", "--data", str(data), "--output", str(out),
+                 "--budget", "1", "--methods", "zero-shot", "prompt-tuning", "lora", "--inits", "text", "labels",
+                 "--prompt-length", "2", "--extra-lengths", "3", "--no-isolate"])  # fmt: skip
+    assert code == 0
+    assert "goal:" in capsys.readouterr().out
+    adapters = sorted(str(p) for p in (out / "adapters").glob("prompt_tuning_*"))
+    assert len(adapters) == 3
+
+    assert main(["eval", "--model", model, "--preset", "twitter_complaints", "--data", str(data), "--json",
+                 "--adapter", *adapters, "--vote", "majority"]) == 0  # fmt: skip
+    result = json.loads(capsys.readouterr().out)
+    assert result["rows"] == 10 and len(result["members"]) == 3 and 0 <= result["accuracy"] <= 1
+
+    assert main(["eval", "--model", model, "--preset", "twitter_complaints", "--data", str(data), "--json",
+                 "--shots", "2", "--exact-match"]) == 0  # fmt: skip
+    assert "exact_match" in json.loads(capsys.readouterr().out)
+
+    assert main(["eval", "--model", model, "--preset", "twitter_complaints", "--data", str(data), "--json",
+                 "--peft-adapter", str(out / "adapters" / "LoRA_r8"), "--exact-match"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["rows"] == 10
+
+    text = tmp_path / "text.csv"
+    text.write_text("prompt\nhello there general\nanother line of text\n")
+    assert main(["eval", "--model", model, "--data", str(text), "--adapter", adapters[0], "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["perplexity"] > 1
+
+    assert main(["inspect", "--model", model, *adapters, "--top-k", "2"]) == 0
+    shown = capsys.readouterr().out
+    assert "nearest 2 tokens" in shown and "cross-prompt similarity" in shown
+
+
+def test_compare_needs_preset_and_data(capsys):
+    assert main(["compare", "--budget", "1"]) == 2
+    assert "needs --preset and --data" in capsys.readouterr().err

@@ -1,0 +1,96 @@
+"""The exported prompt_embeds, fed to the plain HF model as inputs_embeds, reproduce softprompt's own output.
+
+That is what vLLM does with ``prompt_embeds``: skip the embedding lookup, positions from 0, no padding.
+vLLM itself is not installed here; the HF model stands in for the engine.
+"""
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from softprompt.cli.main import main
+from softprompt.core.errors import ConfigError
+from softprompt.core.model import SoftPromptModel
+from softprompt.core.prompt import PromptConfig
+from softprompt.inference.export import ExportConfig, build_prompt_embeds, load_prompt_embeds
+from softprompt.inference.generate import GenerateConfig, complete
+from tests.conftest import load_tiny
+
+NEW_TOKENS = 8
+TEXT = "Act as a travel guide. Where"
+
+
+def _tuned(tiny_dirs, arch) -> SoftPromptModel:
+    base = load_tiny(tiny_dirs, arch)
+    return SoftPromptModel.with_new_prompt(base, PromptConfig(num_virtual_tokens=4, init="vocab"), seed=3)
+
+
+def _softprompt_greedy(model: SoftPromptModel, text: str, chat_template: bool = False) -> list[int]:
+    config = GenerateConfig(max_new_tokens=NEW_TOKENS, stop_at_eos=False, chat_template=chat_template)
+    return complete(model.base, [text], [model.require_prompt().embedding.detach()], config)[0].token_ids
+
+
+@torch.no_grad()
+def _hf_greedy(model: SoftPromptModel, embeds: torch.Tensor) -> list[int]:
+    """Greedy decoding by the unmodified HF model from inputs_embeds, recomputing everything each step."""
+    hf, embed = model.base.model, model.base.model.get_input_embeddings()
+    sequence, out = embeds[None], []  # [1, L, H]
+    for _ in range(NEW_TOKENS):
+        logits = hf(inputs_embeds=sequence).logits  # default position ids 0..L-1, as vLLM uses
+        token = int(logits[0, -1].argmax())
+        out.append(token)
+        sequence = torch.cat([sequence, embed(torch.tensor([[token]]))], dim=1)
+    return out
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
+def test_exported_embeds_reproduce_softprompt_generation(tiny_dirs, arch):
+    model = _tuned(tiny_dirs, arch)
+    embeds = build_prompt_embeds(model, TEXT)
+    assert embeds.shape == (4 + len(model.base.tokenizer(TEXT)["input_ids"]), model.base.hidden_size)
+    assert torch.equal(embeds[:4], model.require_prompt().embedding.detach())
+    expected = _softprompt_greedy(model, TEXT)
+    assert _hf_greedy(model, embeds) == expected
+    # The model's own generate() from inputs_embeds agrees too (it returns only the new tokens).
+    generated = model.base.model.generate(
+        inputs_embeds=embeds[None], max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False
+    )
+    assert 256 not in expected, "min_new_tokens masks EOS: pick a seed whose output has none"
+    assert generated[0].tolist() == expected
+
+
+def test_chat_template_export_matches_chat_generation(tiny_dirs):
+    model = _tuned(tiny_dirs, "llama")
+    embeds = build_prompt_embeds(model, TEXT, chat_template=True)
+    assert _hf_greedy(model, embeds) == _softprompt_greedy(model, TEXT, chat_template=True)
+    assert embeds.shape[0] > build_prompt_embeds(model, TEXT).shape[0]
+
+
+def test_cli_export_writes_the_tensor_and_its_provenance(tiny_dirs, tmp_path, capsys):
+    model = _tuned(tiny_dirs, "qwen2")
+    model.save_pretrained(tmp_path / "adapter")
+    out = tmp_path / "embeds" / "request.safetensors"
+    argv = ["export", "--to", "vllm-prompt-embeds", "--model", str(tiny_dirs["qwen2"]), "--adapter",
+            str(tmp_path / "adapter"), TEXT, "--output", str(out), "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 0
+    assert "saved to" in capsys.readouterr().out
+    assert torch.equal(load_prompt_embeds(out), build_prompt_embeds(model, TEXT))
+    with safe_open(str(out), framework="pt") as handle:
+        meta = json.loads(handle.metadata()["softprompt_export"])
+    assert meta["text"] == TEXT and meta["num_virtual_tokens"] == 4 and meta["base_fingerprint"]
+    assert main([*argv, "--dtype", "bfloat16"]) == 0
+    assert load_prompt_embeds(out).dtype == torch.bfloat16
+
+
+def test_export_rejects_unknown_targets_and_files(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="export target"):
+        ExportConfig(to="tgi")
+    with pytest.raises(ConfigError, match="dtype"):
+        ExportConfig(dtype="int8")
+    assert main(["export", "--adapter", str(tmp_path), "hi", "--to", "tgi"]) == 2
+    assert "export target must be one of vllm-prompt-embeds" in capsys.readouterr().err
+    (tmp_path / "bad.safetensors").write_bytes(b"not a tensor file")
+    with pytest.raises(Exception, match="not a softprompt prompt-embeddings export"):
+        load_prompt_embeds(tmp_path / "bad.safetensors")

@@ -1,0 +1,35 @@
+"""inspect: nearest vocabulary tokens, norms, and cross-prompt similarity."""
+
+import torch
+
+from softprompt.core.adapter import AdapterConfig, save_adapter
+from softprompt.measuring.inspect import inspect_prompts, similarity
+
+
+def _save(path, embedding):
+    return save_adapter(
+        path, embedding, AdapterConfig(num_virtual_tokens=embedding.shape[0], token_dim=embedding.shape[1])
+    )
+
+
+def test_nearest_token_of_a_token_embedding_is_itself(llama, tmp_path):
+    weight = llama.embedding_weight.detach()
+    ids = [ord("a"), ord("z") - 1]
+    a = _save(tmp_path / "a", weight[ids].clone())
+    b = _save(tmp_path / "b", -weight[ids].clone())
+    report = inspect_prompts(llama, [a, b], top_k=3)
+    first = report.prompts[0].tokens
+    for token, i in zip(first, ids):
+        text, cos = token.nearest[0]
+        assert text == llama.tokenizer.decode([i]) and abs(cos - 1) < 1e-5
+        assert abs(token.norm - float(weight[i].norm())) < 1e-4
+        assert len(token.nearest) == 3
+    assert abs(report.pooled_similarity[0][0] - 1) < 1e-5
+    assert abs(report.pooled_similarity[0][1] + 1) < 1e-5  # b = -a
+    assert report.vocab_mean_norm > 0
+
+
+def test_similarity_bounds():
+    a = torch.randn(4, 8)
+    pooled, best = similarity(a, a)
+    assert abs(pooled - 1) < 1e-5 and abs(best - 1) < 1e-5

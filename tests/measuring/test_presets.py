@@ -1,0 +1,63 @@
+"""Shipped task presets load, validate and build few-shot contexts; data is read from a user path."""
+
+import json
+
+import pytest
+
+from softprompt.core.errors import ConfigError, DataError
+from softprompt.measuring.presets import (
+    TARGET_COLUMN,
+    Preset,
+    available_presets,
+    few_shot_context,
+    load_preset,
+    load_task,
+)
+from tests.measuring.compare_helpers import tiny_task_dir
+
+
+def test_all_presets_load():
+    names = available_presets()
+    assert {"twitter_complaints", "sst2", "trec", "rte"} <= set(names)
+    for name in names:
+        preset = load_preset(name)
+        assert preset.name == name and len(preset.labels) >= 2
+        assert preset.fill({k: "x" for k in ("text", "premise", "hypothesis")})
+    assert len(load_preset("trec").labels) == 6
+
+
+def test_preset_validation(tmp_path):
+    with pytest.raises(ConfigError, match="distinct"):
+        Preset(name="x", template="{text}", label_words={"a": "w", "b": "w"})
+    with pytest.raises(ConfigError, match="no \\{column\\}"):
+        Preset(name="x", template="no fields", label_words={"a": "1", "b": "2"})
+    with pytest.raises(ConfigError, match="unknown preset"):
+        load_preset("nope")
+    custom = tmp_path / "mine.json"
+    custom.write_text(json.dumps({"name": "mine", "template": "Q: {q}\nA:", "label_words": {"y": "yes", "n": "no"},
+                                  "future_key": 1}))  # fmt: skip
+    assert load_preset(str(custom)).words == ["yes", "no"]
+
+
+def test_load_task_and_targets(tmp_path):
+    data = tiny_task_dir(tmp_path / "d")
+    preset = load_preset("twitter_complaints")
+    task = load_task(preset, data, train_rows=4, test_rows=3)
+    assert len(task.train) == 4 and len(task.test) == 3
+    assert task.test_labels() == [preset.label_index(r, "") for r in task.test]
+    targets = [r[TARGET_COLUMN] for r in preset.with_target(task.train, "train")]
+    assert set(targets) <= {"yes", "no"}
+    with pytest.raises(DataError, match="not found"):
+        load_task(preset, tmp_path / "missing")
+    (data / "test.jsonl").write_text(json.dumps({"text": "t", "label": "maybe"}) + "\n")
+    with pytest.raises(DataError, match="row 1: label 'maybe'"):
+        load_task(preset, data)
+
+
+def test_few_shot_context_is_balanced_and_seeded(tmp_path):
+    preset = load_preset("twitter_complaints")
+    task = load_task(preset, tiny_task_dir(tmp_path / "d"))
+    context = few_shot_context(preset, task.train, 4, seed=1)
+    assert context.startswith(preset.instruction)
+    assert context.count("Complaint: yes") == 2 and context.count("Complaint: no") == 2
+    assert context == few_shot_context(preset, task.train, 4, seed=1)

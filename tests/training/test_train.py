@@ -1,0 +1,84 @@
+import json
+
+import pytest
+import torch
+
+from softprompt.core.data import Example
+from softprompt.core.errors import ConfigError, TrainingError
+from softprompt.core.model import SoftPromptModel
+from softprompt.core.prompt import PromptConfig
+from softprompt.training.train import TrainConfig, auto_batch_size, train
+
+ROWS = [Example(list(range(10, 10 + n)), list(range(10, 10 + n))) for n in (5, 9, 7, 12, 6, 8)]
+
+
+def _run(base, tmp_path, **overrides):
+    model = SoftPromptModel.with_new_prompt(base, PromptConfig(num_virtual_tokens=3, init="random"))
+    options = dict(output=str(tmp_path), lr=0.05, epochs=2, batch_size=2, progress=False) | overrides
+    return model, train(model, ROWS, ROWS[:2], TrainConfig(**options))
+
+
+def test_same_seed_same_prompt(llama, tmp_path):
+    a, _ = _run(llama, tmp_path / "a")
+    b, _ = _run(llama, tmp_path / "b")
+    assert torch.equal(a.prompt.embedding, b.prompt.embedding)
+
+
+def test_run_writes_adapter_metrics_log_and_plot(llama, tmp_path):
+    _, result = _run(llama, tmp_path, grad_accum=2)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for key in (
+        "heldout_loss_before",
+        "heldout_loss_after",
+        "train_seconds",
+        "train_tokens_per_second",
+        "num_virtual_tokens",
+        "base_model",
+    ):
+        assert key in metrics
+    assert metrics["optimizer_steps"] == 2 * 2  # 3 batches per epoch, accumulated in pairs -> 2 steps
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines if "eval_loss" in r] == [0, 1, 2]
+    assert (tmp_path / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "adapter_model.safetensors").is_file()
+
+
+def test_early_stopping_keeps_the_best_prompt(llama, tmp_path):
+    _, result = _run(llama, tmp_path, lr=5.0, epochs=6, early_stopping=1)
+    assert result.metrics["heldout_loss_after"] <= result.metrics["heldout_loss_before"]
+
+
+def test_non_finite_loss_stops_with_a_clear_error(llama, tmp_path, monkeypatch):
+    monkeypatch.setattr("softprompt.core.model.token_nll", lambda *a: (torch.tensor(float("nan"), requires_grad=True), 1))
+    with pytest.raises(TrainingError, match="loss became nan"):
+        _run(llama, tmp_path)
+
+
+def test_unwritable_output_fails_before_training(llama, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(TrainingError, match="cannot write to output directory"):
+        _run(llama, blocker / "out")
+
+
+def test_auto_batch_size_shrinks_with_budget(llama):
+    model = SoftPromptModel.with_new_prompt(llama, PromptConfig(num_virtual_tokens=3, init="random"))
+    assert auto_batch_size(model, ROWS, budget_bytes=1 << 40) == 32
+    assert auto_batch_size(model, ROWS, budget_bytes=1) == 1
+    assert 1 <= auto_batch_size(model, ROWS) <= 32
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(lr=0),
+        dict(lr=float("nan")),
+        dict(epochs=0),
+        dict(scheduler="zigzag"),
+        dict(batch_size=-1),
+        dict(micro_batch_tokens=0),
+    ],
+)
+def test_bad_training_options(kwargs):
+    with pytest.raises(ConfigError):
+        TrainConfig(**kwargs)
