@@ -25,6 +25,7 @@ from softprompt.core.data import batches
 from softprompt.core.model import SoftPromptModel
 from softprompt.core.models import load_base_model
 from softprompt.core.prompt import PromptConfig
+from softprompt.training.passes import backward_mean_loss
 
 
 def regions(model: Any, mode: str) -> list[torch.nn.Module]:
@@ -53,7 +54,7 @@ def main() -> None:
     def one_pass(label: str) -> None:
         started, tokens, losses = time.perf_counter(), 0, []
         for batch in rows:
-            loss, _, _ = model.backward_mean_loss(batch.input_ids, batch.attention_mask, batch.labels)
+            loss, _, _ = backward_mean_loss(model, batch.input_ids, batch.attention_mask, batch.labels)
             tokens += int(batch.attention_mask.sum())
             losses.append(round(loss, 5))
         seconds = time.perf_counter() - started

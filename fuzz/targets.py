@@ -25,9 +25,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
 from softprompt.core.adapter import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig, load_adapter
+from softprompt.core.base import BaseModel
 from softprompt.core.data import DataConfig, load_examples, tokenize_row
 from softprompt.core.errors import SoftPromptError
-from softprompt.core.models import BaseModel
 from softprompt.core.prompt import Init, PromptConfig, initial_embedding
 from softprompt.inference.generate import GenerateConfig, complete
 
@@ -168,7 +168,7 @@ class Targets:
             return  # bound the work; init=file is the adapter targets' business
         base = self._base()
         generator = torch.Generator().manual_seed(0)
-        expect_clean(lambda: initial_embedding(config, base.embedding_weight, base.tokenizer, generator))
+        expect_clean(lambda: initial_embedding(config, base, generator))
 
     def _generate(self, config: GenerateConfig, texts: Any) -> None:
         if not isinstance(texts, list) or len(texts) > 4:

@@ -4,6 +4,7 @@ The public API is what ``__all__`` lists; module internals may change without no
 """
 
 from softprompt.core.adapter import Adapter, AdapterConfig, load_adapter, save_adapter
+from softprompt.core.base import BaseModel
 from softprompt.core.data import DataConfig, load_examples
 from softprompt.core.errors import (
     AdapterError,
@@ -16,7 +17,7 @@ from softprompt.core.errors import (
     TrainingError,
 )
 from softprompt.core.model import SoftPromptModel
-from softprompt.core.models import BaseModel, load_base_model
+from softprompt.core.models import load_base_model
 from softprompt.core.prompt import Init, PromptConfig, SoftPrompt
 from softprompt.inference.engine import AdapterRegistry, Engine, EngineConfig, RegistryConfig, SamplingParams
 from softprompt.inference.export import build_prompt_embeds

@@ -18,7 +18,7 @@ from softprompt.core.data import DataConfig, load_examples
 from softprompt.core.model import SoftPromptModel
 from softprompt.core.models import DEFAULT_MODEL, load_base_model
 from softprompt.core.prompt import PromptConfig
-from softprompt.inference.generate import GenerateConfig
+from softprompt.inference.generate import GenerateConfig, generate
 from softprompt.training.train import TrainConfig, train
 
 DEMO_QUERY = "I want you to act as a logistician. "
@@ -58,14 +58,13 @@ def run_demo(
     times: dict[str, float] = {}
     with _timed(times, "load model", notify):
         base = load_base_model(model)
-    bare = SoftPromptModel(base)
     with _timed(times, "baseline generation", notify):
-        baseline = bare.generate([query], generation)[0]
+        baseline = generate(base, [query], None, generation)[0]
     with _timed(times, "tokenize data", notify):
         train_set, held_out = load_examples(data, base.tokenizer)
     tuned_model = SoftPromptModel.with_new_prompt(base, prompt, seed=training.seed)
     with _timed(times, "prompt tuning", notify):
         result = train(tuned_model, train_set, held_out, training)
     with _timed(times, "tuned generation", notify):
-        tuned = tuned_model.generate([query], generation)[0]
+        tuned = generate(base, [query], tuned_model.require_prompt().folded(), generation)[0]
     return DemoReport(query, baseline, tuned, result.metrics, result.output, times)

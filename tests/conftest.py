@@ -23,7 +23,8 @@ from transformers import (
 )
 
 from fuzz.targets import Targets
-from softprompt.core.models import BaseModel, load_base_model
+from softprompt.core.base import BaseModel
+from softprompt.core.models import load_base_model
 
 ARCHS = ["llama", "gpt2", "bloom", "qwen2"]
 EOS = "<|endoftext|>"
@@ -56,8 +57,13 @@ def tiny_config(arch: str):
 
 
 def save_tiny(arch: str, directory: Path, seed: int = 0) -> Path:
+    return save_random(tiny_config(arch), directory, seed)
+
+
+def save_random(config, directory: Path, seed: int = 0) -> Path:
+    """A random model of ``config`` saved with the byte tokenizer."""
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(arch))
+    model = AutoModelForCausalLM.from_config(config)
     # Larger weights than the default init so logits are far from uniform and argmax is stable.
     with torch.no_grad():
         for param in model.parameters():
@@ -66,6 +72,22 @@ def save_tiny(arch: str, directory: Path, seed: int = 0) -> Path:
     model.save_pretrained(directory)
     byte_tokenizer().save_pretrained(directory)
     return directory
+
+
+ROW_TEXTS = ["hi", "a much longer input row of text", "mid size row", "x"]
+
+
+def row_examples(tokenizer, supervised: bool) -> list:
+    """Rows of different lengths: every token labelled, or (supervised) only the last one."""
+    from softprompt.core.data import Example
+    from softprompt.core.inject import IGNORE_INDEX
+
+    out = []
+    for text in ROW_TEXTS:
+        ids = tokenizer(text)["input_ids"]
+        labels = [IGNORE_INDEX] * (len(ids) - 1) + ids[-1:] if supervised else list(ids)
+        out.append(Example(ids, labels))
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from softprompt.cli.args import add_config_args, config_from_args
 from softprompt.core.data import DataConfig
 from softprompt.core.errors import SoftPromptError, TrainingInterrupted
 from softprompt.core.models import DEFAULT_MODEL
-from softprompt.inference.generate import GenerateConfig
+from softprompt.inference.generate import GenerateConfig, generate
 
 console = Console(stderr=False)
 Command = Callable[[argparse.Namespace], int]
@@ -69,12 +69,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
         device=args.device,
     )
     config = config_from_args(GenerateConfig, args)
-    tuned = model.generate(args.prompts, config)
+    prompt = None if model.prompt is None else model.prompt.folded()
+    tuned = generate(model.base, args.prompts, prompt, config)
     if not args.side_by_side:
         for text in tuned:
             console.print(text, markup=False, highlight=False)
         return 0
-    bare = SoftPromptModel(model.base).generate(args.prompts, config)
+    bare = generate(model.base, args.prompts, None, config)
     table = Table(show_lines=True)
     for title in ("prompt", "base model", f"with {args.adapter}"):
         table.add_column(title, ratio=1)

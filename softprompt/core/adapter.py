@@ -11,6 +11,7 @@ adapter untouched and no temp files behind.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import secrets
@@ -25,8 +26,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from softprompt.core.base import BaseModel
 from softprompt.core.checks import shown
-from softprompt.core.errors import AdapterError
+from softprompt.core.errors import AdapterError, BaseModelMismatchError
+
+log = logging.getLogger(__name__)
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -245,3 +249,22 @@ def atomic_paths(*targets: Path) -> Iterator[tuple[Path, ...]]:
     finally:
         for tmp in tmps:
             tmp.unlink(missing_ok=True)
+
+
+def check_compatible(base: BaseModel, config: AdapterConfig, where: Path, allow_mismatch: bool) -> None:
+    """Refuse an adapter trained for another base model; a fingerprint mismatch can be overridden."""
+    if config.token_dim != base.hidden_size:
+        raise BaseModelMismatchError(
+            f"adapter {where} has token_dim {config.token_dim}, but base model {base.name!r} has hidden size "
+            f"{base.hidden_size}: it was trained on a different model ({config.base_model_name_or_path})"
+        )
+    expected = config.softprompt_base_fingerprint
+    if expected is None or expected == base.fingerprint:
+        return
+    message = (
+        f"adapter {where} was trained on base model {config.base_model_name_or_path!r} "
+        f"(fingerprint {expected}), but {base.name!r} has fingerprint {base.fingerprint}"
+    )
+    if not allow_mismatch:
+        raise BaseModelMismatchError(message + "; pass --allow-base-mismatch to load it anyway")
+    log.warning("%s; loading anyway as asked", message)

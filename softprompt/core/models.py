@@ -8,22 +8,22 @@ dequantizing takes tens of seconds and transformers' Trainer refuses GGUF-quanti
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import inspect
 import logging
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from softprompt.core.base import BaseModel
 from softprompt.core.errors import ModelLoadError
+from softprompt.core.family import VERIFIED
+from softprompt.core.support import check_supported, encoder_decoder_refusal
 
 log = logging.getLogger(__name__)
 
@@ -50,44 +50,6 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
 }
 
 
-@dataclass
-class BaseModel:
-    """A frozen causal LM with its tokenizer; the only thing other modules receive."""
-
-    model: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
-    name: str
-
-    @property
-    def embedding_weight(self) -> torch.Tensor:
-        return embedding_weight(self.model)
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self.embedding_weight.shape[1])
-
-    @property
-    def device(self) -> torch.device:
-        return self.embedding_weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.embedding_weight.dtype
-
-    @cached_property
-    def fingerprint(self) -> str:
-        return model_fingerprint(self.model)
-
-    @cached_property
-    def tokenizer_fingerprint(self) -> str:
-        return tokenizer_fingerprint(self.tokenizer)
-
-    @cached_property
-    def accepts_position_ids(self) -> bool:
-        # ALiBi models (bloom) derive positions from the attention mask instead.
-        return "position_ids" in inspect.signature(self.model.base_model.forward).parameters
-
-
 def cache_root() -> Path:
     """Where dequantized built-in models live; override with SOFTPROMPT_CACHE."""
     env = os.environ.get("SOFTPROMPT_CACHE")
@@ -112,7 +74,16 @@ def load_base_model(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    return BaseModel(model=model, tokenizer=tokenizer, name=ref)
+    base = BaseModel(model=model, tokenizer=tokenizer, name=ref)
+    check_supported(base)
+    if base.family.model_type not in VERIFIED:
+        log.warning(
+            "%s is a %s model, a family outside softprompt's conformance matrix (docs/architectures.md); it passed "
+            "the load-time checks, but batching, layouts and serving are not verified for it",
+            ref,
+            base.family.model_type,
+        )
+    return base
 
 
 def default_device() -> torch.device:
@@ -185,6 +156,12 @@ def _save_atomically(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
 
 def _load_pretrained(ref: str, dtype: torch.dtype, trust_remote_code: bool, *, local_only: bool):
     try:
+        config = AutoConfig.from_pretrained(ref, trust_remote_code=trust_remote_code)
+    except Exception:  # let the full load below report the problem with its usual advice
+        config = None
+    if config is not None and getattr(config, "is_encoder_decoder", False):
+        raise ModelLoadError(encoder_decoder_refusal(f"{ref!r} ({config.model_type})"))
+    try:
         tokenizer = AutoTokenizer.from_pretrained(ref, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype, trust_remote_code=trust_remote_code)
     except Exception as exc:  # hub, config and weight errors come in many types
@@ -201,29 +178,3 @@ def _load_pretrained(ref: str, dtype: torch.dtype, trust_remote_code: bool, *, l
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def embedding_weight(model: PreTrainedModel) -> torch.Tensor:
-    weight = model.get_input_embeddings().weight
-    assert isinstance(weight, torch.Tensor)  # narrows transformers' loose annotation for mypy
-    return weight
-
-
-def model_fingerprint(model: PreTrainedModel) -> str:
-    """Identify base weights cheaply: architecture plus a strided sample of embedding rows.
-
-    Rows are rounded to bfloat16 before hashing so the same model loaded in fp32, fp16 or bf16
-    gets the same fingerprint, while a different checkpoint (or quantization) does not.
-    """
-    weight = embedding_weight(model).detach()
-    step = max(1, weight.shape[0] // 512)
-    sample = weight[::step].to("cpu", torch.bfloat16).view(torch.int16).numpy().tobytes()
-    config = model.config
-    header = f"{config.model_type}|{tuple(weight.shape)}|{getattr(config, 'num_hidden_layers', '')}"
-    return "sha256:" + hashlib.sha256(header.encode() + sample).hexdigest()[:32]
-
-
-def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
-    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
-    digest = hashlib.sha256(repr(vocab).encode("utf-8", "surrogatepass"))
-    return "sha256:" + digest.hexdigest()[:32]

@@ -4,8 +4,9 @@ The rows run as ``[prompt][row 0][row 1]...`` in a single [1, N, H] pass, so eve
 one matmul over all real tokens: no padding, no separate batch-1 pass for the prompt, no cache
 concatenation. Only attention needs to know the layout, so a registered transformers attention
 function lets each row attend to the prompt and to its own earlier tokens, with positions P,
-P + 1, ... as in the injected layout. Models whose attention goes elsewhere (bloom's ALiBi) keep
-the shared-prefix layout of :mod:`softprompt.model`.
+P + 1, ... as in the injected layout. Only families listed in
+:data:`softprompt.core.family.PACKABLE` attend through that interface; the others keep the
+shared-prefix layout of :mod:`softprompt.core.layouts`.
 """
 
 from __future__ import annotations
@@ -19,15 +20,11 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
+from softprompt.core.base import BaseModel
+from softprompt.core.decoder import embed_tokens
 from softprompt.core.inject import IGNORE_INDEX
-from softprompt.core.models import BaseModel
 
 ATTENTION = "softprompt_packed"
-# Families whose decoder attends through transformers' attention interface after its own
-# position handling (RoPE or learned positions); each is checked against the plain layout in tests.
-FAMILIES = frozenset({"llama", "qwen2", "gpt2"})
-
-
 @dataclass
 class Packing:
     """The packed sequence's layout: ``n_prompt`` prompt tokens, then rows of these lengths in order."""
@@ -80,16 +77,6 @@ def packed_attention(
 AttentionInterface.register(ATTENTION, packed_attention)
 
 
-def supports_packing(base: BaseModel) -> bool:
-    """Packed passes are exact only where attention runs through the registered function."""
-    config = base.model.config
-    return (
-        config.model_type in FAMILIES
-        and config._attn_implementation == "sdpa"
-        and not getattr(config, "sliding_window", None)
-    )
-
-
 @contextmanager
 def _packed_attention(base: BaseModel) -> Iterator[None]:
     """Switch the model to :func:`packed_attention` for one forward pass (backward needs no lookup)."""
@@ -112,7 +99,7 @@ def packed_hidden(
     each row's first token and no row predicts the next row's.
     """
     n_prompt = prompt.shape[0]
-    embeds = base.model.get_input_embeddings()(torch.cat(rows))
+    embeds = embed_tokens(base, torch.cat(rows))
     embeds = torch.cat([prompt.to(embeds.dtype), embeds])[None]  # [1, N, H]
     lengths = [len(row) for row in rows]
     positions = [torch.arange(n_prompt)] + [torch.arange(n_prompt, n_prompt + n) for n in lengths]

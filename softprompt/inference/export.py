@@ -22,6 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from softprompt.core.adapter import atomic_path
+from softprompt.core.decoder import embed_tokens
 from softprompt.core.errors import AdapterError, ConfigError
 from softprompt.core.inject import inject
 from softprompt.core.model import SoftPromptModel
@@ -61,8 +62,8 @@ def build_prompt_embeds(model: SoftPromptModel, text: str, *, chat_template: boo
     formatted = format_inputs(base, [text], chat_template)
     ids = base.tokenizer(formatted, return_tensors="pt", add_special_tokens=not chat_template)["input_ids"]
     ids = ids.to(base.device)  # [1, n]
-    token_embeds = base.model.get_input_embeddings()(ids)  # [1, n, H]
-    prompt = model.require_prompt().embedding
+    token_embeds = embed_tokens(base, ids)  # [1, n, H]
+    prompt = model.require_prompt()()
     return inject(token_embeds, torch.ones_like(ids), [prompt]).embeds[0]  # [P + n, H], no padding
 
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from softprompt.core.base import BaseModel
 from softprompt.core.checks import check_types, shown
 from softprompt.core.errors import ConfigError, RequestError
-from softprompt.core.models import BaseModel
 from softprompt.inference.engine import Engine, EngineConfig, SamplingParams
 
 MAX_TOKENS = 1 << 30  # token counts become int64 tensors; this bound keeps them far from overflow
@@ -69,9 +69,12 @@ class Completion:
 def generate(
     base: BaseModel,
     texts: Sequence[str],
-    prompts: Sequence[torch.Tensor | None],
+    prompts: Sequence[torch.Tensor | None] | torch.Tensor | None = None,
     config: GenerateConfig | None = None,
 ) -> list[str]:
+    """Continuations of ``texts``: ``prompts`` gives each row its soft prompt [P, H], or one for all, or none."""
+    if prompts is None or isinstance(prompts, torch.Tensor):
+        prompts = [prompts] * len(texts)
     return [c.text for c in complete(base, texts, prompts, config or GenerateConfig())]
 
 
@@ -103,6 +106,9 @@ def complete(
         return []
     if not all(isinstance(t, str) for t in texts):
         raise RequestError("every prompt must be a string")
+    for row, text in enumerate(texts):
+        if not text.isascii() and not _encodable(text):
+            raise RequestError(f"prompt {row + 1} is not valid Unicode text (it holds an unpaired surrogate)")
     _check_finite(prompts)
     engine = Engine(base, config=EngineConfig(max_batch_size=max(1, len(texts)), max_context=1 << 30))
     names: dict[int, str] = {}  # one registry entry per distinct prompt tensor
@@ -149,3 +155,11 @@ def _params(config: GenerateConfig, prompt_tokens: int) -> SamplingParams:
         stop=config.stop,
         stop_at_eos=config.stop_at_eos,
     )
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

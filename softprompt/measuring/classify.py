@@ -7,14 +7,14 @@ label word is a single token, all labels of a row come from one forward pass (th
 distribution at the last input position); otherwise each (row, label) pair is one sequence
 and all pairs of a batch of rows go through the model together.
 
-A :class:`Scorer` hides what is being scored: the bare model, soft prompts (several at once:
-each row is repeated once per prompt and :func:`softprompt.inject.inject` gives every copy its
-own prompt, so an ensemble costs one batched pass), or any Hugging Face / PEFT model.
+A :class:`Scorer` hides what is being scored: the bare model or soft prompts with an optional
+text context (several prompts at once: each row is repeated once per prompt, so an ensemble costs
+one batched pass), through the engine's runner; the same with every prompt injected into every
+row (the reference path the first is tested against); or any Hugging Face / PEFT model.
 """
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,11 +22,12 @@ from dataclasses import dataclass
 import torch
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from softprompt.core.base import BaseModel
 from softprompt.core.data import left_pad
 from softprompt.core.errors import ConfigError
-from softprompt.core.inject import inject
-from softprompt.core.model import lm_logits, run_decoder
-from softprompt.core.models import BaseModel
+from softprompt.core.model import SoftPromptModel
+from softprompt.core.prompt import SoftPrompt, embed_ids
+from softprompt.inference.engine.runner import ModelRunner
 
 # (input_ids [B, T] left-padded, attention_mask [B, T], keep) -> logits [members * B, keep, vocab]
 # of the last ``keep`` positions, member-major (all rows of member 0, then member 1, ...).
@@ -38,62 +39,44 @@ class Scorer:
     logits: LogitsFn
     pad_id: int
     members: int = 1  # prompts (ensemble members) scored per row
+    max_input_tokens: int | None = None  # under a sliding window: the longest input that stays exact
 
 
-def prompt_scorer(base: BaseModel, prompts: Sequence[torch.Tensor | None]) -> Scorer:
-    """The base model with each of ``prompts`` (None: no prompt); all members in one pass."""
-    members = list(prompts) or [None]
+def engine_scorer(base: BaseModel, prompts: Sequence[torch.Tensor | None], context: str = "") -> Scorer:
+    """Score through the engine's runner: each member's prefix keys/values computed once, then reused.
+
+    A member's prefix is its soft prompt followed by ``context`` (an instruction or k-shot
+    examples, as token embeddings); under causal attention it never sees the rows after it, so
+    its keys/values are computed once per member and every batch attends to them, exactly as
+    ``softprompt serve`` does for an adapter. A 4-shot context costs one forward pass in total.
+    """
+    runner = ModelRunner(base)
+    context_ids = encode(base.tokenizer, context) if context else []
+    context_embeds = embed_ids(base, context_ids) if context_ids else None
+    kvs = []
+    for prompt in list(prompts) or [None]:
+        parts = [p.detach().float().cpu() for p in (prompt, context_embeds) if p is not None]
+        kvs.append(runner.prompt_kv(torch.cat(parts)) if parts else None)
+    span = base.family.max_span
+    longest_prefix = max((kv.length for kv in kvs if kv is not None), default=0)
 
     def logits(ids: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
         rows = ids.shape[0]
-        token_embeds = base.model.get_input_embeddings()(ids).repeat(len(members), 1, 1)  # [M*B, T, H]
-        per_row = [p for p in members for _ in range(rows)]
-        injected = inject(token_embeds, mask.repeat(len(members), 1), per_row)
-        hidden, _ = run_decoder(base, injected.embeds, injected.attention_mask, injected.position_ids)
-        return lm_logits(base, hidden[:, -keep:])
+        per_row = [kv for kv in kvs for _ in range(rows)]  # member-major
+        return runner.score(ids.repeat(len(kvs), 1), mask.repeat(len(kvs), 1), per_row, keep)
 
-    return Scorer(logits, int(base.tokenizer.pad_token_id), len(members))
+    limit = None if span is None else span - longest_prefix
+    return Scorer(logits, base.pad_id, len(kvs), limit)
 
 
-def prefix_scorer(base: BaseModel, prefix: torch.Tensor) -> Scorer:
-    """One shared prefix [P, H] (a soft prompt, a context's token embeddings, or both) for every row.
-
-    Under causal attention the prefix's keys and values do not depend on what follows, so they
-    are computed once (batch of one) and repeated for each batch: a 4-shot context costs one
-    forward pass in total instead of one per row. Rows attend to ``[prefix][padding][tokens]``
-    with positions counting on from the prefix, the same as :func:`inject`'s layout.
-    """
-    length = prefix.shape[0]
-    with torch.no_grad():
-        ones = torch.ones(1, length, dtype=torch.long, device=base.device)
-        positions = torch.arange(length, device=base.device)[None]
-        _, shared = run_decoder(base, prefix[None].to(base.device, base.dtype), ones, positions, use_cache=True)
+def model_scorer(base: BaseModel, prompts: Sequence[torch.Tensor | None]) -> Scorer:
+    """The reference path: each member's prompt injected into every row (:meth:`SoftPromptModel.forward`)."""
+    models = [SoftPromptModel(base, None if p is None else SoftPrompt(p.to(base.device))) for p in list(prompts) or [None]]
 
     def logits(ids: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
-        cache = copy.deepcopy(shared)
-        cache.batch_repeat_interleave(ids.shape[0])
-        full_mask = torch.cat([mask.new_ones(ids.shape[0], length), mask], dim=1)  # [B, P + T]
-        position_ids = length + (mask.cumsum(-1) - 1).clamp(min=0)
-        embeds = base.model.get_input_embeddings()(ids)
-        hidden, _ = run_decoder(base, embeds, full_mask, position_ids, cache, use_cache=True)
-        return lm_logits(base, hidden[:, -keep:])
+        return torch.cat([model(ids, mask, keep) for model in models])
 
-    return Scorer(logits, int(base.tokenizer.pad_token_id))
-
-
-def shared_scorer(base: BaseModel, prompts: Sequence[torch.Tensor | None], context: str = "") -> Scorer:
-    """The fastest correct scorer: a cached prefix for one prompt (and/or a text context),
-    one batched pass over all members for an ensemble."""
-    context_ids = encode(base.tokenizer, context) if context else []
-    if len(prompts) > 1:
-        if context_ids:
-            raise ConfigError("an ensemble of soft prompts cannot share a text context; put it in the inputs")
-        return prompt_scorer(base, prompts)
-    parts = [p.to(base.device, base.dtype) for p in prompts if p is not None]
-    if context_ids:
-        with torch.no_grad():
-            parts.append(base.model.get_input_embeddings()(torch.tensor(context_ids, device=base.device)))
-    return prefix_scorer(base, torch.cat(parts)) if parts else prompt_scorer(base, [None])
+    return Scorer(logits, base.pad_id, len(models))
 
 
 def hf_scorer(model: torch.nn.Module, pad_id: int, accepts_position_ids: bool = True) -> Scorer:
@@ -140,6 +123,13 @@ def score_labels(
     contexts = [encode(tokenizer, t)[-max_length:] for t in texts]
     if any(not c for c in contexts):
         raise ConfigError("an input text tokenizes to nothing; rank classification needs some context")
+    longest = max((len(c) for c in contexts), default=0) + max(len(label) for label in labels)
+    if scorer.max_input_tokens is not None and longest > scorer.max_input_tokens:
+        raise ConfigError(
+            f"an input plus its label takes {longest} tokens, but after the prompt and context only "
+            f"{scorer.max_input_tokens} fit in the model's sliding attention window; "
+            "use fewer shots, a shorter prompt or shorter inputs"
+        )
     order = sorted(range(len(texts)), key=lambda i: -len(contexts[i]))  # little padding per batch
     scores = torch.empty(scorer.members, len(texts), len(labels))
     for start in range(0, len(order), batch_size):

@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 
-import softprompt
 from softprompt.core.adapter import write_json
 from softprompt.core.errors import ConfigError
 from softprompt.measuring.classify import metrics, vote
@@ -185,7 +184,7 @@ def _run_child(job: dict[str, Any], path: Path) -> dict[str, Any]:
     job_file = path.with_suffix(".job.json")
     write_json(job_file, job)
     env = dict(os.environ)
-    root = str(Path(softprompt.__file__).resolve().parents[1])  # this checkout, not another install
+    root = str(Path(__file__).resolve().parents[2])  # this checkout, not another install
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     command = [sys.executable, "-m", "softprompt.measuring.methods.run", str(job_file), str(path)]

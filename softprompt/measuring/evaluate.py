@@ -17,11 +17,12 @@ from typing import Any
 
 import torch
 
+from softprompt.core.adapter import check_compatible
+from softprompt.core.base import BaseModel
 from softprompt.core.data import DataConfig, read_rows, tokenize_rows
 from softprompt.core.errors import ConfigError
-from softprompt.core.model import SoftPromptModel, check_compatible
-from softprompt.core.models import BaseModel
-from softprompt.measuring.classify import Scorer, classify, hf_scorer, metrics, shared_scorer, vote
+from softprompt.core.model import SoftPromptModel
+from softprompt.measuring.classify import Scorer, classify, engine_scorer, hf_scorer, metrics, vote
 from softprompt.measuring.presets import few_shot_context, load_preset, load_task
 
 
@@ -66,7 +67,7 @@ def load_model(base: BaseModel, config: EvalConfig, context: str = "") -> tuple[
 
         peft_model = PeftModel.from_pretrained(base.model, config.peft_adapter).eval()
         return hf_scorer(peft_model, int(base.tokenizer.pad_token_id), base.accepts_position_ids), prompts, peft_model
-    return shared_scorer(base, prompts or [None], context), prompts, None
+    return engine_scorer(base, prompts or [None], context), prompts, None
 
 
 def evaluate_task(base: BaseModel, config: EvalConfig) -> dict[str, Any]:
@@ -78,7 +79,7 @@ def evaluate_task(base: BaseModel, config: EvalConfig) -> dict[str, Any]:
     context = few_shot_context(preset, task.train, config.shots) if config.shots else ""
     if config.instruction and not config.shots:
         context = preset.instruction
-    inline = bool(config.peft_adapter or len(config.adapter) > 1)  # no shared cached prefix there
+    inline = bool(config.peft_adapter)  # a PEFT model has no cached prefix: the context goes in the text
     scorer, prompts, peft_model = load_model(base, config, "" if inline else context)
     texts = [(context if inline else "") + preset.fill(r) for r in rows]
     gold = [preset.label_index(r, f"row {i + 1}") for i, r in enumerate(rows)]

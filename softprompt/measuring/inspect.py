@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from softprompt.core.adapter import load_adapter
+from softprompt.core.base import BaseModel
 from softprompt.core.errors import AdapterError
-from softprompt.core.models import BaseModel
+from softprompt.core.prompt import embed_ids
 
 
 @dataclass
@@ -48,7 +49,7 @@ class InspectReport:
 
 def nearest_tokens(base: BaseModel, prompt: torch.Tensor, top_k: int = 5) -> list[list[tuple[str, float]]]:
     """The ``top_k`` vocabulary tokens closest (cosine) to each virtual token of ``prompt`` [P, H]."""
-    vocab = F.normalize(base.embedding_weight.detach().float().cpu(), dim=-1)  # [V, H]
+    vocab = F.normalize(vocab_embeddings(base), dim=-1)  # [V, H]
     cos = F.normalize(prompt.float().cpu(), dim=-1) @ vocab.T  # [P, V]
     values, ids = cos.topk(top_k, dim=-1)
     return [
@@ -73,7 +74,7 @@ def inspect_prompts(base: BaseModel, adapters: list[str | Path], top_k: int = 5)
             raise AdapterError(
                 f"{path}: prompt width {prompt.shape[1]} != hidden size {base.hidden_size} of {base.name!r}"
             )
-    vocab_norms = base.embedding_weight.detach().float().norm(dim=-1)
+    vocab_norms = vocab_embeddings(base).norm(dim=-1)
     reports = []
     for path, prompt in zip(adapters, prompts):
         near = nearest_tokens(base, prompt, top_k)
@@ -82,3 +83,8 @@ def inspect_prompts(base: BaseModel, adapters: list[str | Path], top_k: int = 5)
     pooled = [[similarity(a, b)[0] for b in prompts] for a in prompts]
     tokens = [[similarity(a, b)[1] for b in prompts] for a in prompts]
     return InspectReport(reports, float(vocab_norms.mean()), float(vocab_norms.std()), pooled, tokens)
+
+
+def vocab_embeddings(base: BaseModel) -> torch.Tensor:
+    """[V, H]: every token's input embedding as the model computes it, the space prompts live in."""
+    return embed_ids(base, list(range(base.embedding_weight.shape[0])))

@@ -1,6 +1,6 @@
 """Training checkpoints: everything needed to continue a run exactly where it stopped.
 
-One file, ``checkpoint.safetensors``: the prompt, the best prompt so far and the AdamW moments
+One file, ``checkpoint.safetensors``: the prompt's tensors, their best state so far and the AdamW moments
 as tensors, and the loop state (step, epoch, next batch, counters, metric records, the run's
 configs, RNG state) as JSON in the safetensors metadata. One file means one atomic rename, so a
 kill at any moment leaves either the previous checkpoint or the new one. No pickle anywhere.
@@ -28,8 +28,8 @@ class Checkpoint:
     step: int  # optimizer steps done
     epoch: int  # epoch in progress (1-based)
     next_batch: int  # index of the next batch to run within ``epoch``
-    prompt: torch.Tensor
-    best_prompt: torch.Tensor
+    prompt: dict[str, torch.Tensor]  # SoftPrompt state_dict: the vectors (and the MLP when reparameterised)
+    best_prompt: dict[str, torch.Tensor]
     optimizer: dict[str, Any]  # AdamW state_dict
     progress: dict[str, Any] = field(default_factory=dict)  # counters, best loss, elapsed time
     records: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl lines so far
@@ -37,10 +37,8 @@ class Checkpoint:
 
 
 def save_checkpoint(directory: Path, ckpt: Checkpoint) -> Path:
-    tensors = {
-        "prompt": ckpt.prompt.detach().cpu().contiguous(),
-        "best_prompt": ckpt.best_prompt.detach().cpu().contiguous(),
-    }
+    tensors = {f"prompt.{k}": v.detach().cpu().contiguous() for k, v in ckpt.prompt.items()}
+    tensors.update({f"best.{k}": v.detach().cpu().contiguous() for k, v in ckpt.best_prompt.items()})
     optimizer_state: dict[str, dict[str, list[int]]] = {}
     for index, state in ckpt.optimizer["state"].items():
         for name, value in state.items():
@@ -83,10 +81,14 @@ def load_checkpoint(directory: Path) -> Checkpoint:
         step=meta["step"],
         epoch=meta["epoch"],
         next_batch=meta["next_batch"],
-        prompt=tensors["prompt"],
-        best_prompt=tensors["best_prompt"],
+        prompt=_prefixed(tensors, "prompt."),
+        best_prompt=_prefixed(tensors, "best."),
         optimizer={"state": state, "param_groups": meta["param_groups"]},
         progress=meta["progress"],
         records=meta["records"],
         run=meta["run"],
     )
+
+
+def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {key[len(prefix) :]: value for key, value in tensors.items() if key.startswith(prefix)}

@@ -15,6 +15,7 @@ from softprompt.core.data import Example, batches
 from softprompt.core.inject import IGNORE_INDEX
 from softprompt.core.model import SoftPromptModel
 from softprompt.training import distributed, sharding
+from softprompt.training.passes import keep_in_step
 
 
 def without_first_token(example: Example) -> Example:
@@ -38,6 +39,6 @@ def mean_token_loss(model: SoftPromptModel, examples: list[Example], batch_size:
     if sharding.is_sharded(model.base.model):  # rank 0 has the most batches: the others keep in step
         idle = len(everyone[:: distributed.world_size()]) - len(mine)
         first = everyone[0].to(model.base.device)
-        model.keep_in_step(first.input_ids, first.attention_mask, first.labels, idle)
+        keep_in_step(model, first.input_ids, first.attention_mask, first.labels, idle)
     summed, tokens = distributed.global_sums(total, count)
     return summed / tokens if tokens else math.nan

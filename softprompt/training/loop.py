@@ -24,9 +24,11 @@ from softprompt.core.data import Batch, Example, batches
 from softprompt.core.errors import TrainingError
 from softprompt.core.inject import IGNORE_INDEX
 from softprompt.core.model import SoftPromptModel
+from softprompt.core.prompt import SoftPrompt
 from softprompt.training import distributed, sharding
 from softprompt.training.checkpoint import Checkpoint, save_checkpoint
 from softprompt.training.heldout import mean_token_loss
+from softprompt.training.passes import backward_mean_loss, count_passes, keep_in_step
 
 log = logging.getLogger(__name__)
 
@@ -62,20 +64,34 @@ class TrainingLoop:
     epoch: int = 1
     next_batch: int = 0
     records: list[dict[str, Any]] = field(default_factory=list)
-    best_prompt: torch.Tensor | None = None
+    best_prompt: dict[str, torch.Tensor] | None = None  # the prompt's state at its best held-out loss
 
     @property
     def sharded(self) -> bool:
         return sharding.is_sharded(self.model.base.model)
 
     @property
-    def embedding(self) -> torch.Tensor:
-        return self.model.require_prompt().embedding
+    def prompt(self) -> SoftPrompt:
+        return self.model.require_prompt()
+
+    def prompt_state(self) -> dict[str, torch.Tensor]:
+        """A detached copy of every prompt tensor (the vectors, and the MLP when reparameterised)."""
+        return {name: value.detach().clone() for name, value in self.prompt.state_dict().items()}
+
+    @property
+    def done(self) -> bool:
+        """The step or time budget is spent (``max_steps`` / ``max_seconds``), or early stopping fired."""
+        config, progress = self.config, self.progress
+        return (
+            progress.stopped_early
+            or bool(config.max_steps and self.step >= config.max_steps)
+            or bool(config.max_seconds and progress.train_seconds >= config.max_seconds)
+        )
 
     def evaluate_before(self) -> None:
         loss = mean_token_loss(self.model, self.eval_set, self.config.eval_batch_size)
         self.progress.heldout_loss_before = self.progress.best_loss = loss
-        self.best_prompt = self.embedding.detach().clone()
+        self.best_prompt = self.prompt_state()
         self._record({"step": 0, "epoch": 0, "eval_loss": loss})
         log.info(
             "held-out loss before training: %.4f (%d rows), batch size %d",
@@ -85,7 +101,7 @@ class TrainingLoop:
         )
 
     def run(self) -> None:
-        while self.epoch <= self.config.epochs and not self.progress.stopped_early:
+        while (self.config.max_steps or self.epoch <= self.config.epochs) and not self.done:
             self._run_epoch()
             self._end_epoch()
 
@@ -135,6 +151,8 @@ class TrainingLoop:
                 bar.set_postfix(loss=f"{loss:.3f}")
                 if self.config.checkpoint_every and self.step % self.config.checkpoint_every == 0:
                     self.checkpoint()
+                if self.done:  # the step or time budget ends the run mid-epoch
+                    break
         bar.close()
 
     def _backward(self, batch: Batch) -> float:
@@ -149,7 +167,8 @@ class TrainingLoop:
         mean, count, slots = 0.0, 0, 0
         passes = self._lockstep_passes(local)
         if rows:  # row slices under a token budget bound activation memory; same gradient as one pass
-            mean, count, slots = self.model.backward_mean_loss(
+            mean, count, slots = backward_mean_loss(
+                self.model,
                 local.input_ids,
                 local.attention_mask,
                 local.labels,
@@ -160,7 +179,7 @@ class TrainingLoop:
             )
         elif passes:  # no rows here, but the sharded layers all-gather in every pass of the others
             first = Batch(batch.input_ids[:1], batch.attention_mask[:1], batch.labels[:1]).to(self.model.base.device)
-            self.model.keep_in_step(first.input_ids, first.attention_mask, first.labels, passes)
+            keep_in_step(self.model, first.input_ids, first.attention_mask, first.labels, passes)
         total, real, padded = distributed.global_sums(mean * count, local.real_tokens, slots)
         if not math.isfinite(total):  # the same global value on every rank, so all stop together
             saved = (
@@ -176,14 +195,14 @@ class TrainingLoop:
         if not self.sharded:
             return 0
         mine = (
-            self.model.count_passes(local.attention_mask, self.config.micro_batch_tokens)
+            count_passes(self.model, local.attention_mask, self.config.micro_batch_tokens)
             if local.input_ids.shape[0]
             else 0
         )
         return distributed.global_max(mine)
 
     def _optimizer_step(self) -> None:
-        params = [self.embedding]
+        params = list(self.prompt.parameters())
         distributed.all_reduce_grads(params)  # identical gradients, hence identical prompts, on every rank
         if self.config.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
@@ -202,7 +221,7 @@ class TrainingLoop:
         log.info("epoch %d: held-out loss %.4f", self.epoch, loss)
         if loss < self.progress.best_loss:
             self.progress.best_loss, self.progress.best_epoch, self.progress.stale_epochs = loss, self.epoch, 0
-            self.best_prompt = self.embedding.detach().clone()
+            self.best_prompt = self.prompt_state()
         else:
             self.progress.stale_epochs += 1
             self.progress.stopped_early = (
@@ -223,22 +242,22 @@ class TrainingLoop:
         """Rank 0 saves; every rank holds the same prompt and optimizer state, so no gather is needed."""
         if not distributed.is_main():
             return None
-        best = self.best_prompt if self.best_prompt is not None else self.embedding
+        prompt = self.prompt_state()
+        best = self.best_prompt if self.best_prompt is not None else prompt
         return save_checkpoint(self.output, Checkpoint(
             step=self.step, epoch=self.epoch, next_batch=self.next_batch,
-            prompt=self.embedding, best_prompt=best, optimizer=self.optimizer.state_dict(),
+            prompt=prompt, best_prompt=best, optimizer=self.optimizer.state_dict(),
             progress=self.progress.__dict__.copy(), records=self.records, run=self.run_info,
         ))  # fmt: skip
 
     def restore(self, ckpt: Checkpoint) -> None:
-        with torch.no_grad():
-            self.embedding.copy_(ckpt.prompt.to(self.embedding.device))
+        self.prompt.load_state_dict(ckpt.prompt)
         self.optimizer.load_state_dict(ckpt.optimizer)
         for _ in range(ckpt.step):  # schedules are pure functions of the step count
             self.scheduler.step()
         self.step, self.epoch, self.next_batch = ckpt.step, ckpt.epoch, ckpt.next_batch
         self.progress = Progress(**ckpt.progress)
-        self.best_prompt = ckpt.best_prompt.to(self.embedding.device)
+        self.best_prompt = ckpt.best_prompt
         self.records = list(ckpt.records)
         if not distributed.is_main():
             return

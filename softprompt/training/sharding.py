@@ -35,8 +35,8 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
 
+from softprompt.core.base import BaseModel
 from softprompt.core.errors import ConfigError
-from softprompt.core.models import BaseModel
 from softprompt.training import distributed
 
 log = logging.getLogger(__name__)

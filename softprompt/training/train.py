@@ -44,6 +44,12 @@ class TrainConfig:
     output: str = field(default="softprompt-out", metadata={"help": "directory for the adapter, metrics and plot"})
     lr: float = field(default=0.03, metadata={"help": "AdamW learning rate for the prompt"})
     epochs: int = field(default=5, metadata={"help": "passes over the training rows"})
+    max_steps: int = field(
+        default=0, metadata={"help": "stop after this many optimizer steps; the schedule spans them (0: epochs decide)"}
+    )
+    max_seconds: float = field(
+        default=0.0, metadata={"help": "stop after this much training time, keeping what was learned (0: no limit)"}
+    )
     batch_size: int = field(default=0, metadata={"help": "rows per batch; 0 picks one that fits memory"})
     grad_accum: int = field(default=1, metadata={"help": "batches per optimizer step"})
     seed: int = field(default=0, metadata={"help": "seed for init, shuffling and dropout: same seed, same prompt"})
@@ -94,6 +100,8 @@ class TrainConfig:
             raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         if not 0 <= self.warmup_ratio < 1 or self.early_stopping < 0 or self.checkpoint_every < 0:
             raise ConfigError("warmup_ratio must be in [0, 1), early_stopping and checkpoint_every >= 0")
+        if self.max_steps < 0 or not self.max_seconds >= 0:
+            raise ConfigError(f"max_steps and max_seconds must be >= 0, got {self.max_steps} and {self.max_seconds}")
         if self.micro_batch_tokens < 1:
             raise ConfigError(f"micro_batch_tokens must be >= 1, got {self.micro_batch_tokens}")
         if self.model_dtype not in MODEL_DTYPES:
@@ -106,6 +114,7 @@ class TrainConfig:
 class TrainResult:
     output: Path
     metrics: dict[str, Any]
+    records: list[dict[str, Any]] = field(default_factory=list)  # the metrics.jsonl lines: per step and epoch
 
 
 def auto_batch_size(model: SoftPromptModel, examples: list[Example], budget_bytes: int | None = None) -> int:
@@ -168,7 +177,7 @@ def train(
     torch.manual_seed(config.seed)
     batch_size = resume.progress["batch_size"] if resume else config.batch_size or _auto_global_batch(model, train_set)
     steps_per_epoch = math.ceil(math.ceil(len(train_set) / batch_size) / config.grad_accum)
-    total_steps = steps_per_epoch * config.epochs
+    total_steps = config.max_steps or steps_per_epoch * config.epochs
     optimizer = torch.optim.AdamW(prompt.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_scheduler(config.scheduler, optimizer, int(config.warmup_ratio * total_steps), total_steps)
     loop = TrainingLoop(
@@ -198,13 +207,12 @@ def _auto_global_batch(model: SoftPromptModel, examples: list[Example]) -> int:
 def _finish(loop: TrainingLoop) -> TrainResult:
     model, config, progress = loop.model, loop.config, loop.progress
     if config.early_stopping and progress.best_epoch and loop.best_prompt is not None:
-        with torch.no_grad():
-            loop.embedding.copy_(loop.best_prompt)
+        loop.prompt.load_state_dict(loop.best_prompt)
     after = mean_token_loss(model, loop.eval_set, config.eval_batch_size)
     seconds = max(progress.train_seconds, 1e-9)
     metrics = {
         "base_model": model.base.name,
-        "num_virtual_tokens": loop.embedding.shape[0],
+        "num_virtual_tokens": loop.prompt.num_virtual_tokens,
         "init": model.prompt_config.init.value if model.prompt_config else None,
         "heldout_loss_before": progress.heldout_loss_before,
         "heldout_loss_after": after,
@@ -224,10 +232,10 @@ def _finish(loop: TrainingLoop) -> TrainResult:
     if distributed.is_main():
         model.save_pretrained(loop.output, metrics={k: v for k, v in metrics.items() if k != "config"})
         write_json(loop.output / "metrics.json", metrics)
-        title = f"{model.base.name}: {loop.embedding.shape[0]} virtual tokens"
+        title = f"{model.base.name}: {loop.prompt.num_virtual_tokens} virtual tokens"
         save_loss_curve(loop.records, loop.output / "loss_curve.png", title=title)
     distributed.barrier()  # the adapter exists for every rank once train() returns
-    return TrainResult(output=loop.output, metrics=metrics)
+    return TrainResult(output=loop.output, metrics=metrics, records=loop.records)
 
 
 def tune(

@@ -98,7 +98,8 @@ def test_generation_with_extreme_settings(base, texts, with_prompt, **settings):
     prompts = [torch.randn(3, base.hidden_size) if with_prompt else None for _ in texts]
     result = expect_clean(lambda: complete(base, texts, prompts, config))
     if isinstance(result, SoftPromptError):
-        assert "" in texts and "empty" in str(result)
+        unpaired = any(not t.encode("utf-8", "surrogatepass").decode("utf-8", "ignore") == t for t in texts)
+        assert ("" in texts and "empty" in str(result)) or (unpaired and "surrogate" in str(result))
         return
     assert len(result) == len(texts)
     for completion in result:

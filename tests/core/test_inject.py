@@ -1,9 +1,9 @@
 import pytest
 import torch
 
+from softprompt.core.decoder import run_decoder
 from softprompt.core.errors import RequestError
 from softprompt.core.inject import IGNORE_INDEX, inject, inject_labels
-from softprompt.core.model import run_decoder
 
 
 def _batch(lengths, seq, hidden=3):

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
+from softprompt.core.base import model_fingerprint
 from softprompt.core.errors import ModelLoadError
-from softprompt.core.models import BUILTIN_MODELS, load_base_model, model_fingerprint
+from softprompt.core.models import BUILTIN_MODELS, load_base_model
 
 
 def test_loaded_model_is_frozen_left_padded_and_has_a_pad_token(llama):

@@ -8,7 +8,7 @@ from softprompt.core.prompt import FREQUENT_VOCAB, PromptConfig, initial_embeddi
 
 def _init(base, **kwargs):
     config = PromptConfig(**kwargs)
-    return initial_embedding(config, base.embedding_weight, base.tokenizer, torch.Generator().manual_seed(0))
+    return initial_embedding(config, base, torch.Generator().manual_seed(0))
 
 
 def test_random_init_matches_embedding_statistics(llama):

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
+from softprompt.core.decoder import lm_logits, run_decoder
 from softprompt.core.errors import ConfigError
 from softprompt.core.inject import inject
-from softprompt.core.model import lm_logits, run_decoder
 from softprompt.inference.generate import GenerateConfig, complete, generate
 
 TEXTS = ["hello there", "a", "the quick brown fox jumps"]

@@ -5,10 +5,11 @@ import torch
 
 from softprompt.measuring.classify import (
     Scorer,
+    engine_scorer,
     hf_scorer,
     macro_f1,
     metrics,
-    prompt_scorer,
+    model_scorer,
     score_labels,
     vote,
 )
@@ -37,7 +38,7 @@ def hand_scores(base, texts, words, prompt=None, space=" "):
 
 def test_multi_token_labels_match_hand_computation(tiny):
     words = ["yes", "no complaint"]  # several byte tokens each, different lengths
-    scores = score_labels(prompt_scorer(tiny, [None]), tiny.tokenizer, TEXTS, words, batch_size=2)
+    scores = score_labels(model_scorer(tiny, [None]), tiny.tokenizer, TEXTS, words, batch_size=2)
     assert scores.shape == (1, 3, 2)
     torch.testing.assert_close(scores[0], hand_scores(tiny, TEXTS, words), atol=1e-4, rtol=1e-4)
 
@@ -45,7 +46,7 @@ def test_multi_token_labels_match_hand_computation(tiny):
 def test_soft_prompt_scores_match_hand_computation(llama):
     prompt = torch.randn(3, llama.hidden_size) * 0.3
     words = ["ab", "c"]
-    scores = score_labels(prompt_scorer(llama, [prompt]), llama.tokenizer, TEXTS, words, batch_size=3)
+    scores = score_labels(model_scorer(llama, [prompt]), llama.tokenizer, TEXTS, words, batch_size=3)
     torch.testing.assert_close(scores[0], hand_scores(llama, TEXTS, words, prompt), atol=1e-4, rtol=1e-4)
 
 
@@ -57,7 +58,7 @@ def test_single_token_labels_take_one_pass(llama, monkeypatch):
     monkeypatch.setattr(
         classify, "label_ids", lambda tok, words: [tok(w, add_special_tokens=False)["input_ids"] for w in words]
     )
-    base = prompt_scorer(llama, [None])
+    base = model_scorer(llama, [None])
     calls = []
 
     def counting(ids, mask, keep):
@@ -71,20 +72,21 @@ def test_single_token_labels_take_one_pass(llama, monkeypatch):
     torch.testing.assert_close(fast[0], hand, atol=1e-4, rtol=1e-4)
 
 
-def test_hf_scorer_equals_prompt_scorer_without_prompt(tiny):
+def test_hf_scorer_equals_model_scorer_without_prompt(tiny):
     words = ["yes", "no"]
-    a = score_labels(prompt_scorer(tiny, [None]), tiny.tokenizer, TEXTS, words)
+    a = score_labels(model_scorer(tiny, [None]), tiny.tokenizer, TEXTS, words)
     b = score_labels(hf_scorer(tiny.model, 256, tiny.accepts_position_ids), tiny.tokenizer, TEXTS, words)
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
-def test_ensemble_in_one_pass_equals_members_alone(llama):
+@pytest.mark.parametrize("scorer", [model_scorer, engine_scorer])
+def test_ensemble_in_one_pass_equals_members_alone(llama, scorer):
     prompts = [torch.randn(n, llama.hidden_size) * 0.3 for n in (2, 4)] + [None]
     words = ["yes", "no"]
-    together = score_labels(prompt_scorer(llama, prompts), llama.tokenizer, TEXTS, words, batch_size=2)
+    together = score_labels(scorer(llama, prompts), llama.tokenizer, TEXTS, words, batch_size=2)
     assert together.shape == (3, 3, 2)
     for m, prompt in enumerate(prompts):
-        alone = score_labels(prompt_scorer(llama, [prompt]), llama.tokenizer, TEXTS, words)
+        alone = score_labels(model_scorer(llama, [prompt]), llama.tokenizer, TEXTS, words)
         torch.testing.assert_close(together[m], alone[0], atol=1e-4, rtol=1e-4)
 
 
@@ -110,12 +112,12 @@ def test_metrics_by_hand():
     assert metrics(pred, gold, 3)["accuracy"] == pytest.approx(0.6)
 
 
-def test_cached_prefix_equals_prompt_in_every_row(tiny):
-    from softprompt.measuring.classify import shared_scorer
-
-    prompt = torch.randn(3, tiny.hidden_size) * 0.3
+def test_engine_path_with_context_equals_prompt_and_context_in_every_row(tiny):
+    """Prompt + context keys/values computed once (the engine's path) == both injected in every row."""
+    prompts = [torch.randn(3, tiny.hidden_size) * 0.3, None]
     context = "Is it a complaint?\n\n"
     words = ["yes", "no"]
-    shared = score_labels(shared_scorer(tiny, [prompt], context), tiny.tokenizer, TEXTS, words, batch_size=2)
-    inline = score_labels(prompt_scorer(tiny, [prompt]), tiny.tokenizer, [context + t for t in TEXTS], words)
-    torch.testing.assert_close(shared, inline, atol=1e-4, rtol=1e-4)
+    cached = score_labels(engine_scorer(tiny, prompts, context), tiny.tokenizer, TEXTS, words, batch_size=2)
+    for m, prompt in enumerate(prompts):
+        inline = score_labels(model_scorer(tiny, [prompt]), tiny.tokenizer, [context + t for t in TEXTS], words)
+        torch.testing.assert_close(cached[m], inline[0], atol=1e-4, rtol=1e-4)

@@ -1,11 +1,10 @@
-"""The comparison's methods: shared fit loop, HF loss, P-tuning folding and resuming."""
+"""The comparison's weight-training loop and HF loss."""
 
 import torch
 
 from softprompt.core.data import Example, collate
 from softprompt.core.inject import IGNORE_INDEX
 from softprompt.measuring.methods.fit import FitConfig, fit, hf_loss
-from softprompt.measuring.methods.ptuning import ReparamPrompt
 
 
 def _examples():
@@ -25,23 +24,12 @@ def test_hf_loss_matches_full_logits(tiny):
 
 
 def test_fit_lowers_the_loss_and_keeps_the_budget(llama):
-    weight = torch.nn.Parameter(torch.zeros(4, llama.hidden_size))
-    from softprompt.measuring.methods.build import prompt_loss
-
-    loss_fn = prompt_loss(llama, lambda: weight)
-    result = fit([weight], loss_fn, _examples() * 4, FitConfig(steps=12, lr=0.1, batch_size=4), 256)
+    model = llama.model
+    head = model.get_output_embeddings()
+    head.weight.requires_grad_(True)
+    try:
+        result = fit([head.weight], hf_loss(model), _examples() * 4, FitConfig(steps=12, lr=0.01, batch_size=4), 256)
+    finally:
+        head.weight.requires_grad_(False)
     assert result.steps == 12 and len(result.losses) == 12
     assert result.losses[-1] < result.losses[0]
-
-
-def test_p_tuning_starts_at_its_init_folds_and_resumes(tmp_path):
-    init = torch.randn(3, 16)
-    reparam = ReparamPrompt(init, hidden=8)
-    torch.testing.assert_close(reparam(), init)  # zero-initialised last layer
-    with torch.no_grad():
-        reparam.mlp[2].weight.normal_()
-    folded = reparam.folded()
-    assert not folded.requires_grad and folded.shape == (3, 16)
-    reparam.save_state(tmp_path)
-    resumed = ReparamPrompt.load_state(tmp_path)
-    torch.testing.assert_close(resumed.folded(), folded)

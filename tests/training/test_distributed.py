@@ -164,7 +164,7 @@ REPORT = """
 import json, os, sys
 import torch.distributed as dist
 import softprompt.training.sharding as sharding
-from softprompt.core.model import SoftPromptModel
+from softprompt.training import heldout, loop, passes
 sys.argv += ["--micro-batch-tokens", "40" if os.environ["RANK"] == "0" else "512"]
 report = {"rank": int(os.environ["RANK"]), "all_gather": 0, "reduce_scatter": 0, "idle_passes": 0}
 def counted(name, collective):
@@ -174,7 +174,7 @@ def counted(name, collective):
     return call
 dist.all_gather_single = counted("all_gather", dist.all_gather_single)
 dist.reduce_scatter_single = counted("reduce_scatter", dist.reduce_scatter_single)
-shard_model, keep_in_step = sharding.shard_model, SoftPromptModel.keep_in_step
+shard_model, keep_in_step = sharding.shard_model, passes.keep_in_step
 def shard_and_measure(base, mode, device):
     full = sharding.parameter_bytes(base.model)[1]
     shard_model(base, mode, device)
@@ -183,10 +183,11 @@ def shard_and_measure(base, mode, device):
                   layers_held=sum(h for h, _ in layers), layers_full=sum(f for _, f in layers),
                   embedding=base.embedding_weight.numel() * base.embedding_weight.element_size(),
                   sharded=sharding.is_sharded(base.model))
-def counting_keep_in_step(self, ids, mask, labels, passes):
-    report["idle_passes"] += max(passes, 0)
-    return keep_in_step(self, ids, mask, labels, passes)
-sharding.shard_model, SoftPromptModel.keep_in_step = shard_and_measure, counting_keep_in_step
+def counting_keep_in_step(model, ids, mask, labels, count):
+    report["idle_passes"] += max(count, 0)
+    return keep_in_step(model, ids, mask, labels, count)
+sharding.shard_model = shard_and_measure
+passes.keep_in_step = loop.keep_in_step = heldout.keep_in_step = counting_keep_in_step
 from softprompt.cli.main import main
 code = main(sys.argv[1:])
 print("REPORT " + json.dumps(report), flush=True)

@@ -11,8 +11,8 @@ import threading
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 
+from softprompt.core.base import BaseModel
 from softprompt.core.errors import ConfigError, RequestError, SoftPromptError
-from softprompt.core.models import BaseModel
 from softprompt.inference.engine.kv import PromptKV
 from softprompt.inference.engine.registry import AdapterRegistry
 from softprompt.inference.engine.runner import ModelRunner
@@ -36,9 +36,6 @@ class EngineConfig:
         if self.max_context is not None and self.max_context < 2:
             raise ConfigError(f"max_context must be at least 2, got {self.max_context}")
 
-    @property
-    def scheduler(self) -> SchedulerConfig:
-        return SchedulerConfig(self.max_batch_size, self.max_prefill_tokens)
 
 
 class Engine:
@@ -47,8 +44,9 @@ class Engine:
         self.config = config or EngineConfig()
         self.registry = registry or AdapterRegistry(base)
         self.runner = ModelRunner(base)
-        self.scheduler = Scheduler(self.config.scheduler)
-        self.max_context = self.config.max_context or _model_context(base)
+        span = base.family.max_span
+        self.scheduler = Scheduler(SchedulerConfig(self.config.max_batch_size, self.config.max_prefill_tokens, span))
+        self.max_context = min(self.config.max_context or _model_context(base), span or 1 << 62)
         self._live: dict[int, Sequence] = {}  # admitted, not yet released
         self._inbox: list[Sequence] = []
         self._lock = threading.Lock()
@@ -69,8 +67,9 @@ class Engine:
             raise RequestError(
                 f"prompt ({len(prompt_ids)} tokens) + max_new_tokens ({params.max_new_tokens}) + soft prompt "
                 f"({self.virtual_tokens(adapter)}) = {total} tokens exceeds the context limit of {self.max_context}"
+                + _window_note(self.base)
             )
-        return Sequence(list(prompt_ids), adapter, params)
+        return Sequence(list(prompt_ids), adapter, params, self.virtual_tokens(adapter))
 
     def submit(self, seq: Sequence) -> Sequence:
         with self._lock:
@@ -187,6 +186,13 @@ class Engine:
         params = params or SamplingParams()
         encoded = [list(self.base.tokenizer(p)["input_ids"]) for p in prompts]
         return self.run([self.add_request(ids, name, params) for ids, name in zip(encoded, names)])
+
+
+def _window_note(base: BaseModel) -> str:
+    window = base.family.window
+    if window is None:
+        return ""
+    return f" ({base.family.model_type} attends within a sliding window of {window} tokens; softprompt keeps every sequence inside it)"
 
 
 def _model_context(base: BaseModel) -> int:

@@ -19,10 +19,9 @@ from pathlib import Path
 
 import torch
 
-from softprompt.core.adapter import CONFIG_NAME, load_adapter
+from softprompt.core.adapter import CONFIG_NAME, check_compatible, load_adapter
+from softprompt.core.base import BaseModel
 from softprompt.core.errors import AdapterError, ConfigError, SoftPromptError
-from softprompt.core.model import check_compatible
-from softprompt.core.models import BaseModel
 from softprompt.inference.engine.kv import PromptKV
 
 log = logging.getLogger(__name__)

@@ -8,11 +8,10 @@ sequence's random generator. Which sequences to run is decided elsewhere (schedu
 from __future__ import annotations
 
 import torch
-from transformers import DynamicCache
 
+from softprompt.core.base import BaseModel
 from softprompt.core.data import left_pad
-from softprompt.core.model import lm_logits, run_decoder
-from softprompt.core.models import BaseModel
+from softprompt.core.decoder import embed_tokens, lm_logits, prompt_cache, run_after_prefix, run_decoder
 from softprompt.inference.engine.kv import (
     BatchKV,
     PromptKV,
@@ -30,9 +29,7 @@ class ModelRunner:
     def __init__(self, base: BaseModel) -> None:
         self.base = base
         self.config = base.model.config
-        self.embed = base.model.get_input_embeddings()
-        pad = base.tokenizer.pad_token_id
-        self.pad_id = int(pad) if pad is not None else 0
+        self.pad_id = base.pad_id if base.tokenizer.pad_token_id is not None else 0
         self.batch: BatchKV | None = None
         self.generators: dict[int, torch.Generator] = {}
 
@@ -44,34 +41,42 @@ class ModelRunner:
     @torch.no_grad()
     def prompt_kv(self, embedding: torch.Tensor) -> PromptKV:
         """Run the virtual tokens [P, H] alone from position 0 and keep every layer's keys/values."""
-        embeds = embedding.to(self.base.device, self.base.dtype)[None]  # [1, P, H]
-        length = embeds.shape[1]
-        mask = torch.ones(1, length, dtype=torch.long, device=self.base.device)
-        positions = torch.arange(length, device=self.base.device)[None]
-        _, cache = run_decoder(self.base, embeds, mask, positions, DynamicCache(config=self.config), use_cache=True)
-        return PromptKV(tuple((k[0].clone(), v[0].clone()) for k, v in layers_from_cache(cache)))
+        prefix = prompt_cache(self.base, embedding)
+        return PromptKV(tuple((k[0].clone(), v[0].clone()) for k, v in layers_from_cache(prefix.cache)))
+
+    def _forward(
+        self, ids: torch.Tensor, token_mask: torch.Tensor, prompts: list[PromptKV | None]
+    ) -> tuple[torch.Tensor, BatchKV]:
+        """Left-padded rows [B, T] after their prompt KV: hidden states [B, T, H] and the batch cache."""
+        device = self.base.device
+        prefix, prefix_mask = prompt_prefix(prompts, device)  # per layer [B, h, Pmax, d]; [B, Pmax]
+        cache = cache_from_layers(prefix, self.config)
+        hidden, cache = run_after_prefix(self.base, cache, prefix_mask, embed_tokens(self.base, ids), token_mask)
+        batch = BatchKV(
+            seq_ids=[],
+            cache=cache,
+            mask=torch.cat([prefix_mask, token_mask], dim=1),
+            next_position=prefix_mask.sum(dim=1) + token_mask.sum(dim=1),
+            last_token=ids[:, -1],
+        )
+        return hidden, batch
+
+    @torch.no_grad()
+    def score(self, ids: torch.Tensor, mask: torch.Tensor, prompts: list[PromptKV | None], keep: int) -> torch.Tensor:
+        """Logits [B, keep, V] of left-padded rows' last ``keep`` positions after their prompt KV; nothing is kept."""
+        hidden, _ = self._forward(ids.to(self.base.device), mask.to(self.base.device), prompts)
+        return lm_logits(self.base, hidden[:, -keep:])
 
     @torch.no_grad()
     def prefill(self, seqs: list[Sequence], prompts: list[PromptKV | None]) -> list[int]:
         """Prefill ``seqs`` after their prompt KV, sample their first tokens, and join the running batch."""
-        device = self.base.device
-        ids, token_mask = left_pad([s.prompt_ids for s in seqs], self.pad_id, device)  # [B, T], newest token last
-        prefix, prefix_mask = prompt_prefix(prompts, device)  # per layer [B, h, Pmax, d]; [B, Pmax]
-        prompt_lengths = prefix_mask.sum(dim=1)  # [B]
-        positions = prompt_lengths[:, None] + (token_mask.cumsum(dim=1) - 1).clamp(min=0)  # [B, T]
-        mask = torch.cat([prefix_mask, token_mask], dim=1)  # [B, Pmax + T]
-        cache = cache_from_layers(prefix, self.config)
-        hidden, cache = run_decoder(self.base, self.embed(ids), mask, positions, cache, use_cache=True)
+        ids, token_mask = left_pad([s.prompt_ids for s in seqs], self.pad_id, self.base.device)  # newest token last
+        hidden, new = self._forward(ids, token_mask, prompts)
         for seq in seqs:
-            self.generators[seq.seq_id] = new_generator(seq.params.seed, device)
+            self.generators[seq.seq_id] = new_generator(seq.params.seed, self.base.device)
         tokens = sample(lm_logits(self.base, hidden[:, -1]).float(), seqs, self.generators)
-        new = BatchKV(
-            seq_ids=[s.seq_id for s in seqs],
-            cache=cache,
-            mask=mask,
-            next_position=prompt_lengths + token_mask.sum(dim=1),
-            last_token=torch.tensor(tokens, dtype=torch.long, device=device),
-        )
+        new.seq_ids = [s.seq_id for s in seqs]
+        new.last_token = torch.tensor(tokens, dtype=torch.long, device=self.base.device)
         self.batch = merge(self.batch, new, self.config)
         return tokens
 
@@ -82,7 +87,7 @@ class ModelRunner:
         if batch is None or not len(batch):
             return []
         batch.mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch), 1)], dim=1)
-        embeds = self.embed(batch.last_token[:, None])  # [B, 1, H]
+        embeds = embed_tokens(self.base, batch.last_token[:, None])  # [B, 1, H]
         hidden, batch.cache = run_decoder(
             self.base, embeds, batch.mask, batch.next_position[:, None], batch.cache, use_cache=True
         )

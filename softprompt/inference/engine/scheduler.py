@@ -19,10 +19,16 @@ from softprompt.inference.engine.sequence import Sequence, Status
 class SchedulerConfig:
     max_batch_size: int = field(default=32, metadata={"help": "most sequences decoded together"})
     max_prefill_tokens: int = field(default=4096, metadata={"help": "most prompt tokens prefilled in one step"})
+    max_span: int | None = field(
+        default=None,
+        metadata={"help": "sliding-window models: most cache slots (padding included) any row may span"},
+    )
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_prefill_tokens < 1:
             raise ConfigError("max_batch_size and max_prefill_tokens must be at least 1")
+        if self.max_span is not None and self.max_span < 2:
+            raise ConfigError(f"max_span must be at least 2, got {self.max_span}")
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,7 @@ class Scheduler:
         tokens = 0
         while self.waiting and len(admit) < room:
             size = len(self.waiting[0].prompt_ids)
-            if admit and tokens + size > self.config.max_prefill_tokens:
+            if admit and (tokens + size > self.config.max_prefill_tokens or not self._fits([*admit, self.waiting[0]])):
                 break
             seq = self.waiting.popleft()
             seq.status = Status.RUNNING
@@ -61,6 +67,18 @@ class Scheduler:
             tokens += size
         self.running.extend(admit)
         return Plan(admit=admit, decode=not admit and bool(self.running))
+
+    def _fits(self, group: list[Sequence]) -> bool:
+        """Under a sliding window, every row of a prefill group must stay within ``max_span`` slots.
+
+        A row spans the group's longest soft prompt and longest input (padding included), then
+        grows by one slot per generated token; if that stays inside the window, the window never
+        hides any of the row's own tokens, and the result equals the row run alone.
+        """
+        if self.config.max_span is None:
+            return True
+        width = max(s.virtual_tokens for s in group) + max(len(s.prompt_ids) for s in group)
+        return all(width + s.params.max_new_tokens <= self.config.max_span for s in group)
 
     def drop_finished(self) -> None:
         """Forget finished (or cancelled) sequences, waiting or running."""

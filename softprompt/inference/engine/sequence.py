@@ -58,6 +58,7 @@ class Sequence:
     prompt_ids: list[int]
     adapter: str | None
     params: SamplingParams
+    virtual_tokens: int = 0  # the adapter's soft-prompt length
     seq_id: int = field(default_factory=lambda: next(_ids))
     output_ids: list[int] = field(default_factory=list)
     text: str = ""  # decoded output, already cut at a stop string

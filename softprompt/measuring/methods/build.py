@@ -1,7 +1,10 @@
-"""Build each method's trainable pieces around a freshly loaded base model.
+"""Build each method around a freshly loaded base model: how it trains, scores and saves.
 
-A :class:`Tuned` is all the runner needs: what to optimise, the loss, how to score afterwards,
-and how to save what a user would ship. PEFT methods wrap (and for LoRA, modify) the base
+Prompt tuning and P-tuning are trained by ``softprompt train``'s own trainer
+(:func:`softprompt.training.train.train`), so compare measures exactly what users run. The
+methods that change weights (prefix tuning and LoRA through peft, full fine-tuning) train with
+:func:`softprompt.measuring.methods.fit.fit`, which follows the trainer's recipe: same batches,
+AdamW, linear decay, clipping, step budget. PEFT methods wrap (and for LoRA, modify) the base
 model in place, so every method gets its own freshly loaded base.
 """
 
@@ -14,42 +17,30 @@ from typing import Any
 
 import torch
 
-from softprompt.core.data import Batch
-from softprompt.core.inject import inject, inject_labels
-from softprompt.core.model import SoftPromptModel, run_decoder, token_nll
-from softprompt.core.models import BaseModel
-from softprompt.core.prompt import Init, PromptConfig, SoftPrompt, initial_embedding
-from softprompt.measuring.classify import Scorer, hf_scorer, shared_scorer
+from softprompt.core.base import BaseModel
+from softprompt.core.data import Example
+from softprompt.core.model import SoftPromptModel
+from softprompt.core.prompt import Init, PromptConfig
+from softprompt.measuring.classify import Scorer, engine_scorer, hf_scorer
 from softprompt.measuring.methods import Kind, MethodSpec
-from softprompt.measuring.methods.fit import LossFn, hf_loss
-from softprompt.measuring.methods.ptuning import ReparamPrompt
+from softprompt.measuring.methods.fit import FitConfig, FitResult, fit, hf_loss
 from softprompt.measuring.presets import Preset, few_shot_context
+from softprompt.training.train import TrainConfig, train
 
-# Full fine-tuning writes the whole model; these are its file size, kept only if asked.
-MODEL_FILES = ("model.safetensors",)
+# P-tuning's MLP width (Liu et al., 2021, use a two-layer MLP of a few hundred units).
+P_TUNING_HIDDEN = 128
+
+Fit = Callable[[list[Example], FitConfig, Path], FitResult]
 
 
 @dataclass
 class Tuned:
-    params: list[torch.Tensor]  # what the optimizer updates (empty: prompt engineering)
-    loss: LossFn | None
+    fit: Fit | None  # trains in place; None for prompt engineering
+    trainable: int  # parameters the optimizer updates
     scorer: Callable[[], Scorer]
     save: Callable[[Path], Path]
     context: str = ""  # text before every input (instruction, examples); the scorer already holds it
-    stored_params: int | None = None  # parameters in the saved artifact when they differ from params
-
-
-def prompt_loss(base: BaseModel, prompt: Callable[[], torch.Tensor]) -> LossFn:
-    """Target-token NLL with ``prompt()`` injected into every row (soft prompts, P-tuning)."""
-
-    def loss(batch: Batch) -> tuple[torch.Tensor, int]:
-        token_embeds = base.model.get_input_embeddings()(batch.input_ids)
-        rows = batch.input_ids.shape[0]
-        injected = inject(token_embeds, batch.attention_mask, [prompt()] * rows)
-        hidden, _ = run_decoder(base, injected.embeds, injected.attention_mask, injected.position_ids)
-        return token_nll(base, hidden, inject_labels(batch.labels, injected))
-
-    return loss
+    stored_params: int | None = None  # parameters in the saved artifact when they differ from trainable
 
 
 def prompt_config(spec: MethodSpec, preset: Preset) -> PromptConfig:
@@ -59,20 +50,18 @@ def prompt_config(spec: MethodSpec, preset: Preset) -> PromptConfig:
         init=Init(spec.init),
         init_text=init_text,
         init_labels=tuple(preset.words),
+        reparam_hidden=P_TUNING_HIDDEN if spec.kind is Kind.P_TUNING else 0,
     )
 
 
 def build(spec: MethodSpec, base: BaseModel, preset: Preset, train_rows: list[dict], seed: int = 0) -> Tuned:
-    builders = {
-        Kind.ZERO_SHOT: _prompt_engineering,
-        Kind.FEW_SHOT: _prompt_engineering,
-        Kind.PROMPT_TUNING: _prompt_tuning,
-        Kind.P_TUNING: _p_tuning,
-        Kind.PREFIX_TUNING: _peft,
-        Kind.LORA: _peft,
-        Kind.FULL: _full,
-    }
-    return builders[spec.kind](spec, base, preset, train_rows, seed)
+    if spec.kind in (Kind.ZERO_SHOT, Kind.FEW_SHOT):
+        return _prompt_engineering(spec, base, preset, train_rows, seed)
+    if spec.kind in (Kind.PROMPT_TUNING, Kind.P_TUNING):
+        return _prompt_tuning(spec, base, preset, seed)
+    if spec.kind is Kind.FULL:
+        return _full(base, seed)
+    return _peft(spec, base, seed)
 
 
 def _prompt_engineering(spec: MethodSpec, base: BaseModel, preset: Preset, train_rows: list[dict], seed: int) -> Tuned:
@@ -85,42 +74,44 @@ def _prompt_engineering(spec: MethodSpec, base: BaseModel, preset: Preset, train
         (directory / "prompt.txt").write_text(context, encoding="utf-8")
         return directory
 
-    return Tuned([], None, lambda: shared_scorer(base, [None], context), save, context=context)
+    return Tuned(None, 0, lambda: engine_scorer(base, [None], context), save, context=context)
 
 
-def _prompt_tuning(spec: MethodSpec, base: BaseModel, preset: Preset, train_rows: list[dict], seed: int) -> Tuned:
+def _prompt_tuning(spec: MethodSpec, base: BaseModel, preset: Preset, seed: int) -> Tuned:
     model = SoftPromptModel.with_new_prompt(base, prompt_config(spec, preset), seed=seed)
     prompt = model.require_prompt()
-    return Tuned(
-        [prompt.embedding],
-        prompt_loss(base, prompt),
-        lambda: shared_scorer(base, [prompt.embedding.detach()]),
-        model.save_pretrained,
-    )
 
-
-def _p_tuning(spec: MethodSpec, base: BaseModel, preset: Preset, train_rows: list[dict], seed: int) -> Tuned:
-    generator = torch.Generator().manual_seed(seed)
-    config = prompt_config(spec, preset)
-    torch.manual_seed(seed)  # the MLP's first layer
-    reparam = ReparamPrompt(initial_embedding(config, base.embedding_weight, base.tokenizer, generator)).to(base.device)
-
-    def save(directory: Path) -> Path:
-        folded = SoftPromptModel(base, SoftPrompt(reparam.folded()), config)
-        folded.save_pretrained(directory)
-        reparam.save_state(directory)  # kept so training can resume with the MLP
-        return directory
+    def run(examples: list[Example], config: FitConfig, output: Path) -> FitResult:
+        result = train(model, examples, [], trainer_config(config, output))
+        losses = [r["loss"] for r in result.records if "loss" in r]
+        return FitResult(int(result.metrics["optimizer_steps"]), float(result.metrics["train_seconds"]), losses)
 
     return Tuned(
-        list(reparam.parameters()),
-        prompt_loss(base, reparam),
-        lambda: shared_scorer(base, [reparam.folded()]),
-        save,
+        run,
+        sum(p.numel() for p in prompt.parameters()),
+        lambda: engine_scorer(base, [prompt.folded()]),
+        lambda directory: model.save_pretrained(directory),
         stored_params=spec.num_virtual_tokens * base.hidden_size,
     )
 
 
-def _peft(spec: MethodSpec, base: BaseModel, preset: Preset, train_rows: list[dict], seed: int) -> Tuned:
+def trainer_config(config: FitConfig, output: Path) -> TrainConfig:
+    """``softprompt train``'s settings for a comparison's budget: steps, not epochs; fit's batch order."""
+    return TrainConfig(
+        output=str(output),
+        lr=config.lr,
+        max_steps=config.steps,
+        max_seconds=config.max_seconds,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        max_grad_norm=config.max_grad_norm,
+        group_by_length=False,
+        progress=False,
+        checkpoint_every=0,
+    )
+
+
+def _peft(spec: MethodSpec, base: BaseModel, seed: int) -> Tuned:
     from peft import LoraConfig, PrefixTuningConfig, get_peft_model
 
     torch.manual_seed(seed)
@@ -129,34 +120,28 @@ def _peft(spec: MethodSpec, base: BaseModel, preset: Preset, train_rows: list[di
         config = LoraConfig(task_type="CAUSAL_LM", r=spec.rank, lora_alpha=2 * spec.rank, lora_dropout=0.0)
     else:
         config = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=spec.num_virtual_tokens)
-    model = get_peft_model(base.model, config)
-    params: list[torch.Tensor] = [p for p in model.parameters() if p.requires_grad]
-    # Prefix tuning's keys and values carry no positions of their own: real tokens count from 0.
-    pad_id = int(base.tokenizer.pad_token_id)
-    return Tuned(
-        params,
-        hf_loss(model, base.accepts_position_ids),
-        lambda: hf_scorer(model, pad_id, base.accepts_position_ids),
-        _saver(model),
-    )
+    return _weights(get_peft_model(base.model, config), base)
 
 
-def _full(spec: MethodSpec, base: BaseModel, preset: Preset, train_rows: list[dict], seed: int) -> Tuned:
+def _full(base: BaseModel, seed: int) -> Tuned:
+    torch.manual_seed(seed)
     base.model.requires_grad_(True)
-    pad_id = int(base.tokenizer.pad_token_id)
-    return Tuned(
-        list(base.model.parameters()),
-        hf_loss(base.model, base.accepts_position_ids),
-        lambda: hf_scorer(base.model, pad_id, base.accepts_position_ids),
-        _saver(base.model),
-    )
+    return _weights(base.model, base)
 
 
-def _saver(model: Any) -> Callable[[Path], Path]:
-    """save_pretrained of a PEFT or transformers model, returning the directory."""
+def _weights(model: Any, base: BaseModel) -> Tuned:
+    """A method that trains model weights (a PEFT wrapper or the model itself) with ``fit``."""
+    params: list[torch.Tensor] = [p for p in model.parameters() if p.requires_grad]
+    loss = hf_loss(model, base.accepts_position_ids)
+
+    def run(examples: list[Example], config: FitConfig, output: Path) -> FitResult:
+        return fit(params, loss, examples, config, base.pad_id, base.device)
 
     def save(directory: Path) -> Path:
         model.save_pretrained(str(directory))
         return directory
 
-    return save
+    # Prefix tuning's keys and values carry no positions of their own: real tokens count from 0.
+    return Tuned(
+        run, sum(p.numel() for p in params), lambda: hf_scorer(model, base.pad_id, base.accepts_position_ids), save
+    )

@@ -1,8 +1,8 @@
-"""One small training loop shared by every method that compare trains, so they differ only in
-what is trainable: same batches, same step budget, same optimizer and schedule.
+"""The loop for compare's methods that train model weights (prefix tuning, LoRA, full fine-tuning).
 
-The product's own prompt-tuning loop (``softprompt.train``) adds checkpoints and held-out
-evaluation; a comparison needs neither, and a shared loop keeps the wall times comparable.
+Prompt tuning runs ``softprompt train``'s trainer instead (see build.py); this loop follows that
+trainer's recipe so the methods differ only in what is trainable: the same batches in the same
+order, AdamW without weight decay, a linear decay to zero over the step budget, gradient clipping.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from transformers import get_scheduler
 
 from softprompt.core.data import Batch, Example, batches
 from softprompt.core.errors import ConfigError, TrainingError
@@ -52,11 +53,12 @@ def fit(
         raise TrainingError("no training rows")
     params = [p for p in params if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / config.steps))
+    schedule = get_scheduler("linear", optimizer, 0, config.steps)  # the trainer's default schedule
     losses: list[float] = []
-    started, epoch = time.perf_counter(), 0
+    started, epoch = time.perf_counter(), 1  # epochs count from 1, as in the trainer (same shuffles)
     while len(losses) < config.steps:
-        for batch in batches(examples, config.batch_size, pad_id, shuffle=True, seed=config.seed + epoch):
+        epoch_batches = batches(examples, config.batch_size, pad_id, shuffle=True, seed=config.seed + epoch, group_by_length=False)
+        for batch in epoch_batches:
             total, count = loss_fn(batch.to(device))
             loss = total / max(count, 1)
             if not torch.isfinite(loss):

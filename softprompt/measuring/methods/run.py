@@ -23,12 +23,16 @@ from softprompt.core.data import DataConfig, tokenize_rows
 from softprompt.core.errors import ConfigError
 from softprompt.core.models import load_base_model
 from softprompt.measuring.classify import classify, metrics
-from softprompt.measuring.methods import TRAINED, Kind, MethodSpec
+from softprompt.measuring.methods import Kind, MethodSpec
 from softprompt.measuring.methods.build import build
-from softprompt.measuring.methods.fit import FitConfig, fit
+from softprompt.measuring.methods.fit import FitConfig
 from softprompt.measuring.presets import TARGET_COLUMN, load_preset, load_task
 
 log = logging.getLogger(__name__)
+
+# What a user ships of each method: adapter or model weights and their config (not the trainer's
+# checkpoint, metrics or plots, which the adapter directory also holds).
+SHIPPED = ("adapter_config.json", "adapter_model.safetensors", "config.json", "model.safetensors", "prompt.txt")
 
 
 @dataclass(frozen=True)
@@ -67,29 +71,27 @@ def run_method(spec: MethodSpec, setup: RunSetup, isolated: bool = False) -> dic
     base = load_base_model(setup.model, device=setup.device)
     total_params = sum(p.numel() for p in base.model.parameters())
     tuned = build(spec, base, preset, task.train, setup.seed)
+    slug = spec.name.replace(" ", "_").replace("(", "").replace(")", "").replace(",", "").replace("=", "")
+    adapter_dir = Path(setup.output) / "adapters" / slug
     fitted = None
-    if spec.kind in TRAINED:
-        assert tuned.loss is not None
+    if tuned.fit is not None:
         data = DataConfig(
             data=setup.data, template=preset.template, target_column=TARGET_COLUMN, max_length=setup.max_length
         )
         examples = tokenize_rows(preset.with_target(task.train, setup.data), data, base.tokenizer, setup.data)
         config = FitConfig(steps=setup.budget, lr=spec.lr, batch_size=setup.batch_size, seed=setup.seed,
                            max_seconds=setup.max_seconds)  # fmt: skip
-        fitted = fit(tuned.params, tuned.loss, examples, config, int(base.tokenizer.pad_token_id), base.device)
-    for param in tuned.params:
-        param.requires_grad_(False)
-    slug = spec.name.replace(" ", "_").replace("(", "").replace(")", "").replace(",", "").replace("=", "")
-    adapter_dir = Path(setup.output) / "adapters" / slug
+        fitted = tuned.fit(examples, config, adapter_dir)
+    base.model.requires_grad_(False)
     tuned.save(adapter_dir)
-    adapter_bytes = sum(p.stat().st_size for p in adapter_dir.rglob("*") if p.is_file())
+    adapter_bytes = sum((adapter_dir / name).stat().st_size for name in SHIPPED if (adapter_dir / name).is_file())
     if spec.kind is Kind.FULL and not setup.keep_full_model:
         shutil.rmtree(adapter_dir)
     texts = [preset.fill(row) for row in task.test]  # the scorer adds the context
     with torch.inference_mode():
         result = classify(tuned.scorer(), base.tokenizer, texts, preset.words, setup.eval_batch_size, base.device)
     preds = result.scores[0].argmax(-1).tolist()
-    trainable = sum(p.numel() for p in tuned.params)
+    trainable = tuned.trainable
     return {
         "name": spec.name,
         "spec": asdict(spec),
