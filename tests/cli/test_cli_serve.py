@@ -8,9 +8,9 @@ def test_serve_command_builds_configs_and_calls_serve(monkeypatch):
     seen = {}
     monkeypatch.setattr(softprompt.inference.serve, "serve", lambda *a, **k: seen.update(args=a, kwargs=k))
     argv = ["serve", "--model", "m", "--adapters", "dir", "--host", "127.0.0.1", "--port", "9001"]
-    assert main(argv + ["--max-batch-size", "4", "--max-loaded-bytes", "1000", "--no-admin"]) == 0
+    assert main(argv + ["--max-batch-size", "4", "--max-loaded-bytes", "1000", "--enable-adapter-admin"]) == 0
     model, adapters, config, engine, registry = seen["args"]
-    assert (model, adapters, config.port, config.admin) == ("m", "dir", 9001, False)
+    assert (model, adapters, config.port, config.enable_adapter_admin) == ("m", "dir", 9001, True)
     assert engine.max_batch_size == 4 and registry.max_loaded_bytes == 1000
 
 

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
 import httpx
 import openai
 import pytest
-import uvicorn
 
-from softprompt.inference.engine import AdapterRegistry, Engine, EngineConfig, SamplingParams
-from softprompt.inference.serve import ServeConfig, create_app
+from softprompt.inference.engine import AdapterRegistry, Engine, SamplingParams
+from softprompt.inference.serve import ServeConfig
 from tests.conftest import load_tiny
+from tests.inference.serving import running, tiny_engine
 from tests.inference.test_registry import save_prompts
 
 MODEL = "tiny"
@@ -26,37 +25,20 @@ class Slow:
     delay = 0.0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tiny_dirs, tmp_path_factory):
     base = load_tiny(tiny_dirs, "llama")
     adapters = tmp_path_factory.mktemp("adapters")
     save_prompts(base, adapters, ["alpha", "beta"], tokens=5)
-    registry = AdapterRegistry(base, adapters)
-    registry.scan()
-    engine = Engine(base, registry, EngineConfig(max_batch_size=8))
+    engine = tiny_engine(base, adapters)
     step = engine.step
     engine.step = lambda: (time.sleep(Slow.delay), step())[1]  # type: ignore[method-assign]
-    app = create_app(engine, ServeConfig(served_model_name=MODEL, port=_free_port(), **LIMITS))
-    config = uvicorn.Config(app, host="127.0.0.1", port=app.state.service.config.port, log_level="warning")
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if uv.started:
-            break
-        time.sleep(0.05)
-    assert uv.started, "server did not start"
+    # Admin on without a key: allowed on loopback only (tests/inference/test_serve_auth.py covers the key).
+    config = ServeConfig(served_model_name=MODEL, enable_adapter_admin=True, **LIMITS)
     reference = Engine(base, AdapterRegistry(base, adapters))
     reference.registry.scan()
-    yield f"http://127.0.0.1:{config.port}", reference, app.state.service
-    uv.should_exit = True
-    thread.join(timeout=10)
+    with running(engine, config) as (url, uv):
+        yield url, reference, uv.service
 
 
 @pytest.fixture
@@ -185,10 +167,24 @@ def test_limits_are_400(client):
         ({"model": "alpha", "prompt": "x", "temperature": "hot"}, "temperature"),
         ({"model": "alpha", "prompt": 5}, "prompt"),
         ({"model": "alpha"}, "prompt"),
-        ({"model": "alpha", "prompt": "x", "n": 2}, "n"),
+        ({"model": "alpha", "prompt": "x", "n": 17}, "n"),
+        ({"model": "alpha", "prompt": ["x", "y"], "n": 2}, "n"),  # 4 sequences, more than max_concurrent
         ({"model": "alpha", "prompt": "x", "max_tokens": 0}, "max_tokens"),
         ({"model": "alpha", "messages": []}, "messages"),
-        ({"model": "alpha", "messages": [{"role": "user", "content": "x"}], "logprobs": True}, "logprobs"),
+        ({"model": "alpha", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, "top_logprobs"),
+        ({"model": "alpha", "messages": [{"role": "user", "content": "x"}], "logprobs": 3}, "logprobs"),
+        ({"model": "alpha", "prompt": "x", "logprobs": 21}, "logprobs"),
+        ({"model": "alpha", "prompt": "x", "logprobs": True}, "logprobs"),
+        ({"model": "alpha", "prompt": "x", "echo": "yes"}, "echo"),
+        ({"model": "alpha", "prompt": "x", "best_of": 3}, "best_of"),
+        ({"model": "alpha", "prompt": "x", "suffix": "end"}, "suffix"),
+        ({"model": "alpha", "prompt": "x", "presence_penalty": 0.5}, "presence_penalty"),
+        ({"model": "alpha", "prompt": "x", "logit_bias": {"5": 1.0}}, "logit_bias"),
+        ({"model": "alpha", "prompt": "x", "seed": 2**64}, "seed"),
+        ({"model": "alpha", "prompt": [1, 2, 999]}, "prompt"),
+        ({"model": "alpha", "prompt": [[1, 2], [-1]]}, "prompt"),
+        ({"model": "alpha", "prompt": [[1, 2], []]}, "prompt"),
+        ({"model": "alpha", "prompt": [1, "a"]}, "prompt"),
         ({"model": "alpha", "prompt": ""}, "prompt"),
         ({"model": "alpha", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ],

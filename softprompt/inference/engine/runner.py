@@ -7,6 +7,8 @@ sequence's random generator. Which sequences to run is decided elsewhere (schedu
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from transformers import DynamicCache
 
@@ -22,7 +24,7 @@ from softprompt.inference.engine.kv import (
     prompt_prefix,
     select,
 )
-from softprompt.inference.engine.sampler import new_generator, sample
+from softprompt.inference.engine.sampler import new_generator, prompt_logprobs, sample
 from softprompt.inference.engine.sequence import Sequence
 
 
@@ -62,6 +64,7 @@ class ModelRunner:
         mask = torch.cat([prefix_mask, token_mask], dim=1)  # [B, Pmax + T]
         cache = cache_from_layers(prefix, self.config)
         hidden, cache = run_decoder(self.base, self.embed(ids), mask, positions, cache, use_cache=True)
+        self.score_prompts(seqs, hidden, ids)
         for seq in seqs:
             self.generators[seq.seq_id] = new_generator(seq.params.seed, device)
         tokens = sample(lm_logits(self.base, hidden[:, -1]).float(), seqs, self.generators)
@@ -74,6 +77,17 @@ class ModelRunner:
         )
         self.batch = merge(self.batch, new, self.config)
         return tokens
+
+    def score_prompts(self, seqs: list[Sequence], hidden: torch.Tensor, ids: torch.Tensor) -> None:
+        """Log-probabilities of each prompt token after the first, for sequences that ask (``prompt_logprobs``).
+
+        Rows are left-padded, so a prompt of n tokens is the last n positions; position t predicts t + 1.
+        """
+        for row, seq in enumerate(seqs):
+            k, n = seq.params.prompt_logprobs, len(seq.prompt_ids)
+            if k is not None and n > 1:
+                head = partial(lm_logits, self.base)
+                seq.prompt_logprobs = prompt_logprobs(head, hidden[row, -n:-1], ids[row, -n + 1 :], k)
 
     @torch.no_grad()
     def decode(self, seqs: dict[int, Sequence]) -> list[int]:
