@@ -17,3 +17,26 @@ def test_serve_command_builds_configs_and_calls_serve(monkeypatch):
 def test_bad_serve_option_is_one_line_error(capsys):
     assert main(["serve", "--port", "70000"]) == 2
     assert "port must be in" in capsys.readouterr().err
+
+
+def _config(monkeypatch, argv):
+    seen = {}
+    monkeypatch.setattr(softprompt.inference.serve, "serve", lambda *a, **k: seen.update(args=a))
+    assert main(["serve", "--model", "m", *argv]) == 0
+    return seen["args"][2]
+
+
+def test_api_key_comes_from_the_flag_or_the_environment(monkeypatch):
+    monkeypatch.delenv("SOFTPROMPT_API_KEY", raising=False)
+    assert _config(monkeypatch, []).api_key is None
+    monkeypatch.setenv("SOFTPROMPT_API_KEY", "from-env")
+    assert _config(monkeypatch, []).api_key == "from-env"
+    assert _config(monkeypatch, ["--api-key", "from-flag"]).api_key == "from-flag"
+    defaults = _config(monkeypatch, [])
+    assert (defaults.host, defaults.enable_adapter_admin, defaults.drain_seconds) == ("127.0.0.1", False, 20.0)
+
+
+def test_admin_on_a_public_host_without_a_key_does_not_start(monkeypatch, capsys):
+    monkeypatch.delenv("SOFTPROMPT_API_KEY", raising=False)
+    assert main(["serve", "--model", "m", "--host", "0.0.0.0", "--enable-adapter-admin"]) == 2
+    assert "without --api-key" in capsys.readouterr().err

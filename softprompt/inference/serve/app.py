@@ -51,7 +51,7 @@ def create_app(engine: Engine, config: ServeConfig | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, limit=service.config.max_body_bytes)
     app.add_middleware(ApiKeyAuth, key=service.config.api_key)
     app.add_middleware(DrainGate, drain=service.drain)
-    app.add_middleware(RequestMetrics, metrics=service.metrics, routes=app.router.routes)
+    app.add_middleware(RequestMetrics, metrics=service.metrics, routes=router.routes)
     return app
 
 

@@ -113,9 +113,12 @@ class RequestMetrics:
             self.metrics.requests.labels(route=self._route(scope), status=str(status)).inc()
 
     def _route(self, scope: dict[str, Any]) -> str:
-        """The template (``/v1/adapters/{name}``) keeps label values few, whatever paths clients send."""
-        for route in self.routes:
-            match, _ = route.matches(scope)
-            if match is not Match.NONE:
-                return str(getattr(route, "path", "other"))
-        return "unmatched"
+        """The template (``/v1/adapters/{name}``) keeps label values few, whatever paths clients send.
+
+        The router records the route it matched in the scope; requests answered before routing
+        (401, 413, 503) are matched here against the API's routes.
+        """
+        matched = scope.get("route")
+        if matched is None:
+            matched = next((r for r in self.routes if r.matches(scope)[0] is not Match.NONE), None)
+        return str(getattr(matched, "path", "unmatched"))
