@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from softprompt.inference.engine import Engine, SamplingParams
 from softprompt.inference.serve import ServeConfig
 from tests.conftest import load_tiny
-from tests.inference.serving import free_port, running, start_cli_server, tiny_engine, wait_ready
+from tests.inference.serving import free_port, running, start_cli_server, wait_ready
 from tests.inference.test_registry import save_prompts
 
 KEY = "sk-drain-test-key-42"

@@ -17,6 +17,7 @@ from softprompt.inference.serve.schemas import ChatRequest, CompletionRequest
 
 Request = CompletionRequest | ChatRequest
 SEED_SPACE = 1 << 64  # torch seeds are taken modulo 2**64
+UNKNOWN_ADAPTER = "unknown adapter"  # how the engine and registry say an adapter name is not (or no longer) known
 
 
 @dataclass(frozen=True)
@@ -122,12 +123,13 @@ class Planner:
     def _sequence(self, ids: list[int], adapter: str | None, params: SamplingParams) -> Sequence:
         try:
             return self.engine.make_request(ids, adapter, params)
-        except AdapterError as exc:  # unloaded between the name check and now
-            raise APIError(404, str(exc), param="model", code="model_not_found") from exc
-        except RequestError as exc:  # empty prompt, or prompt + soft prompt + max_tokens over the context
-            over = "context" in str(exc)
+        except (AdapterError, RequestError) as exc:
+            message = str(exc)
+            if message.startswith(UNKNOWN_ADAPTER):  # unloaded between the name check and now
+                raise APIError(404, message, param="model", code="model_not_found") from exc
+            over = "context" in message  # else an empty prompt
             raise APIError(
-                400, str(exc), "max_tokens" if over else "prompt", "context_length_exceeded" if over else None
+                400, message, "max_tokens" if over else "prompt", "context_length_exceeded" if over else None
             ) from exc
 
 
