@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from softprompt.inference.engine import AdapterRegistry, Engine, EngineConfig
+from softprompt.inference.engine import AdapterRegistry, Engine, EngineConfig, SamplingParams
 from softprompt.inference.serve import ServeConfig, create_app
 from softprompt.inference.serve.server import DrainingServer
 
@@ -33,6 +33,23 @@ def tiny_engine(base, adapters: Path | None = None, max_batch_size: int = 8) -> 
     if adapters is not None:
         registry.scan()
     return Engine(base, registry, EngineConfig(max_batch_size=max_batch_size))
+
+
+def slowed(engine: Engine, delay: float) -> Engine:
+    """Each engine step takes ``delay`` longer, so a test can act while sequences still run."""
+    step = engine.step
+    engine.step = lambda: (time.sleep(delay), step())[1]  # type: ignore[method-assign]
+    return engine
+
+
+def long_prompt(base, tokens: int) -> str:
+    """A prompt whose greedy continuation on this tiny model runs ``tokens`` tokens without eos."""
+    engine = Engine(base)
+    for text in ("drain", "abc", "hello there", "xyz", "long story", "q", "the end"):
+        seq = engine.generate([text], params=SamplingParams(max_new_tokens=tokens))[0]
+        if seq.finish_reason == "length":
+            return text
+    raise AssertionError("no prompt runs long enough on the tiny model")
 
 
 @contextmanager

@@ -18,30 +18,14 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from softprompt.inference.engine import Engine, SamplingParams
+from softprompt.inference.engine import Engine
 from softprompt.inference.serve import ServeConfig
 from tests.conftest import load_tiny
-from tests.inference.serving import free_port, running, start_cli_server, wait_ready
+from tests.inference.serving import free_port, long_prompt, running, slowed, start_cli_server, wait_ready
 from tests.inference.test_registry import save_prompts
 
 KEY = "sk-drain-test-key-42"
 CLIENTS = 16
-
-
-def slowed(engine: Engine, delay: float) -> Engine:
-    step = engine.step
-    engine.step = lambda: (time.sleep(delay), step())[1]  # type: ignore[method-assign]
-    return engine
-
-
-def long_prompt(base, tokens: int) -> str:
-    """A prompt whose greedy continuation on this tiny model runs ``tokens`` tokens without eos."""
-    engine = Engine(base)
-    for text in ("drain", "abc", "hello there", "xyz", "long story", "q", "the end"):
-        seq = engine.generate([text], params=SamplingParams(max_new_tokens=tokens))[0]
-        if seq.finish_reason == "length":
-            return text
-    raise AssertionError("no prompt runs long enough on the tiny model")
 
 
 def _begin(server) -> None:
@@ -55,7 +39,7 @@ def _sse(lines: list[str]) -> list[dict | str]:
 def test_draining_refuses_new_work_and_lets_a_stream_finish(llama):
     config = ServeConfig(served_model_name="tiny", max_tokens=64, default_max_tokens=8, drain_seconds=30)
     with running(slowed(Engine(llama), 0.02), config) as (url, server), httpx.Client(base_url=url, timeout=30) as http:
-        body = {"model": "tiny", "prompt": long_prompt(llama, 40), "max_tokens": 40, "stream": True}
+        body = {"model": "tiny", "prompt": long_prompt(llama, 40), "max_tokens": 40, "stream": True, "temperature": 0}
         with http.stream("POST", "/v1/completions", json=body) as response:
             lines = response.iter_lines()
             first = next(lines)
@@ -79,12 +63,10 @@ def test_draining_refuses_new_work_and_lets_a_stream_finish(llama):
 def test_work_past_the_deadline_ends_with_an_error_event_or_503(llama):
     config = ServeConfig(served_model_name="tiny", max_tokens=200, default_max_tokens=8, drain_seconds=0.3)
     with running(slowed(Engine(llama), 0.02), config) as (url, server), httpx.Client(base_url=url, timeout=30) as http:
-        prompt = long_prompt(llama, 200)
+        body = {"model": "tiny", "prompt": long_prompt(llama, 200), "max_tokens": 200, "temperature": 0}
         plain: dict = {}
-        waiter = threading.Thread(
-            target=lambda: plain.update(r=http.post("/v1/completions", json={"model": "tiny", "prompt": prompt, "max_tokens": 200}))
-        )
-        with http.stream("POST", "/v1/completions", json={"model": "tiny", "prompt": prompt, "max_tokens": 200, "stream": True}) as response:
+        waiter = threading.Thread(target=lambda: plain.update(r=http.post("/v1/completions", json=body)))
+        with http.stream("POST", "/v1/completions", json={**body, "stream": True}) as response:
             lines = response.iter_lines()
             first = next(lines)
             waiter.start()
