@@ -15,9 +15,12 @@ from pathlib import Path
 import httpx
 import uvicorn
 
+from softprompt.core.models import BaseModel
 from softprompt.inference.engine import AdapterRegistry, Engine, EngineConfig, SamplingParams
 from softprompt.inference.serve import ServeConfig, create_app
 from softprompt.inference.serve.server import DrainingServer
+from tests.conftest import load_tiny
+from tests.inference.test_registry import save_prompts
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,6 +31,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def llama_with_adapters(tiny_dirs, folder: Path, names: list[str], tokens: int) -> tuple[BaseModel, Path]:
+    """The tiny llama and a folder of random soft prompts for it, one per name."""
+    base = load_tiny(tiny_dirs, "llama")
+    save_prompts(base, folder, names, tokens=tokens)
+    return base, folder
+
+
 def tiny_engine(base, adapters: Path | None = None, max_batch_size: int = 8) -> Engine:
     registry = AdapterRegistry(base, adapters)
     if adapters is not None:
@@ -35,10 +45,17 @@ def tiny_engine(base, adapters: Path | None = None, max_batch_size: int = 8) -> 
     return Engine(base, registry, EngineConfig(max_batch_size=max_batch_size))
 
 
+class Throttle:
+    """Makes each of an engine's steps take ``delay`` longer (settable), so a test can act while sequences run."""
+
+    def __init__(self, engine: Engine, delay: float = 0.0) -> None:
+        self.delay = delay
+        step = engine.step
+        engine.step = lambda: (time.sleep(self.delay), step())[1]  # type: ignore[method-assign]
+
+
 def slowed(engine: Engine, delay: float) -> Engine:
-    """Each engine step takes ``delay`` longer, so a test can act while sequences still run."""
-    step = engine.step
-    engine.step = lambda: (time.sleep(delay), step())[1]  # type: ignore[method-assign]
+    Throttle(engine, delay)
     return engine
 
 

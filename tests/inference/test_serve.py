@@ -12,39 +12,30 @@ import pytest
 from softprompt.inference.engine import AdapterRegistry, Engine, SamplingParams
 from softprompt.inference.serve import ServeConfig
 from tests.conftest import load_tiny
-from tests.inference.serving import long_prompt, running, slowed, tiny_engine
+from tests.inference.serving import Throttle, llama_with_adapters, long_prompt, running, slowed, tiny_engine
 from tests.inference.test_registry import save_prompts
 
 MODEL = "tiny"
 LIMITS = dict(max_concurrent=2, max_tokens=64, max_prompt_tokens=100, max_body_bytes=4096, default_max_tokens=8)
 
 
-class Slow:
-    """Makes each engine step take a while, so a test can act while sequences are still running."""
-
-    delay = 0.0
-
-
 @pytest.fixture(scope="module")
 def server(tiny_dirs, tmp_path_factory):
-    base = load_tiny(tiny_dirs, "llama")
-    adapters = tmp_path_factory.mktemp("adapters")
-    save_prompts(base, adapters, ["alpha", "beta"], tokens=5)
+    base, adapters = llama_with_adapters(tiny_dirs, tmp_path_factory.mktemp("adapters"), ["alpha", "beta"], 5)
     engine = tiny_engine(base, adapters)
-    step = engine.step
-    engine.step = lambda: (time.sleep(Slow.delay), step())[1]  # type: ignore[method-assign]
+    slow = Throttle(engine)
     # Admin on without a key: allowed on loopback only (tests/inference/test_serve_auth.py covers the key).
     config = ServeConfig(served_model_name=MODEL, enable_adapter_admin=True, **LIMITS)
     reference = Engine(base, AdapterRegistry(base, adapters))
     reference.registry.scan()
     with running(engine, config) as (url, uv):
-        yield url, reference, uv.service
+        yield url, reference, slow
 
 
 @pytest.fixture
 def client(server):
-    url, _, _ = server
-    Slow.delay = 0.0
+    url, _, slow = server
+    slow.delay = 0.0
     with openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=30) as c:
         yield c
 
@@ -230,25 +221,27 @@ def _wait_idle(raw, polls: int = 40) -> dict:
     return health
 
 
-def test_too_many_concurrent_requests_is_429(client, raw):
-    Slow.delay = 0.05
+def test_too_many_concurrent_requests_is_429(client, raw, server):
+    slow = server[2]
+    slow.delay = 0.05
     streams = [_open_stream(raw), _open_stream(raw, "beta")]
     try:
         with pytest.raises(openai.RateLimitError):
             client.completions.create(model="alpha", prompt="x", max_tokens=2)
     finally:
         [s.close() for s, _ in streams]
-    Slow.delay = 0.0
+    slow.delay = 0.0
     assert _wait_idle(raw)["active_requests"] == 0
 
 
 def test_client_disconnect_mid_stream_frees_its_slot(raw, server):
-    Slow.delay = 0.05
+    slow = server[2]
+    slow.delay = 0.05
     stream, lines = _open_stream(raw)
     assert raw.get("/health").json()["active_requests"] == 1
     stream.close()  # drop the connection mid-stream
     health = _wait_idle(raw)
-    Slow.delay = 0.0
+    slow.delay = 0.0
     assert health["active_requests"] == 0 and health["running"] == 0
 
 

@@ -10,9 +10,7 @@ from softprompt.core.errors import ConfigError
 from softprompt.inference.serve import ServeConfig
 from softprompt.inference.serve.auth import bearer_token
 from softprompt.inference.serve.config import is_loopback
-from tests.conftest import load_tiny
-from tests.inference.serving import running, tiny_engine
-from tests.inference.test_registry import save_prompts
+from tests.inference.serving import llama_with_adapters, running, tiny_engine
 
 KEY = "sk-test-0123456789"
 
@@ -20,9 +18,7 @@ KEY = "sk-test-0123456789"
 @pytest.fixture(scope="module")
 def keyed(tiny_dirs, tmp_path_factory):
     """A server with a key and adapter admin on; and one with neither (the defaults)."""
-    base = load_tiny(tiny_dirs, "llama")
-    adapters = tmp_path_factory.mktemp("auth-adapters")
-    save_prompts(base, adapters, ["alpha", "beta"], tokens=3)
+    base, adapters = llama_with_adapters(tiny_dirs, tmp_path_factory.mktemp("auth-adapters"), ["alpha", "beta"], 3)
     config = ServeConfig(served_model_name="tiny", api_key=KEY, enable_adapter_admin=True, default_max_tokens=4)
     with running(tiny_engine(base, adapters), config) as (url, _):
         with running(tiny_engine(base, adapters), ServeConfig(served_model_name="tiny")) as (open_url, _):

@@ -20,9 +20,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from softprompt.inference.engine import Engine
 from softprompt.inference.serve import ServeConfig
-from tests.conftest import load_tiny
-from tests.inference.serving import free_port, long_prompt, running, slowed, start_cli_server, wait_ready
-from tests.inference.test_registry import save_prompts
+from tests.inference.serving import (
+    free_port,
+    llama_with_adapters,
+    long_prompt,
+    running,
+    slowed,
+    start_cli_server,
+    wait_ready,
+)
 
 KEY = "sk-drain-test-key-42"
 CLIENTS = 16
@@ -91,9 +97,7 @@ def _wait(condition, seconds: float = 10) -> bool:
 
 @pytest.fixture(scope="module")
 def cli_setup(tiny_dirs, tmp_path_factory):
-    base = load_tiny(tiny_dirs, "llama")
-    adapters = tmp_path_factory.mktemp("drain-adapters")
-    save_prompts(base, adapters, ["alpha"], tokens=4)
+    base, adapters = llama_with_adapters(tiny_dirs, tmp_path_factory.mktemp("drain-adapters"), ["alpha"], 4)
     return tiny_dirs["llama"], adapters, long_prompt(base, 300)
 
 
@@ -152,33 +156,31 @@ def _serve(cli_setup, *flags):
     return proc, url, prompt
 
 
-def test_sigterm_during_16_streams_lets_them_finish_and_exits_0(cli_setup):
-    proc, url, prompt = _serve(cli_setup, "--drain-seconds", "120", "--enable-adapter-admin")
+def _signal_under_load(cli_setup, sig: int, tokens: int, *flags: str) -> tuple[list[dict], dict, int, str]:
+    """Serve, start 16 streams, send ``sig``; returns the clients' results, what was seen, exit code, log."""
+    proc, url, prompt = _serve(cli_setup, *flags)
     try:
-        results, seen = asyncio.run(_storm(url, prompt, proc, signal.SIGTERM, 300))
+        results, seen = asyncio.run(_storm(url, prompt, proc, sig, tokens))
         code = proc.wait(timeout=120)
     finally:
         proc.kill() if proc.poll() is None else None
     log = proc.stderr.read()
     assert code == 0, log
     assert all(r["status"] == 200 for r in results), results  # every client was accepted: no 5xx
+    assert seen["unfinished_at_signal"] > 0 and KEY not in log  # the drain had work; the key never logged
+    return results, seen, code, log
+
+
+def test_sigterm_during_16_streams_lets_them_finish_and_exits_0(cli_setup):
+    flags = ("--drain-seconds", "120", "--enable-adapter-admin")
+    results, seen, _, log = _signal_under_load(cli_setup, signal.SIGTERM, 300, *flags)
     assert all(r["finish_reason"] == "length" and r["error"] is None for r in results), results
-    assert seen["unfinished_at_signal"] > 0 and seen["running"] >= 1  # the drain had work to wait for
-    assert seen["health"] == "draining" and seen["refused"] == 503
-    assert "drained in" in log and KEY not in log
+    assert seen["running"] >= 1 and seen["health"] == "draining" and seen["refused"] == 503
+    assert "drained in" in log
 
 
 def test_sigint_past_the_drain_limit_ends_streams_with_error_events_and_exits_0(cli_setup):
-    proc, url, prompt = _serve(cli_setup, "--drain-seconds", "0")
-    try:
-        results, seen = asyncio.run(_storm(url, prompt, proc, signal.SIGINT, 500))
-        code = proc.wait(timeout=120)
-    finally:
-        proc.kill() if proc.poll() is None else None
-    log = proc.stderr.read()
-    assert code == 0, log
-    assert all(r["status"] == 200 for r in results), results
+    results, _, _, log = _signal_under_load(cli_setup, signal.SIGINT, 500, "--drain-seconds", "0")
     # Every accepted stream either completed or ended with the drain's error event; none was cut silently.
     assert all((r["finish_reason"] is not None) != (r["error"] is not None) for r in results), results
-    assert any(r["error"] == "server_shutting_down" for r in results) and seen["unfinished_at_signal"] > 0
-    assert "drain limit reached" in log and KEY not in log
+    assert any(r["error"] == "server_shutting_down" for r in results) and "drain limit reached" in log

@@ -13,17 +13,13 @@ import torch
 from softprompt.inference.engine import AdapterRegistry, Engine, SamplingParams
 from softprompt.inference.serve import ServeConfig
 from softprompt.inference.serve.choices import TokenTexts
-from tests.conftest import load_tiny
-from tests.inference.serving import running, tiny_engine
+from tests.inference.serving import llama_with_adapters, running, tiny_engine
 from tests.inference.test_logprobs import reference_logprobs
-from tests.inference.test_registry import save_prompts
 
 
 @pytest.fixture(scope="module")
 def server(tiny_dirs, tmp_path_factory):
-    base = load_tiny(tiny_dirs, "llama")
-    adapters = tmp_path_factory.mktemp("forms-adapters")
-    save_prompts(base, adapters, ["alpha"], tokens=4)
+    base, adapters = llama_with_adapters(tiny_dirs, tmp_path_factory.mktemp("forms-adapters"), ["alpha"], 4)
     reference = Engine(base, AdapterRegistry(base, adapters))
     reference.registry.scan()
     config = ServeConfig(served_model_name="tiny", max_tokens=32, default_max_tokens=8, max_concurrent=8)

@@ -12,8 +12,7 @@ from hypothesis import strategies as st
 
 from softprompt.inference.engine import AdapterRegistry, Engine, EngineConfig
 from softprompt.inference.serve import ServeConfig, create_app
-from tests.conftest import load_tiny
-from tests.inference.test_registry import save_prompts
+from tests.inference.serving import llama_with_adapters
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=40),
@@ -37,9 +36,7 @@ bodies = (
 
 @pytest.fixture(scope="module")
 def client(tiny_dirs, tmp_path_factory):
-    base = load_tiny(tiny_dirs, "llama")
-    adapters = tmp_path_factory.mktemp("fuzz-adapters")
-    save_prompts(base, adapters, ["alpha"], tokens=3)
+    base, adapters = llama_with_adapters(tiny_dirs, tmp_path_factory.mktemp("fuzz-adapters"), ["alpha"], 3)
     registry = AdapterRegistry(base, adapters)
     registry.scan()
     engine = Engine(base, registry, EngineConfig(max_batch_size=4))

@@ -11,19 +11,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from softprompt.inference.engine import AdapterRegistry, Engine, EngineConfig, RegistryConfig
 from softprompt.inference.serve import ServeConfig
 from tests.conftest import load_tiny
-from tests.inference.serving import running
-from tests.inference.test_registry import save_prompts
-
-
-class Slow:
-    delay = 0.0
+from tests.inference.serving import Throttle, llama_with_adapters, running
 
 
 @pytest.fixture(scope="module")
 def server(tiny_dirs, tmp_path_factory):
-    base = load_tiny(tiny_dirs, "llama")
-    adapters = tmp_path_factory.mktemp("metrics-adapters")
-    save_prompts(base, adapters, ["alpha", "beta"], tokens=3)
+    base, adapters = llama_with_adapters(tiny_dirs, tmp_path_factory.mktemp("metrics-adapters"), ["alpha", "beta"], 3)
     probe = AdapterRegistry(base, adapters)
     probe.scan()
     one = max(e.nbytes for e in probe._entries.values())
@@ -31,10 +24,10 @@ def server(tiny_dirs, tmp_path_factory):
     registry = AdapterRegistry(base, adapters, RegistryConfig(max_loaded_bytes=3 * one))
     registry.scan()
     engine = Engine(base, registry, EngineConfig(max_batch_size=8))
-    step = engine.step
-    engine.step = lambda: (time.sleep(Slow.delay), step())[1]  # type: ignore[method-assign]
+    slow = Throttle(engine)
     with running(engine, ServeConfig(served_model_name="tiny", max_tokens=64, default_max_tokens=4)) as (url, _):
         with httpx.Client(base_url=url, timeout=30) as client:
+            client.slow = slow  # type: ignore[attr-defined]
             yield client
 
 
@@ -89,16 +82,16 @@ def test_cache_hits_count_when_the_adapter_stays_loaded(server):
     assert value(scrape(server), "softprompt_adapter_cache_hits_total") - value(before, "softprompt_adapter_cache_hits_total") >= 2
 
 
-def test_running_and_in_flight_gauges_follow_an_open_stream(server):
-    Slow.delay = 0.05
+def test_running_and_in_flight_gauges_follow_an_open_stream(server, tiny_dirs):
+    server.slow.delay = 0.05
     try:
-        body = {"model": "alpha", "prompt": "long", "max_tokens": 60, "stream": True}
+        body = {"model": "alpha", "prompt": "long", "max_tokens": 60, "stream": True, "temperature": 0}
         with server.stream("POST", "/v1/completions", json=body) as response:
             lines = response.iter_lines()
             next(lines)
             during = scrape(server)
     finally:
-        Slow.delay = 0.0
+        server.slow.delay = 0.0
     assert value(during, "softprompt_num_requests_running") == 1
     assert value(during, "softprompt_http_requests_in_flight") >= 2  # the stream and this scrape
     for _ in range(40):

@@ -99,7 +99,9 @@ class RequestMetrics:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = 500  # if the app raises before answering, the outer error middleware answers 500
+        # No answer and no error: the client left first (nginx's 499). An error: the outer error
+        # middleware answers 500.
+        status = 499
 
         async def watch(message: dict[str, Any]) -> None:
             nonlocal status
@@ -109,6 +111,9 @@ class RequestMetrics:
 
         try:
             await self.app(scope, receive, watch)
+        except Exception:
+            status = 500
+            raise
         finally:
             self.metrics.requests.labels(route=self._route(scope), status=str(status)).inc()
 
