@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -134,11 +135,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from softprompt.inference.engine import EngineConfig, RegistryConfig
     from softprompt.inference.serve import ServeConfig, serve
+    from softprompt.inference.serve.config import API_KEY_ENV
 
+    key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
     serve(
         args.model,
         args.adapters,
-        config_from_args(ServeConfig, args),
+        config_from_args(ServeConfig, args, api_key=key),
         config_from_args(EngineConfig, args),
         config_from_args(RegistryConfig, args),
         device=args.device,

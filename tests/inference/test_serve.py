@@ -2,67 +2,40 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
 import httpx
 import openai
 import pytest
-import uvicorn
 
-from softprompt.inference.engine import AdapterRegistry, Engine, EngineConfig, SamplingParams
-from softprompt.inference.serve import ServeConfig, create_app
+from softprompt.inference.engine import AdapterRegistry, Engine, SamplingParams
+from softprompt.inference.serve import ServeConfig
 from tests.conftest import load_tiny
+from tests.inference.serving import Throttle, llama_with_adapters, long_prompt, running, slowed, tiny_engine
 from tests.inference.test_registry import save_prompts
 
 MODEL = "tiny"
 LIMITS = dict(max_concurrent=2, max_tokens=64, max_prompt_tokens=100, max_body_bytes=4096, default_max_tokens=8)
 
 
-class Slow:
-    """Makes each engine step take a while, so a test can act while sequences are still running."""
-
-    delay = 0.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tiny_dirs, tmp_path_factory):
-    base = load_tiny(tiny_dirs, "llama")
-    adapters = tmp_path_factory.mktemp("adapters")
-    save_prompts(base, adapters, ["alpha", "beta"], tokens=5)
-    registry = AdapterRegistry(base, adapters)
-    registry.scan()
-    engine = Engine(base, registry, EngineConfig(max_batch_size=8))
-    step = engine.step
-    engine.step = lambda: (time.sleep(Slow.delay), step())[1]  # type: ignore[method-assign]
-    app = create_app(engine, ServeConfig(served_model_name=MODEL, port=_free_port(), **LIMITS))
-    config = uvicorn.Config(app, host="127.0.0.1", port=app.state.service.config.port, log_level="warning")
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if uv.started:
-            break
-        time.sleep(0.05)
-    assert uv.started, "server did not start"
+    base, adapters = llama_with_adapters(tiny_dirs, tmp_path_factory.mktemp("adapters"), ["alpha", "beta"], 5)
+    engine = tiny_engine(base, adapters)
+    slow = Throttle(engine)
+    # Admin on without a key: allowed on loopback only (tests/inference/test_serve_auth.py covers the key).
+    config = ServeConfig(served_model_name=MODEL, enable_adapter_admin=True, **LIMITS)
     reference = Engine(base, AdapterRegistry(base, adapters))
     reference.registry.scan()
-    yield f"http://127.0.0.1:{config.port}", reference, app.state.service
-    uv.should_exit = True
-    thread.join(timeout=10)
+    with running(engine, config) as (url, uv):
+        yield url, reference, slow
 
 
 @pytest.fixture
 def client(server):
-    url, _, _ = server
-    Slow.delay = 0.0
+    url, _, slow = server
+    slow.delay = 0.0
     with openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=30) as c:
         yield c
 
@@ -185,10 +158,24 @@ def test_limits_are_400(client):
         ({"model": "alpha", "prompt": "x", "temperature": "hot"}, "temperature"),
         ({"model": "alpha", "prompt": 5}, "prompt"),
         ({"model": "alpha"}, "prompt"),
-        ({"model": "alpha", "prompt": "x", "n": 2}, "n"),
+        ({"model": "alpha", "prompt": "x", "n": 17}, "n"),
+        ({"model": "alpha", "prompt": ["x", "y"], "n": 2}, "n"),  # 4 sequences, more than max_concurrent
         ({"model": "alpha", "prompt": "x", "max_tokens": 0}, "max_tokens"),
         ({"model": "alpha", "messages": []}, "messages"),
-        ({"model": "alpha", "messages": [{"role": "user", "content": "x"}], "logprobs": True}, "logprobs"),
+        ({"model": "alpha", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, "top_logprobs"),
+        ({"model": "alpha", "messages": [{"role": "user", "content": "x"}], "logprobs": 3}, "logprobs"),
+        ({"model": "alpha", "prompt": "x", "logprobs": 21}, "logprobs"),
+        ({"model": "alpha", "prompt": "x", "logprobs": True}, "logprobs"),
+        ({"model": "alpha", "prompt": "x", "echo": "yes"}, "echo"),
+        ({"model": "alpha", "prompt": "x", "best_of": 3}, "best_of"),
+        ({"model": "alpha", "prompt": "x", "suffix": "end"}, "suffix"),
+        ({"model": "alpha", "prompt": "x", "presence_penalty": 0.5}, "presence_penalty"),
+        ({"model": "alpha", "prompt": "x", "logit_bias": {"5": 1.0}}, "logit_bias"),
+        ({"model": "alpha", "prompt": "x", "seed": 2**64}, "seed"),
+        ({"model": "alpha", "prompt": [1, 2, 999]}, "prompt"),
+        ({"model": "alpha", "prompt": [[1, 2], [-1]]}, "prompt"),
+        ({"model": "alpha", "prompt": [[1, 2], []]}, "prompt"),
+        ({"model": "alpha", "prompt": [1, "a"]}, "prompt"),
         ({"model": "alpha", "prompt": ""}, "prompt"),
         ({"model": "alpha", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ],
@@ -234,25 +221,27 @@ def _wait_idle(raw, polls: int = 40) -> dict:
     return health
 
 
-def test_too_many_concurrent_requests_is_429(client, raw):
-    Slow.delay = 0.05
+def test_too_many_concurrent_requests_is_429(client, raw, server):
+    slow = server[2]
+    slow.delay = 0.05
     streams = [_open_stream(raw), _open_stream(raw, "beta")]
     try:
         with pytest.raises(openai.RateLimitError):
             client.completions.create(model="alpha", prompt="x", max_tokens=2)
     finally:
         [s.close() for s, _ in streams]
-    Slow.delay = 0.0
+    slow.delay = 0.0
     assert _wait_idle(raw)["active_requests"] == 0
 
 
 def test_client_disconnect_mid_stream_frees_its_slot(raw, server):
-    Slow.delay = 0.05
+    slow = server[2]
+    slow.delay = 0.05
     stream, lines = _open_stream(raw)
     assert raw.get("/health").json()["active_requests"] == 1
     stream.close()  # drop the connection mid-stream
     health = _wait_idle(raw)
-    Slow.delay = 0.0
+    slow.delay = 0.0
     assert health["active_requests"] == 0 and health["running"] == 0
 
 
@@ -272,3 +261,29 @@ def test_adapters_load_and_unload_at_runtime(raw):
 def test_adapter_names_and_paths_never_escape_the_directory(raw, body):
     _error(raw.post("/v1/adapters", json=body), 400)
     assert "evil" not in [m["id"] for m in raw.get("/v1/models").json()["data"]]
+
+
+def test_adapter_unloaded_while_a_request_waits_is_404_not_500(tiny_dirs, tmp_path):
+    """A queued request whose adapter is unloaded before its prefill: 404 model_not_found, stream or not."""
+    base = load_tiny(tiny_dirs, "llama")
+    save_prompts(base, tmp_path, ["alpha", "gamma"], tokens=3)
+    engine = slowed(tiny_engine(base, tmp_path, max_batch_size=1), 0.02)  # one running row: the others wait
+    config = ServeConfig(served_model_name=MODEL, enable_adapter_admin=True, max_tokens=64, default_max_tokens=8)
+    with running(engine, config) as (url, _), httpx.Client(base_url=url, timeout=30) as http:
+        hog = {"model": MODEL, "prompt": long_prompt(base, 40), "max_tokens": 40, "stream": True, "temperature": 0}
+        with http.stream("POST", "/v1/completions", json=hog) as response:
+            lines = response.iter_lines()  # kept: dropping the iterator would close the connection
+            next(lines)  # the hog holds the only batch row
+            waiting: dict = {}
+            thread = threading.Thread(
+                target=lambda: waiting.update(r=http.post("/v1/completions", json={"model": "gamma", "prompt": "x"}))
+            )
+            thread.start()
+            for _ in range(100):
+                if len(engine.scheduler.waiting) == 1:
+                    break
+                time.sleep(0.01)
+            assert len(engine.scheduler.waiting) == 1 and len(engine.scheduler.running) == 1
+            assert http.delete("/v1/adapters/gamma").status_code == 200
+            thread.join(30)
+    assert _error(waiting["r"], 404)["code"] == "model_not_found"

@@ -12,8 +12,7 @@ from hypothesis import strategies as st
 
 from softprompt.inference.engine import AdapterRegistry, Engine, EngineConfig
 from softprompt.inference.serve import ServeConfig, create_app
-from tests.conftest import load_tiny
-from tests.inference.test_registry import save_prompts
+from tests.inference.serving import llama_with_adapters
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=40),
@@ -21,12 +20,14 @@ json_values = st.recursive(
     max_leaves=12,
 )
 FIELDS = ["model", "prompt", "messages", "max_tokens", "temperature", "top_p", "stop", "seed", "stream", "n",
-          "logprobs", "stream_options", "echo", "name", "path"]  # fmt: skip
+          "logprobs", "top_logprobs", "stream_options", "echo", "best_of", "suffix", "logit_bias",
+          "max_completion_tokens", "presence_penalty", "name", "path"]  # fmt: skip
 # Bodies that look like requests: known fields with hostile values, plus the known-good values.
 bodies = (
     st.dictionaries(
         st.sampled_from(FIELDS),
-        json_values | st.sampled_from(["tiny", "alpha", "../alpha", "/etc", "hi", 1, 2, 0.5, True]),
+        json_values
+        | st.sampled_from(["tiny", "alpha", "../alpha", "/etc", "hi", 0, 1, 2, 0.5, True, [1, 2], [[3], [4, 5]]]),
         max_size=8,
     )
     | json_values
@@ -35,13 +36,13 @@ bodies = (
 
 @pytest.fixture(scope="module")
 def client(tiny_dirs, tmp_path_factory):
-    base = load_tiny(tiny_dirs, "llama")
-    adapters = tmp_path_factory.mktemp("fuzz-adapters")
-    save_prompts(base, adapters, ["alpha"], tokens=3)
+    base, adapters = llama_with_adapters(tiny_dirs, tmp_path_factory.mktemp("fuzz-adapters"), ["alpha"], 3)
     registry = AdapterRegistry(base, adapters)
     registry.scan()
     engine = Engine(base, registry, EngineConfig(max_batch_size=4))
-    config = ServeConfig(served_model_name="tiny", max_tokens=4, default_max_tokens=4, max_prompt_tokens=64)
+    config = ServeConfig(
+        served_model_name="tiny", max_tokens=4, default_max_tokens=4, max_prompt_tokens=64, enable_adapter_admin=True
+    )
     with TestClient(create_app(engine, config)) as test_client:
         yield test_client
 

@@ -42,6 +42,16 @@ class RegistryConfig:
 
 
 @dataclass
+class RegistryStats:
+    """Running counts for the server's metrics; changed only under the registry's lock."""
+
+    hits: int = 0  # prompt KV served from memory
+    misses: int = 0  # prompt KV computed: first use of an adapter, or its first use after an eviction
+    loads: int = 0  # adapter files read from disk (adds and reloads after eviction)
+    evictions: int = 0  # adapters dropped from memory by the byte bound
+
+
+@dataclass
 class Entry:
     name: str
     path: Path | None  # None: given in memory, so it can never be evicted
@@ -76,6 +86,7 @@ class AdapterRegistry:
         self._entries: dict[str, Entry] = {}
         self._loaded: OrderedDict[str, Entry] = OrderedDict()
         self._lock = threading.RLock()
+        self.stats = RegistryStats()
 
     def scan(self) -> list[str]:
         """Add every adapter directory directly under the root; bad ones are logged and skipped."""
@@ -100,6 +111,8 @@ class AdapterRegistry:
         check_compatible(self.base, adapter.config, directory, allow_mismatch=False)
         entry = Entry(name, directory, adapter.config.num_virtual_tokens, adapter.embedding)
         self._insert(entry)
+        with self._lock:
+            self.stats.loads += 1
 
     def add_embedding(self, name: str, embedding: torch.Tensor) -> None:
         """Serve an in-memory prompt [P, H]; it is pinned, since there is no file to reload it from."""
@@ -145,9 +158,13 @@ class AdapterRegistry:
                 raise AdapterError(f"unknown adapter {name!r}")
             if entry.embedding is None and entry.path is not None:
                 entry.embedding = load_adapter(entry.path).embedding
+                self.stats.loads += 1
             if key not in entry.kv:
                 assert entry.embedding is not None  # pinned entries always hold their embedding
                 entry.kv[key] = compute(entry.embedding)
+                self.stats.misses += 1
+            else:
+                self.stats.hits += 1
             self._loaded[name] = entry
             self._loaded.move_to_end(name)
             self._evict(keep=name)
@@ -184,4 +201,5 @@ class AdapterRegistry:
             total -= entry.nbytes
             entry.unload()
             del self._loaded[name]
+            self.stats.evictions += 1
             log.debug("evicted adapter %s from memory", name)

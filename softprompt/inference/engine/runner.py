@@ -7,6 +7,8 @@ sequence's random generator. Which sequences to run is decided elsewhere (schedu
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from softprompt.core.base import BaseModel
@@ -21,7 +23,7 @@ from softprompt.inference.engine.kv import (
     prompt_prefix,
     select,
 )
-from softprompt.inference.engine.sampler import new_generator, sample
+from softprompt.inference.engine.sampler import new_generator, prompt_logprobs, sample
 from softprompt.inference.engine.sequence import Sequence
 
 
@@ -72,6 +74,7 @@ class ModelRunner:
         """Prefill ``seqs`` after their prompt KV, sample their first tokens, and join the running batch."""
         ids, token_mask = left_pad([s.prompt_ids for s in seqs], self.pad_id, self.base.device)  # newest token last
         hidden, new = self._forward(ids, token_mask, prompts)
+        self.score_prompts(seqs, hidden, ids)
         for seq in seqs:
             self.generators[seq.seq_id] = new_generator(seq.params.seed, self.base.device)
         tokens = sample(lm_logits(self.base, hidden[:, -1]).float(), seqs, self.generators)
@@ -79,6 +82,17 @@ class ModelRunner:
         new.last_token = torch.tensor(tokens, dtype=torch.long, device=self.base.device)
         self.batch = merge(self.batch, new, self.config)
         return tokens
+
+    def score_prompts(self, seqs: list[Sequence], hidden: torch.Tensor, ids: torch.Tensor) -> None:
+        """Log-probabilities of each prompt token after the first, for sequences that ask (``prompt_logprobs``).
+
+        Rows are left-padded, so a prompt of n tokens is the last n positions; position t predicts t + 1.
+        """
+        for row, seq in enumerate(seqs):
+            k, n = seq.params.prompt_logprobs, len(seq.prompt_ids)
+            if k is not None and n > 1:
+                head = partial(lm_logits, self.base)
+                seq.prompt_logprobs = prompt_logprobs(head, hidden[row, -n:-1], ids[row, -n + 1 :], k)
 
     @torch.no_grad()
     def decode(self, seqs: dict[int, Sequence]) -> list[int]:

@@ -15,6 +15,19 @@ from softprompt.core.errors import RequestError
 
 _ids = itertools.count()
 
+# Most alternatives a request may ask for per token (vLLM's default cap; OpenAI's chat API allows 20).
+MAX_LOGPROBS = 20
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A token's log-probability under the model (raw logits: before temperature, top-p or penalties)
+    and the ``k`` most likely tokens at that position, as (token id, log-probability) pairs."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -28,6 +41,12 @@ class SamplingParams:
     seed: int | None = field(default=None, metadata={"help": "seed for this request's sampling"})
     stop: tuple[str, ...] = field(default=(), metadata={"help": "strings that end generation (not returned)"})
     stop_at_eos: bool = field(default=True, metadata={"help": "stop at the end-of-sequence token"})
+    logprobs: int | None = field(
+        default=None, metadata={"help": "record each sampled token's log-probability and this many alternatives"}
+    )
+    prompt_logprobs: int | None = field(
+        default=None, metadata={"help": "likewise for every prompt token after the first (computed at prefill)"}
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop", tuple(s for s in self.stop if s))
@@ -39,6 +58,10 @@ class SamplingParams:
             raise RequestError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0 or self.repetition_penalty <= 0:
             raise RequestError("top_k must be >= 0 and repetition_penalty > 0")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= MAX_LOGPROBS:
+                raise RequestError(f"{name} must be in 0..{MAX_LOGPROBS}, got {value}")
 
     @property
     def greedy(self) -> bool:
@@ -66,6 +89,10 @@ class Sequence:
     finish_reason: str | None = None  # "stop", "length", "cancelled" or "error"
     error: str | None = None
     cancelled: bool = False  # set from any thread; the engine acts on it at its next step
+    # Filled only when params ask: one entry per sampled token (a final end-of-sequence token
+    # included, though it is not in output_ids), and one per prompt token after the first.
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:

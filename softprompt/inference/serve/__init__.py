@@ -23,15 +23,21 @@ def serve(
     device: str | None = None,
     trust_remote_code: bool = False,
 ) -> None:
-    """Load the model and adapters, then run uvicorn until interrupted."""
-    import uvicorn
-
+    """Load the model and adapters, then serve until SIGTERM/SIGINT, drain, and return."""
     from softprompt.core.models import load_base_model
     from softprompt.inference.engine import AdapterRegistry, Engine
+    from softprompt.inference.serve.server import run
+
+    for warning in config.warnings():
+        log.warning(warning)
 
     base = load_base_model(model, device=device, trust_remote_code=trust_remote_code)
     registry = AdapterRegistry(base, adapters, registry_config)
     if adapters is not None:
         log.info("loaded adapters: %s", ", ".join(registry.scan()) or "none")
     app = create_app(Engine(base, registry, engine_config), config)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="info")
+    log.info(
+        "API key: %s; adapter admin: %s; drain on stop: %g s",
+        "required" if config.api_key else "none", "on" if config.enable_adapter_admin else "off", config.drain_seconds,
+    )  # fmt: skip
+    run(app, config.host, config.port)

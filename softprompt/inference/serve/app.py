@@ -1,7 +1,9 @@
-"""The OpenAI-compatible HTTP app: routes only; the work is in :mod:`softprompt.serve.service`.
+"""The OpenAI-compatible HTTP app: routes only; the work is in :mod:`softprompt.inference.serve.service`.
 
-Routes: ``GET /health``, ``GET /v1/models``, ``POST /v1/completions``,
-``POST /v1/chat/completions``, ``POST /v1/adapters`` and ``DELETE /v1/adapters/{name}``.
+Routes: ``GET /health``, ``GET /metrics``, ``GET /v1/models``, ``POST /v1/completions``,
+``POST /v1/chat/completions``, and with ``--enable-adapter-admin`` ``POST /v1/adapters`` and
+``DELETE /v1/adapters/{name}``. Middleware, outermost first: request metrics, the drain gate
+(503 once stopping), the API key (401), the body size limit (413).
 """
 
 from __future__ import annotations
@@ -11,16 +13,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from softprompt.core.errors import AdapterError, BaseModelMismatchError
 from softprompt.inference.engine import Engine
 from softprompt.inference.engine.registry import check_name
 from softprompt.inference.serve import errors
+from softprompt.inference.serve.auth import ApiKeyAuth
 from softprompt.inference.serve.config import ServeConfig
+from softprompt.inference.serve.drain import DrainGate
 from softprompt.inference.serve.errors import APIError
 from softprompt.inference.serve.formats import model_card
 from softprompt.inference.serve.limits import BodyLimit
+from softprompt.inference.serve.metrics import Metrics, RequestMetrics
 from softprompt.inference.serve.schemas import AdapterLoad, ChatRequest, CompletionRequest
 from softprompt.inference.serve.service import Service
 
@@ -41,8 +46,12 @@ def create_app(engine: Engine, config: ServeConfig | None = None) -> FastAPI:
     app = FastAPI(title="softprompt", lifespan=lifespan)
     app.state.service = service
     errors.install(app)
-    app.add_middleware(BodyLimit, limit=service.config.max_body_bytes)
     app.include_router(router)
+    # Each add wraps the previous ones: the last added runs first.
+    app.add_middleware(BodyLimit, limit=service.config.max_body_bytes)
+    app.add_middleware(ApiKeyAuth, key=service.config.api_key)
+    app.add_middleware(DrainGate, drain=service.drain)
+    app.add_middleware(RequestMetrics, metrics=service.metrics, routes=router.routes)
     return app
 
 
@@ -51,17 +60,25 @@ def _service(request: Request) -> Service:
 
 
 @router.get("/health")
-def health(request: Request) -> dict:
+def health(request: Request) -> JSONResponse:
+    """200 while serving; 503 once draining, so a load balancer stops sending new requests."""
     service = _service(request)
     engine = service.engine
-    return {
-        "status": "ok",
+    draining = service.drain.draining
+    body = {
+        "status": "draining" if draining else "ok",
         "model": service.model_name,
         "adapters": len(engine.registry.names()),
         "active_requests": service.worker.active,
         "running": len(engine.scheduler.running),
         "waiting": len(engine.scheduler.waiting),
     }
+    return JSONResponse(body, status_code=503 if draining else 200)
+
+
+@router.get("/metrics")
+def metrics(request: Request) -> Response:
+    return Response(_service(request).metrics.render(), media_type=Metrics.content_type)
 
 
 @router.get("/v1/models")
@@ -107,10 +124,10 @@ def unload_adapter(name: str, request: Request) -> dict:
 async def _respond(
     service: Service, body: CompletionRequest | ChatRequest, chat: bool
 ) -> JSONResponse | StreamingResponse:
+    job, slots = service.start(body)
     if not body.stream:
-        return JSONResponse(await service.complete(body, chat))
-    seqs, slots = service.sequences(body)
-    events = service.stream(seqs[0], slots, body, chat)
+        return JSONResponse(await service.complete(job, slots, body.model, chat))
+    events = service.stream(job, slots, body.model, chat, body.include_usage)
     # If the response is dropped before its body starts (client gone at once), free the slot anyway.
     weakref.finalize(events, slots.release)
     return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
@@ -118,6 +135,8 @@ async def _respond(
 
 def _admin(request: Request) -> Service:
     service = _service(request)
-    if not service.config.admin:
-        raise APIError(403, "adapter management is disabled on this server (--no-admin)")
+    if not service.config.enable_adapter_admin:
+        raise APIError(
+            403, "adapter management is off on this server; start it with --enable-adapter-admin (and --api-key)"
+        )
     return service

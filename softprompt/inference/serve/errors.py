@@ -6,7 +6,9 @@ this one shape, so OpenAI client libraries raise their usual typed exceptions.
 
 from __future__ import annotations
 
+import json
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,6 +21,7 @@ log = logging.getLogger(__name__)
 
 TYPES = {
     400: "invalid_request_error",
+    401: "invalid_request_error",
     403: "permission_error",
     404: "invalid_request_error",
     405: "invalid_request_error",
@@ -46,6 +49,23 @@ def error_response(status: int, message: str, param: str | None = None, code: st
     return JSONResponse(error_body(status, message, param, code), status_code=status)
 
 
+async def send_error(
+    send: Any, status: int, message: str, code: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """Answer from a plain ASGI middleware (no FastAPI request yet) in the same OpenAI shape."""
+    body = json.dumps(error_body(status, message, code=code)).encode()
+    head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(headers or [])]
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": body})
+
+
+# Fields that take one of several shapes: pydantic reports a failure per shape, which reads badly.
+SHAPES = {
+    "prompt": "prompt: must be a string, a list of strings, a list of token ids or a list of token-id lists, "
+    "none of them empty",
+}
+
+
 def _validation(request: Request, exc: Exception) -> JSONResponse:
     errors = exc.errors() if isinstance(exc, RequestValidationError) else []
     if any(e.get("type") == "json_invalid" for e in errors):
@@ -55,6 +75,8 @@ def _validation(request: Request, exc: Exception) -> JSONResponse:
     first = errors[0] if errors else {"loc": (), "msg": str(exc)}
     loc = [str(part) for part in first.get("loc", ()) if part != "body"]
     param = loc[0] if loc else None  # the top-level field, as OpenAI reports it
+    if param in SHAPES:
+        return error_response(400, SHAPES[param], param=param, code="invalid_value")
     message = f"{'.'.join(loc)}: {first.get('msg')}" if loc else str(first.get("msg"))
     return error_response(400, message, param=param, code="invalid_value")
 

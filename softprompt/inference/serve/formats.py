@@ -43,30 +43,32 @@ class Format:
     def _envelope(self, kind: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model, "choices": choices}
 
-    def body(self, texts: list[str], reasons: list[str], prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    def choice(self, index: int, text: str, reason: str | None, logprobs: dict[str, Any] | None) -> dict[str, Any]:
         if self.chat:
-            choices = [
-                {"index": i, "message": {"role": "assistant", "content": t}, "logprobs": None, "finish_reason": r}
-                for i, (t, r) in enumerate(zip(texts, reasons))
-            ]
-            out = self._envelope("chat.completion", choices)
-        else:
-            choices = [
-                {"index": i, "text": t, "logprobs": None, "finish_reason": r}
-                for i, (t, r) in enumerate(zip(texts, reasons))
-            ]
-            out = self._envelope("text_completion", choices)
+            message = {"role": "assistant", "content": text}
+            return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": reason}
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}
+
+    def body(self, choices: list[dict[str, Any]], prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+        out = self._envelope("chat.completion" if self.chat else "text_completion", choices)
         out["usage"] = usage(prompt_tokens, completion_tokens)
         return out
 
-    def chunk(self, text: str | None, finish_reason: str | None, first: bool = False) -> dict[str, Any]:
+    def chunk(
+        self,
+        index: int,
+        text: str | None,
+        finish_reason: str | None,
+        logprobs: dict[str, Any] | None = None,
+        first: bool = False,
+    ) -> dict[str, Any]:
         if self.chat:
             delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else {}
             if text:
                 delta["content"] = text
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
             return self._envelope("chat.completion.chunk", [choice])
-        choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+        choice = {"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish_reason}
         return self._envelope("text_completion", [choice])
 
     def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:

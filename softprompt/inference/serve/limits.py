@@ -7,10 +7,9 @@ later ``receive`` calls go to the server, so disconnect detection keeps working.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from softprompt.inference.serve.errors import error_body
+from softprompt.inference.serve.errors import send_error
 
 Message = dict[str, Any]
 
@@ -51,9 +50,4 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _refuse(self, send: Any) -> None:
-        body = json.dumps(
-            error_body(413, f"request body is larger than {self.limit} bytes", code="request_too_large")
-        ).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, 413, f"request body is larger than {self.limit} bytes", "request_too_large")

@@ -1,16 +1,32 @@
 """Request bodies of the OpenAI-compatible API, validated by pydantic; unknown fields are ignored.
 
-Only what the engine can honour is accepted: ``n`` must be 1, and logprobs, echo and the
-presence/frequency penalties are refused with a clear message rather than silently dropped.
+Types and ranges are checked here; what depends on several fields, on the model or on the
+server's limits (``echo`` with ``max_tokens: 0``, token ids inside the vocabulary, options the
+engine cannot honour such as penalties, ``logit_bias``, ``suffix`` or ``best_of`` other than
+``n``) is checked in :mod:`softprompt.inference.serve.plan`, so that every refusal is a 400 whose
+``param`` names the field.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
+
+from softprompt.inference.engine.sequence import MAX_LOGPROBS
 
 MAX_STOPS = 4
+MAX_N = 16  # choices per prompt; each one is a sequence and takes a concurrency slot
+
+TokenIds = Annotated[list[Annotated[int, Field(strict=True)]], Field(min_length=1)]
 
 
 class _Request(BaseModel):
@@ -20,22 +36,15 @@ class _Request(BaseModel):
     max_tokens: StrictInt | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    n: StrictInt = Field(default=1, ge=1, le=1, description="only n=1 is supported")
+    n: StrictInt = Field(default=1, ge=1, le=MAX_N)
     stream: StrictBool = False
     stream_options: dict | None = None
     stop: StrictStr | list[StrictStr] | None = None
-    seed: StrictInt | None = None
-    presence_penalty: float = Field(default=0.0, ge=0.0, le=0.0, description="not supported")
-    frequency_penalty: float = Field(default=0.0, ge=0.0, le=0.0, description="not supported")
-    logprobs: StrictBool | StrictInt | None = Field(default=None, description="not supported")
+    seed: StrictInt | None = Field(default=None, ge=-(1 << 63), lt=1 << 64)  # the range torch takes
+    presence_penalty: float = 0.0  # only 0 (checked in plan.py, with the other unsupported values)
+    frequency_penalty: float = 0.0
+    logit_bias: dict[str, float] | None = None  # only empty
     user: StrictStr | None = None
-
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, value: bool | int | None) -> bool | int | None:
-        if value:
-            raise ValueError("logprobs are not supported")
-        return value
 
     @field_validator("stop")
     @classmethod
@@ -54,15 +63,34 @@ class _Request(BaseModel):
     def include_usage(self) -> bool:
         return bool((self.stream_options or {}).get("include_usage"))
 
+    @property
+    def top_logprobs_asked(self) -> int | None:
+        """Alternatives per token to report; None: no log-probabilities at all."""
+        raise NotImplementedError
+
 
 class CompletionRequest(_Request):
-    prompt: StrictStr | list[StrictStr] = Field(min_length=1)
-    echo: Literal[False] = False
-    best_of: Literal[1] | None = None
+    prompt: StrictStr | list[StrictStr] | TokenIds | list[TokenIds] = Field(min_length=1)
+    # 0 only with echo: score the prompt without generating (lm-evaluation-harness's loglikelihood).
+    max_tokens: StrictInt | None = Field(default=None, ge=0)
+    logprobs: StrictInt | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+    echo: StrictBool = False
+    best_of: StrictInt | None = None  # only equal to n
+    suffix: StrictStr | None = None  # only empty
 
     @property
-    def prompts(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+    def prompts(self) -> list[str] | list[list[int]]:
+        """Strings, or token-id lists: a single string or id list becomes a list of one."""
+        prompt = self.prompt
+        if isinstance(prompt, str):
+            return [prompt]
+        if prompt and isinstance(prompt[0], int):
+            return [list(prompt)]  # type: ignore[arg-type]
+        return list(prompt)  # type: ignore[return-value]
+
+    @property
+    def top_logprobs_asked(self) -> int | None:
+        return self.logprobs
 
 
 class TextPart(BaseModel):
@@ -84,6 +112,12 @@ class Message(BaseModel):
 class ChatRequest(_Request):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
+    logprobs: StrictBool = False
+    top_logprobs: StrictInt | None = Field(default=None, ge=0, le=MAX_LOGPROBS)  # needs logprobs: true
+
+    @property
+    def top_logprobs_asked(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class AdapterLoad(BaseModel):

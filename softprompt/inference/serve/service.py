@@ -1,4 +1,4 @@
-"""What the routes do, apart from HTTP: resolve the model, check limits, encode, run, format.
+"""What the routes do, apart from HTTP: plan the request, take slots, run it, shape the answer.
 
 Handlers tokenize on the event loop while the engine thread decodes, so the service keeps its
 own copy of the tokenizer (fast tokenizers are not safe to share across threads).
@@ -6,17 +6,18 @@ own copy of the tokenizer (fast tokenizers are not safe to share across threads)
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import time
 from collections.abc import AsyncIterator
 
-from softprompt.core.errors import RequestError
-from softprompt.inference.engine import Engine, SamplingParams, Sequence
+from softprompt.inference.engine import Engine, Sequence
+from softprompt.inference.serve.choices import Choice, TokenTexts
 from softprompt.inference.serve.config import ServeConfig
+from softprompt.inference.serve.drain import REFUSAL, Drain
 from softprompt.inference.serve.errors import APIError, error_body
-from softprompt.inference.serve.formats import Format, model_card, public_reason, sse
-from softprompt.inference.serve.schemas import ChatRequest, CompletionRequest
+from softprompt.inference.serve.formats import Format, model_card, sse
+from softprompt.inference.serve.metrics import Metrics
+from softprompt.inference.serve.plan import UNKNOWN_ADAPTER, Job, Planner, Request
 from softprompt.inference.serve.worker import EngineWorker, Slots, Snapshot
 
 
@@ -24,9 +25,13 @@ class Service:
     def __init__(self, engine: Engine, config: ServeConfig) -> None:
         self.engine = engine
         self.config = config
-        self.worker = EngineWorker(engine, config.max_concurrent)
+        self.drain = Drain()
+        self.metrics = Metrics(engine, self.drain)
+        self.worker = EngineWorker(engine, config.max_concurrent, self.metrics)
         self.tokenizer = copy.deepcopy(engine.base.tokenizer)
+        self.texts = TokenTexts(self.tokenizer)
         self.model_name = config.served_model_name or engine.base.name
+        self.planner = Planner(engine, self.tokenizer, config, self.model_name)
         self.created = int(time.time())
 
     def models(self) -> dict:
@@ -34,119 +39,88 @@ class Service:
         cards += [model_card(n, self.created, self.model_name) for n in self.engine.registry.names()]
         return {"object": "list", "data": cards}
 
-    def adapter_for(self, model: str) -> str | None:
-        """The base model's name selects no adapter; any other name must be a registered adapter (else 404)."""
-        if model == self.model_name:
-            return None
-        if model in self.engine.registry:
-            return model
-        raise APIError(404, f"the model {model!r} does not exist", param="model", code="model_not_found")
+    def start(self, request: Request) -> tuple[Job, Slots]:
+        """Validate everything, then take one slot per sequence (429 when full)."""
+        if self.drain.draining:
+            raise APIError(503, REFUSAL, code="server_shutting_down")
+        job = self.planner.plan(request)
+        return job, self.worker.acquire(len(job.seqs))
 
-    def encode(self, request: CompletionRequest | ChatRequest) -> list[list[int]]:
-        if isinstance(request, CompletionRequest):
-            rows = [list(self.tokenizer(text)["input_ids"]) for text in request.prompts]
-            param = "prompt"
-        else:
-            if self.tokenizer.chat_template is None:
-                raise APIError(400, f"model {self.model_name!r} has no chat template; use /v1/completions")
-            messages = [{"role": m.role, "content": m.text} for m in request.messages]
-            text = str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-            rows = [list(self.tokenizer(text, add_special_tokens=False)["input_ids"])]
-            param = "messages"
-        for ids in rows:
-            if len(ids) > self.config.max_prompt_tokens:
-                raise APIError(
-                    400,
-                    f"the prompt has {len(ids)} tokens, more than the limit of {self.config.max_prompt_tokens}",
-                    param=param,
-                    code="context_length_exceeded",
-                )
-        return rows
+    async def shut_down(self) -> float:
+        """Drain (see :mod:`softprompt.inference.serve.drain`); returns the seconds it took."""
+        return await self.drain.run(self.config.drain_seconds, self.worker.abort)
 
-    def params(self, request: CompletionRequest | ChatRequest) -> SamplingParams:
-        asked = request.max_tokens
-        if isinstance(request, ChatRequest) and request.max_completion_tokens is not None:
-            asked = request.max_completion_tokens
-        if asked is not None and asked > self.config.max_tokens:
-            raise APIError(
-                400,
-                f"max_tokens is {asked}, more than the limit of {self.config.max_tokens}",
-                "max_tokens",
-                "max_tokens",
-            )
-        return SamplingParams(
-            max_new_tokens=asked or self.config.default_max_tokens,
-            temperature=request.temperature,
-            top_p=request.top_p,
-            seed=request.seed,
-            stop=request.stops,
-        )
+    def failure(self, seq: Sequence, error: str) -> APIError:
+        """The status a failed sequence's request gets: why it failed decides who is to blame."""
+        if self.drain.ended_early:
+            return APIError(503, error, code="server_shutting_down")
+        # The engine reports the registry's "unknown adapter" when the adapter went between this
+        # request's checks and its prefill (it may be back by now, loaded again).
+        gone = seq.adapter is not None and (seq.adapter not in self.engine.registry or error.startswith(UNKNOWN_ADAPTER))
+        if gone:
+            message = f"the model {seq.adapter!r} was unloaded before this request ran"
+            return APIError(404, message, param="model", code="model_not_found")
+        return APIError(500, error, code="generation_failed")
 
-    def sequences(self, request: CompletionRequest | ChatRequest) -> tuple[list[Sequence], Slots]:
-        """Validate everything, then take slots (429 when full) for the request's sequences."""
-        adapter = self.adapter_for(request.model)
-        params = self.params(request)
-        rows = self.encode(request)
-        if request.stream and len(rows) > 1:
-            raise APIError(400, "stream: true takes a single prompt", param="prompt")
+    def _choices(self, job: Job, chat: bool) -> list[Choice]:
+        echo = job.echo
+        return [
+            Choice(seq, self.texts, chat, job.top_logprobs, None if echo is None else echo[i // job.n], job.hide_generated)
+            for i, seq in enumerate(job.seqs)
+        ]
+
+    async def complete(self, job: Job, slots: Slots, model: str, chat: bool) -> dict:
+        finals: dict[int, Snapshot] = {}
         try:
-            seqs = [self.engine.make_request(ids, adapter, params) for ids in rows]
-        except RequestError as exc:  # empty prompt, or prompt + soft prompt + max_tokens over the context
-            over = "context" in str(exc)
-            raise APIError(
-                400, str(exc), "max_tokens" if over else "prompt", "context_length_exceeded" if over else None
-            ) from exc
-        return seqs, self.worker.acquire(len(seqs))
-
-    async def complete(self, request: CompletionRequest | ChatRequest, chat: bool) -> dict:
-        seqs, slots = self.sequences(request)
-        try:
-            finals = await asyncio.gather(*(self._last(seq) for seq in seqs))
+            async for index, snap in self.worker.stream(job.seqs):
+                if snap.finish_reason is not None:
+                    finals[index] = snap
         finally:
             slots.release()
-        for snap in finals:
+        for index, snap in sorted(finals.items()):
             if snap.error is not None:
-                raise APIError(500, snap.error, code="generation_failed")
-        prompt_tokens = sum(len(s.prompt_ids) for s in seqs)
-        completion_tokens = sum(s.completion_tokens for s in finals)
-        return Format(chat, request.model).body(
-            [s.text for s in finals], [public_reason(s.finish_reason) for s in finals], prompt_tokens, completion_tokens
-        )
-
-    async def _last(self, seq: Sequence) -> Snapshot:
-        last = None
-        async for snapshot in self.worker.stream(seq):
-            last = snapshot
-        if last is None:
-            raise APIError(500, "generation ended without a result")
-        return last
+                raise self.failure(job.seqs[index], snap.error)
+        fmt = Format(chat, model)
+        bodies = []
+        for index, choice in enumerate(self._choices(job, chat)):
+            delta = choice.advance(finals[index])
+            bodies.append(fmt.choice(index, delta.text, delta.finish_reason, delta.logprobs))
+        return fmt.body(bodies, job.prompt_tokens, _generated(job, finals))
 
     async def stream(
-        self, seq: Sequence, slots: Slots, request: CompletionRequest | ChatRequest, chat: bool
+        self, job: Job, slots: Slots, model: str, chat: bool, include_usage: bool
     ) -> AsyncIterator[str]:
-        """Server-sent events: text deltas, a final chunk with finish_reason, optional usage, ``[DONE]``.
+        """Server-sent events: deltas per choice, a chunk with each finish_reason, optional usage, ``[DONE]``.
 
-        Leaving this generator early (client gone) closes the engine stream, which cancels the
-        sequence, and gives the slot back.
+        A failure (the drain deadline, an unloaded adapter, an engine error) ends the stream with an
+        error event and then ``[DONE]``. Leaving this generator early (client gone) closes the engine
+        stream, which cancels the sequences, and gives the slots back.
         """
-        fmt = Format(chat, request.model)
-        updates = self.worker.stream(seq)
-        sent, count = "", 0
+        fmt = Format(chat, model)
+        choices = self._choices(job, chat)
+        updates = self.worker.stream(job.seqs)
+        last: dict[int, Snapshot] = {}
         try:
             if chat:
-                yield sse(fmt.chunk(None, None, first=True))
-            async for snap in updates:
+                for index in range(len(job.seqs)):
+                    yield sse(fmt.chunk(index, None, None, first=True))
+            async for index, snap in updates:
                 if snap.error is not None:
-                    yield sse(error_body(500, snap.error, code="generation_failed"))
+                    failure = self.failure(job.seqs[index], snap.error)
+                    yield sse(error_body(failure.status, failure.message, failure.param, failure.code))
                     break
-                delta = snap.text[len(sent) :] if snap.text.startswith(sent) else ""
-                sent, count = sent + delta, snap.completion_tokens
-                reason = public_reason(snap.finish_reason) if snap.finish_reason else None
-                if delta or reason:
-                    yield sse(fmt.chunk(delta, reason))
-            if request.include_usage:
-                yield sse(fmt.usage_chunk(len(seq.prompt_ids), count))
+                last[index] = snap
+                delta = choices[index].advance(snap)
+                if delta.news:
+                    yield sse(fmt.chunk(index, delta.text, delta.finish_reason, delta.logprobs))
+            else:
+                if include_usage:
+                    yield sse(fmt.usage_chunk(job.prompt_tokens, _generated(job, last)))
             yield sse("[DONE]")
         finally:
             await updates.aclose()
             slots.release()
+
+
+def _generated(job: Job, snaps: dict[int, Snapshot]) -> int:
+    return 0 if job.hide_generated else sum(s.completion_tokens for s in snaps.values())

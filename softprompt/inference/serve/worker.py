@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import threading
+import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from softprompt.inference.engine import Engine, Sequence
 from softprompt.inference.serve.errors import APIError
@@ -31,6 +34,15 @@ class Snapshot:
     completion_tokens: int
     finish_reason: str | None
     error: str | None
+    sampled: int = 0  # entries in Sequence.logprobs so far (read by the handler; the list only grows)
+
+
+class Observer(Protocol):
+    """Told about every sequence the worker runs (the server's metrics)."""
+
+    def first_token(self, seconds: float) -> None: ...
+
+    def sequence_done(self, prompt_tokens: int, generated: int, seconds: float | None) -> None: ...
 
 
 @dataclass
@@ -47,13 +59,18 @@ class Slots:
             self.worker._give_back(self.count)
 
 
+Watcher = tuple[asyncio.AbstractEventLoop, "asyncio.Queue[tuple[int, Snapshot]]", int]
+
+
 class EngineWorker:
-    def __init__(self, engine: Engine, max_concurrent: int) -> None:
+    def __init__(self, engine: Engine, max_concurrent: int, observer: Observer | None = None) -> None:
         self.engine = engine
         self.max_concurrent = max_concurrent
+        self.observer = observer
         self.active = 0  # sequences holding a slot
         self._slots = threading.Lock()
-        self._watchers: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Queue[Snapshot]]] = {}
+        self._watchers: dict[int, Watcher] = {}
+        self._aborts: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="softprompt-engine", daemon=True)
@@ -65,6 +82,11 @@ class EngineWorker:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=10)
+
+    def abort(self, reason: str) -> None:
+        """End every queued and running sequence with ``reason`` as its error, in the engine thread (drain)."""
+        self._aborts.put(reason)
+        self._wake.set()
 
     def acquire(self, count: int) -> Slots:
         """Take ``count`` request slots, or fail with 429 when the server is full."""
@@ -80,26 +102,55 @@ class EngineWorker:
         with self._slots:
             self.active -= count
 
-    async def stream(self, seq: Sequence) -> AsyncGenerator[Snapshot, None]:
-        """Run a sequence from ``engine.make_request``, yielding a snapshot after each step that changed it."""
-        queue: asyncio.Queue[Snapshot] = asyncio.Queue()
-        self._watchers[seq.seq_id] = (asyncio.get_running_loop(), queue)  # before it can produce anything
-        self.engine.submit(seq)
+    async def stream(self, seqs: list[Sequence]) -> AsyncGenerator[tuple[int, Snapshot], None]:
+        """Run sequences from ``engine.make_request``; yield (index, snapshot) after each step that changed one.
+
+        Ends once every sequence has finished. Leaving early cancels the unfinished ones.
+        """
+        updates: asyncio.Queue[tuple[int, Snapshot]] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        for index, seq in enumerate(seqs):  # watch before they can produce anything
+            self._watchers[seq.seq_id] = (loop, updates, index)
+        start = time.perf_counter()
+        for seq in seqs:
+            self.engine.submit(seq)
         self._wake.set()
+        last: dict[int, Snapshot] = {}
+        ended: dict[int, float] = {}  # seconds from submission to the end, per finished sequence
         try:
-            while True:
-                snapshot = await queue.get()
-                yield snapshot
+            while len(ended) < len(seqs):
+                index, snapshot = await updates.get()
+                if index in ended:
+                    continue  # an abort can report a sequence that had already finished
+                if index not in last and snapshot.error is None and self.observer is not None:
+                    self.observer.first_token(time.perf_counter() - start)
                 if snapshot.finish_reason is not None:
-                    return
+                    ended[index] = time.perf_counter() - start
+                last[index] = snapshot
+                yield index, snapshot
         finally:
-            self._watchers.pop(seq.seq_id, None)
-            if not seq.finished:
-                self.engine.cancel(seq)
-                self._wake.set()
+            for seq in seqs:
+                self._watchers.pop(seq.seq_id, None)
+                if not seq.finished:
+                    self.engine.cancel(seq)
+            self._wake.set()
+            self._report(seqs, last, ended)
+
+    def _report(self, seqs: list[Sequence], last: dict[int, Snapshot], ended: dict[int, float]) -> None:
+        if self.observer is None:
+            return
+        for index, seq in enumerate(seqs):
+            snap = last.get(index)
+            if snap is not None and (snap.error is None or snap.completion_tokens):  # it was prefilled
+                done = snap.finish_reason in ("stop", "length")
+                self.observer.sequence_done(len(seq.prompt_ids), snap.completion_tokens, ended[index] if done else None)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            if not self._aborts.empty():
+                for seq in self.engine.abort_all(self._aborts.get()):
+                    self._publish(seq)
+                continue
             if not self.engine.has_work:
                 self._wake.wait(IDLE_WAIT_S)
                 self._wake.clear()
@@ -116,9 +167,9 @@ class EngineWorker:
         watcher = self._watchers.get(seq.seq_id)
         if watcher is None:
             return
-        loop, queue = watcher
-        snapshot = Snapshot(seq.stream_text(), len(seq.output_ids), seq.finish_reason, seq.error)
+        loop, updates, index = watcher
+        snapshot = Snapshot(seq.stream_text(), len(seq.output_ids), seq.finish_reason, seq.error, len(seq.logprobs))
         try:
-            loop.call_soon_threadsafe(queue.put_nowait, snapshot)
+            loop.call_soon_threadsafe(updates.put_nowait, (index, snapshot))
         except RuntimeError:  # the loop is closed: the server is shutting down
             pass
