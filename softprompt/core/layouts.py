@@ -16,7 +16,7 @@ import torch
 
 from softprompt.core.base import BaseModel
 from softprompt.core.decoder import embed_tokens, prompt_cache, run_after_prefix, run_decoder
-from softprompt.core.inject import IGNORE_INDEX, inject, inject_labels
+from softprompt.core.inject import IGNORE_INDEX, Injected, inject, inject_labels
 from softprompt.core.packed import packed_hidden
 
 Layout = Literal["packed", "shared", "plain"]
@@ -51,12 +51,20 @@ def layout_hidden(
         rows = [ids[ids.shape[0] - n :] for ids, n in zip(input_ids, lengths, strict=True)]
         targets = [row[row.shape[0] - n :] for row, n in zip(labels, lengths, strict=True)]
         return packed_hidden(base, prompt, rows, targets)
-    token_embeds = embed_tokens(base, input_ids)
     if layout == "shared":
-        return shared_prefix_hidden(base, prompt, token_embeds, attention_mask), shared_prefix_labels(labels)
-    injected = inject(token_embeds, attention_mask, [prompt] * input_ids.shape[0])
-    hidden, _ = run_decoder(base, injected.embeds, injected.attention_mask, injected.position_ids)
+        hidden = shared_prefix_hidden(base, prompt, embed_tokens(base, input_ids), attention_mask)
+        return hidden, shared_prefix_labels(labels)
+    hidden, injected = injected_hidden(base, input_ids, attention_mask, [prompt] * input_ids.shape[0])
     return hidden, inject_labels(labels, injected)
+
+
+def injected_hidden(
+    base: BaseModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompts: list[torch.Tensor | None]
+) -> tuple[torch.Tensor, Injected]:
+    """The plain layout: each row's prompt (or none) injected after its padding; hidden [B, L, H] and the layout."""
+    injected = inject(embed_tokens(base, input_ids), attention_mask, prompts)
+    hidden, _ = run_decoder(base, injected.embeds, injected.attention_mask, injected.position_ids)
+    return hidden, injected
 
 
 def shared_prefix_hidden(

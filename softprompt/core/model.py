@@ -16,10 +16,10 @@ from torch import nn
 
 from softprompt.core.adapter import AdapterConfig, check_compatible, load_adapter, save_adapter
 from softprompt.core.base import BaseModel
-from softprompt.core.decoder import embed_tokens, lm_logits, run_decoder
+from softprompt.core.decoder import lm_logits
 from softprompt.core.errors import AdapterError
-from softprompt.core.inject import inject, inject_labels
-from softprompt.core.layouts import Layout, choose_layout, layout_hidden
+from softprompt.core.inject import inject_labels
+from softprompt.core.layouts import Layout, choose_layout, injected_hidden, layout_hidden
 from softprompt.core.loss import token_nll
 from softprompt.core.models import load_base_model
 from softprompt.core.prompt import PEFT_INIT_NAMES, Init, PromptConfig, SoftPrompt, initial_embedding
@@ -57,8 +57,10 @@ class SoftPromptModel(nn.Module):
         """A fresh, trainable prompt initialised as ``config`` says (same seed, same prompt)."""
         generator = torch.Generator().manual_seed(seed)
         embedding = initial_embedding(config, base, generator)
-        torch.manual_seed(seed)  # the reparameterisation MLP's first layer, if any
-        return cls(base, SoftPrompt(embedding, config.reparam_hidden).to(base.device), config)
+        with torch.random.fork_rng(devices=[]):  # seeds the MLP's first layer, if any, without touching the caller's RNG
+            torch.manual_seed(seed)
+            prompt = SoftPrompt(embedding, config.reparam_hidden)
+        return cls(base, prompt.to(base.device), config)
 
     def layout_for(self, width: int) -> Layout:
         """The layout a pass over rows up to ``width`` tokens uses (``self.layout`` when set)."""
@@ -69,8 +71,7 @@ class SoftPromptModel(nn.Module):
     ) -> tuple[torch.Tensor, int]:
         """Summed next-token loss over labelled tokens of left-padded rows, and their count."""
         if self.prompt is None:
-            injected = inject(embed_tokens(self.base, input_ids), attention_mask, [None] * input_ids.shape[0])
-            hidden, _ = run_decoder(self.base, injected.embeds, injected.attention_mask, injected.position_ids)
+            hidden, injected = injected_hidden(self.base, input_ids, attention_mask, [None] * input_ids.shape[0])
             return token_nll(self.base, hidden, inject_labels(labels, injected))
         layout = self.layout_for(input_ids.shape[1])
         return token_nll(self.base, *layout_hidden(self.base, self.prompt(), input_ids, attention_mask, labels, layout))
@@ -82,8 +83,7 @@ class SoftPromptModel(nn.Module):
         path (cached prompt keys/values, the engine) is tested against.
         """
         prompt = None if self.prompt is None else self.prompt()
-        injected = inject(embed_tokens(self.base, input_ids), attention_mask, [prompt] * input_ids.shape[0])
-        hidden, _ = run_decoder(self.base, injected.embeds, injected.attention_mask, injected.position_ids)
+        hidden, _ = injected_hidden(self.base, input_ids, attention_mask, [prompt] * input_ids.shape[0])
         return lm_logits(self.base, hidden[:, -(keep or input_ids.shape[1]) :])
 
     def require_prompt(self) -> SoftPrompt:

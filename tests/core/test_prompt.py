@@ -6,9 +6,9 @@ from softprompt.core.model import SoftPromptModel
 from softprompt.core.prompt import FREQUENT_VOCAB, PromptConfig, initial_embedding
 
 
-def _init(base, **kwargs):
+def _init(base, seed=0, **kwargs):
     config = PromptConfig(**kwargs)
-    return initial_embedding(config, base, torch.Generator().manual_seed(0))
+    return initial_embedding(config, base, torch.Generator().manual_seed(seed))
 
 
 def test_random_init_matches_embedding_statistics(llama):
@@ -77,3 +77,16 @@ def test_bad_prompt_options(kwargs):
 def test_labels_init_without_labels_is_a_clear_error(llama):
     with pytest.raises(ConfigError, match="class label words"):
         _init(llama, num_virtual_tokens=2, init="labels")
+
+
+def test_reparameterised_prompt_starts_at_its_init_and_folds(llama):
+    config = PromptConfig(num_virtual_tokens=3, init="vocab", reparam_hidden=8)
+    model = SoftPromptModel.with_new_prompt(llama, config, seed=2)
+    prompt = model.require_prompt()
+    torch.testing.assert_close(prompt(), _init(llama, num_virtual_tokens=3, init="vocab", seed=2))
+    with torch.no_grad():
+        prompt.mlp[2].weight.normal_()
+    folded = prompt.folded()
+    assert not folded.requires_grad and not torch.equal(folded, prompt.embedding.detach())
+    torch.testing.assert_close(folded, prompt().detach())
+    assert len(list(prompt.parameters())) == 5  # vectors + two linear layers

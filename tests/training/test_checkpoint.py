@@ -150,3 +150,27 @@ def test_nan_loss_keeps_the_last_good_checkpoint(tiny_dirs, tmp_path, monkeypatc
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path)]) == 2
     assert "no checkpoint to resume from" in capsys.readouterr().err
+
+
+def test_reparameterised_prompt_resumes_exactly(tiny_dirs, tmp_path, monkeypatch):
+    """P-tuning's MLP is part of the checkpoint: interrupted + resumed == uninterrupted, and the adapter is its output."""
+    import softprompt.training.loop as loop
+    from softprompt.core.adapter import load_adapter
+
+    stopped, clean = tmp_path / "stopped", tmp_path / "clean"
+    args = lambda out: [*_args(tiny_dirs["llama"], out), "--reparam-hidden", "8"]  # noqa: E731
+    original, calls = loop.TrainingLoop._backward, []
+
+    def interrupt_on_fourth(self, batch):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return original(self, batch)
+
+    monkeypatch.setattr(loop.TrainingLoop, "_backward", interrupt_on_fourth)
+    assert main(args(stopped)) == 130
+    assert any(key.startswith("mlp.") for key in load_checkpoint(stopped).prompt)
+    monkeypatch.setattr(loop.TrainingLoop, "_backward", original)
+    resume(stopped, device="cpu")
+    assert main(args(clean)) == 0
+    assert torch.equal(load_adapter(stopped).embedding, load_adapter(clean).embedding)
