@@ -82,7 +82,9 @@ def test_builtin_base_maps_to_its_hub_model_and_accuracies_become_results():
     assert f"base_model:adapter:{hub}" in data.tags
     assert data.datasets == ["fka/awesome-chatgpt-prompts"]
     assert {(r.metric_type, r.metric_value) for r in data.eval_results} == {
-        ("loss", 1.5), ("accuracy", 0.75), ("f1", 0.5)
+        ("loss", 1.5),
+        ("accuracy", 0.75),
+        ("f1", 0.5),
     }
 
 

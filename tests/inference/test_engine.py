@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.inference.test_generate import reference_greedy
 
 from softprompt.core.errors import RequestError
 from softprompt.inference.engine import Engine, EngineConfig, SamplingParams, Sequence
+from tests.inference.test_generate import reference_greedy
 
 TEXTS = ["hello there", "a", "the quick brown fox jumps", "xyz", "mixed tasks"]
 ADAPTERS = ["five", None, "three", "five", "seven"]

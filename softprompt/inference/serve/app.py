@@ -1,7 +1,9 @@
 """The OpenAI-compatible HTTP app: routes only; the work is in :mod:`softprompt.serve.service`.
 
-Routes: ``GET /health``, ``GET /v1/models``, ``POST /v1/completions``,
-``POST /v1/chat/completions``, ``POST /v1/adapters`` and ``DELETE /v1/adapters/{name}``.
+Routes: ``GET /`` (the playground page, :mod:`softprompt.inference.serve.playground`), ``GET /health``,
+``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions``, ``POST /v1/adapters``,
+``GET /v1/adapters/{name}`` (read-only: card data, metrics, training records) and
+``DELETE /v1/adapters/{name}``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from softprompt.core.errors import AdapterError, BaseModelMismatchError
 from softprompt.inference.engine import Engine
 from softprompt.inference.engine.registry import check_name
-from softprompt.inference.serve import errors
+from softprompt.inference.serve import errors, playground
 from softprompt.inference.serve.config import ServeConfig
 from softprompt.inference.serve.errors import APIError
 from softprompt.inference.serve.formats import model_card
@@ -43,6 +45,7 @@ def create_app(engine: Engine, config: ServeConfig | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(BodyLimit, limit=service.config.max_body_bytes)
     app.include_router(router)
+    playground.install(app)
     return app
 
 
@@ -91,6 +94,11 @@ def load_adapter(body: AdapterLoad, request: Request) -> dict:
     except AdapterError as exc:
         raise APIError(400, str(exc), param="name" if "name" in str(exc) else "path") from exc
     return model_card(body.name, service.created, service.model_name)
+
+
+@router.get("/v1/adapters/{name}")
+def adapter(name: str, request: Request) -> dict:
+    return _service(request).adapter(check_name(name))
 
 
 @router.delete("/v1/adapters/{name}")

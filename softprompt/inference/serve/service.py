@@ -11,9 +11,10 @@ import copy
 import time
 from collections.abc import AsyncIterator
 
-from softprompt.core.errors import RequestError
+from softprompt.core.errors import AdapterError, RequestError
 from softprompt.inference.engine import Engine, SamplingParams, Sequence
 from softprompt.inference.serve.config import ServeConfig
+from softprompt.inference.serve.details import adapter_details
 from softprompt.inference.serve.errors import APIError, error_body
 from softprompt.inference.serve.formats import Format, model_card, public_reason, sse
 from softprompt.inference.serve.schemas import ChatRequest, CompletionRequest
@@ -33,6 +34,16 @@ class Service:
         cards = [model_card(self.model_name, self.created)]
         cards += [model_card(n, self.created, self.model_name) for n in self.engine.registry.names()]
         return {"object": "list", "data": cards}
+
+    def adapter(self, name: str) -> dict:
+        """One adapter as the playground shows it: its card data, metrics and training records."""
+        registry = self.engine.registry
+        try:
+            directory, tokens = registry.path(name), registry.num_virtual_tokens(name)
+        except AdapterError as exc:  # unknown, or removed a moment ago
+            raise APIError(404, f"the adapter {name!r} does not exist", param="name", code="model_not_found") from exc
+        card = model_card(name, self.created, self.model_name)
+        return {**card, "object": "adapter", "num_virtual_tokens": tokens, **adapter_details(directory)}
 
     def adapter_for(self, model: str) -> str | None:
         """The base model's name selects no adapter; any other name must be a registered adapter (else 404)."""
