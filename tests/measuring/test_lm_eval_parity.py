@@ -15,17 +15,16 @@ where the two differ (BOS-adding tokenizers; lm-eval shrinking a padded vocabula
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 from softprompt.cli.main import main
+from softprompt.measuring.presets import load_preset
 from tests.conftest import byte_tokenizer, tiny_config
+from tests.measuring.lm_eval_run import compare, run_lm_eval, write_task
 
 TEMPLATE = "Review: {text}\nSentiment:"
 LABEL_WORDS = {"negative": "bad", "positive": "good"}
@@ -78,27 +77,8 @@ def task(tmp_path_factory):
     root = tmp_path_factory.mktemp("parity-task")
     _write_jsonl(root / "train.jsonl", _rows(24, seed=1))
     _write_jsonl(root / "test.jsonl", _rows(16, seed=2))
-    preset = {"name": TASK, "template": TEMPLATE, "label_words": LABEL_WORDS}
-    (root / "preset.json").write_text(json.dumps(preset))
-    labels = list(LABEL_WORDS)
-    yaml = "\n".join([
-        f"task: {TASK}",
-        "dataset_path: json",
-        "dataset_kwargs:",
-        "  data_files:",
-        f"    test: {json.dumps(str(root / 'test.jsonl'))}",
-        "test_split: test",
-        "output_type: multiple_choice",
-        f"doc_to_text: {json.dumps(TEMPLATE.replace('{text}', '{{text}}'))}",
-        f"doc_to_choice: {json.dumps(list(LABEL_WORDS.values()))}",
-        f"doc_to_target: \"{{{{ {labels} .index(label) }}}}\"",
-        'target_delimiter: " "',
-        "metric_list:",
-        "  - metric: acc",
-        "    aggregation: mean",
-        "    higher_is_better: true",
-    ])  # fmt: skip
-    (root / f"{TASK}.yaml").write_text(yaml + "\n")
+    (root / "preset.json").write_text(json.dumps({"name": TASK, "template": TEMPLATE, "label_words": LABEL_WORDS}))
+    write_task(load_preset(str(root / "preset.json")), root / "test.jsonl", root, TASK)
     return root
 
 
@@ -112,41 +92,21 @@ def adapter(model_dir, task, tmp_path_factory):
     return output
 
 
-def _softprompt_scores(model_dir, task, adapter, tmp_path) -> list[dict]:
+def test_lm_eval_and_softprompt_eval_agree_row_by_row(model_dir, task, adapter, tmp_path):
     predictions = tmp_path / "softprompt.jsonl"
     code = main(["eval", "--model", str(model_dir), "--preset", str(task / "preset.json"), "--data", str(task),
                  "--adapter", str(adapter), "--predictions", str(predictions), "--json"])  # fmt: skip
     assert code == 0
-    return [json.loads(line) for line in predictions.read_text().splitlines()]
+    samples = run_lm_eval(model_dir, adapter, task, TASK, tmp_path / "lm-eval")
+    assert [s["arguments"]["gen_args_0"]["arg_1"] for s in samples[:1]] == [" bad"], "continuation = delimiter + word"
+    parity = compare(predictions, samples, list(LABEL_WORDS))
+    assert parity.rows == 16
+    assert parity.same_prediction == parity.rows, parity.first_difference
+    assert parity.worst <= 1e-4, f"largest log-likelihood difference {parity.worst:.2e}"
+    # Both labels are predicted, so "same prediction on every row" is not met by a constant answer.
+    assert {json.loads(line)["prediction"] for line in predictions.read_text().splitlines()} == set(LABEL_WORDS)
 
 
-def _lm_eval_scores(model_dir, task, adapter, tmp_path) -> list[dict]:
-    out = tmp_path / "lm-eval"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
-    command = [sys.executable, "-m", "lm_eval", "run", "--model", "hf",
-               "--model_args", f"pretrained={model_dir},peft={adapter},dtype=float32",
-               "--tasks", TASK, "--include_path", str(task), "--device", "cpu", "--batch_size", "4",
-               "--output_path", str(out), "--log_samples"]  # fmt: skip
-    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    (samples,) = out.rglob(f"samples_{TASK}_*.jsonl")
-    return sorted((json.loads(line) for line in samples.read_text().splitlines()), key=lambda s: s["doc_id"])
-
-
-def test_lm_eval_and_softprompt_eval_agree_row_by_row(model_dir, task, adapter, tmp_path):
-    ours = _softprompt_scores(model_dir, task, adapter, tmp_path)
-    theirs = _lm_eval_scores(model_dir, task, adapter, tmp_path)
-    labels = list(LABEL_WORDS)
-    assert len(ours) == len(theirs) == 16
-    worst = 0.0
-    for row, (mine, sample) in enumerate(zip(ours, theirs)):
-        assert sample["arguments"]["gen_args_0"]["arg_1"] == " bad", "continuation = delimiter + choice"
-        lm_eval_ll = [float(resp[0][0]) for resp in sample["resps"]]
-        (softprompt_ll,) = mine["loglikelihoods"]
-        softprompt_ll = [softprompt_ll[label] for label in labels]
-        worst = max(worst, *(abs(a - b) for a, b in zip(lm_eval_ll, softprompt_ll)))
-        lm_eval_prediction = labels[max(range(len(labels)), key=lambda k: lm_eval_ll[k])]
-        assert mine["prediction"] == lm_eval_prediction, f"row {row}: {mine} vs {lm_eval_ll}"
-    assert worst <= 1e-4, f"largest log-likelihood difference {worst:.2e}"
-    # Both outcomes appear, so "same prediction on every row" is not met by a constant answer.
-    assert {r["prediction"] for r in ours} == set(labels)
+def test_predictions_need_a_classification_preset(tmp_path, capsys):
+    assert main(["eval", "--data", str(tmp_path / "x.csv"), "--predictions", str(tmp_path / "p.jsonl")]) == 2
+    assert "--predictions need a classification --preset" in capsys.readouterr().err
