@@ -55,16 +55,27 @@ def tiny_config(arch: str):
     raise ValueError(arch)
 
 
-def save_tiny(arch: str, directory: Path, seed: int = 0) -> Path:
+def save_tiny(
+    arch: str,
+    directory: Path,
+    seed: int = 0,
+    tokenizer: PreTrainedTokenizerFast | None = None,
+    exact_vocab: bool = False,
+) -> Path:
+    """``exact_vocab``: as many embedding rows as the tokenizer has tokens (the default config has a spare one)."""
+    tokenizer = tokenizer or byte_tokenizer()
+    config = tiny_config(arch)
+    if exact_vocab:
+        config.vocab_size = len(tokenizer)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(arch))
+    model = AutoModelForCausalLM.from_config(config)
     # Larger weights than the default init so logits are far from uniform and argmax is stable.
     with torch.no_grad():
         for param in model.parameters():
             if param.ndim == 2:
                 param.normal_(0, 0.3)
     model.save_pretrained(directory)
-    byte_tokenizer().save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
     return directory
 
 

@@ -1,7 +1,8 @@
 """Score a softprompt preset task with lm-evaluation-harness and compare it with `softprompt eval`, row by row.
 
-Shared by tests/measuring/test_lm_eval_parity.py (a tiny model, in CI) and bench/lm_eval_parity.py
-(the built-in model on a real task). lm-eval runs as users run it, a separate process:
+Shared by tests/measuring/test_lm_eval_parity.py (a tiny model, in CI), bench/lm_eval_parity.py
+(the built-in model on a real task) and bench/lm_eval_differences.py (where the two part ways).
+lm-eval runs as users run it, a separate process:
 ``lm-eval run --model hf --model_args pretrained=BASE,peft=ADAPTER``, offline, with a task YAML
 written from the preset (``dataset_path: json`` over the preset's test file, the template as
 ``doc_to_text``, the label words as choices, ``target_delimiter: " "``).
@@ -11,13 +12,73 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from softprompt.measuring.presets import Preset
+from tokenizers import processors
+
+from softprompt.cli.main import main
+from softprompt.measuring.presets import Preset, load_preset
+from tests.conftest import EOS, byte_tokenizer, save_tiny
+
+# A small sentiment task written here: two label words of several tokens each under the byte tokenizer.
+TEMPLATE = "Review: {text}\nSentiment:"
+LABEL_WORDS = {"negative": "bad", "positive": "good"}
+TASK = "softprompt_parity"
+
+
+def task_rows(count: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    good, bad = ["great", "fine", "lovely", "superb"], ["awful", "boring", "dull", "weak"]
+    rows = []
+    for _ in range(count):
+        label = rng.choice(list(LABEL_WORDS))
+        word = rng.choice(good if label == "positive" else bad)
+        text = f"the film was {word} and the cast {rng.choice(good + bad)}"
+        rows.append({"text": text, "label": label, "word": LABEL_WORDS[label]})
+    return rows
+
+
+def write_parity_task(root: Path, test_rows: int = 16) -> Path:
+    """train.jsonl, test.jsonl, a softprompt preset (preset.json) and the lm-eval task YAML, in ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("train", task_rows(24, seed=1)), ("test", task_rows(test_rows, seed=2))):
+        (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "preset.json").write_text(json.dumps({"name": TASK, "template": TEMPLATE, "label_words": LABEL_WORDS}))
+    write_task(load_preset(str(root / "preset.json")), root / "test.jsonl", root, TASK)
+    return root
+
+
+def save_model(directory: Path, bos: bool = False, exact_vocab: bool = True) -> Path:
+    """A tiny llama; ``bos``: its tokenizer prepends a BOS by default, as Llama's and Gemma's do."""
+    tokenizer = byte_tokenizer()
+    if bos:
+        tokenizer.bos_token = EOS
+        tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{EOS} $A", pair=f"{EOS} $A $B", special_tokens=[(EOS, tokenizer.convert_tokens_to_ids(EOS))]
+        )
+    return save_tiny("llama", directory, tokenizer=tokenizer, exact_vocab=exact_vocab)
+
+
+def train_prompt(model_dir: Path, task_root: Path, output: Path) -> Path:
+    code = main(["train", "--model", str(model_dir), "--data", str(task_root / "train.jsonl"), "--template", TEMPLATE,
+                 "--target-column", "word", "--num-virtual-tokens", "4", "--init", "random", "--lr", "0.1",
+                 "--epochs", "3", "--output", str(output), "--no-progress"])  # fmt: skip
+    if code:
+        raise RuntimeError(f"softprompt train exited with {code}")
+    return output
+
+
+def softprompt_eval(model_dir: Path, task_root: Path, adapter: Path, predictions: Path) -> Path:
+    code = main(["eval", "--model", str(model_dir), "--preset", str(task_root / "preset.json"), "--data",
+                 str(task_root), "--adapter", str(adapter), "--predictions", str(predictions), "--json"])  # fmt: skip
+    if code:
+        raise RuntimeError(f"softprompt eval exited with {code}")
+    return predictions
 
 
 def write_task(preset: Preset, test_file: Path, directory: Path, task: str) -> Path:

@@ -15,36 +15,20 @@ where the two differ (BOS-adding tokenizers; lm-eval shrinking a padded vocabula
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
-import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoTokenizer
 
-from softprompt.cli.main import main
-from softprompt.measuring.presets import load_preset
-from tests.conftest import byte_tokenizer, tiny_config
-from tests.measuring.lm_eval_run import compare, run_lm_eval, write_task
-
-TEMPLATE = "Review: {text}\nSentiment:"
-LABEL_WORDS = {"negative": "bad", "positive": "good"}
-TASK = "softprompt_parity"
-
-
-def _rows(count: int, seed: int) -> list[dict]:
-    rng = random.Random(seed)
-    good, bad = ["great", "fine", "lovely", "superb"], ["awful", "boring", "dull", "weak"]
-    rows = []
-    for _ in range(count):
-        label = rng.choice(list(LABEL_WORDS))
-        word = rng.choice(good if label == "positive" else bad)
-        text = f"the film was {word} and the cast {rng.choice(good + bad)}"
-        rows.append({"text": text, "label": label, "word": LABEL_WORDS[label]})
-    return rows
-
-
-def _write_jsonl(path, rows) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+from tests.measuring.lm_eval_run import (
+    LABEL_WORDS,
+    TASK,
+    compare,
+    run_lm_eval,
+    save_model,
+    softprompt_eval,
+    train_prompt,
+    write_parity_task,
+)
 
 
 @pytest.fixture(scope="module")
@@ -55,18 +39,8 @@ def model_dir(tmp_path_factory):
     for LoRAs that add tokens); conftest's tiny models have one spare row, which would change
     lm-eval's softmax and nothing else.
     """
-    directory = tmp_path_factory.mktemp("parity-model")
-    tokenizer = byte_tokenizer()
-    config = tiny_config("llama")
-    config.vocab_size = len(tokenizer)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.ndim == 2:
-                param.normal_(0, 0.3)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
+    directory = save_model(tmp_path_factory.mktemp("parity-model"))
+    tokenizer = AutoTokenizer.from_pretrained(directory)
     assert tokenizer.encode("x") == tokenizer.encode("x", add_special_tokens=False), "premise: no BOS is added"
     return directory
 
@@ -74,29 +48,16 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
     """The same task for both tools: data files, a softprompt preset and an lm-eval task YAML."""
-    root = tmp_path_factory.mktemp("parity-task")
-    _write_jsonl(root / "train.jsonl", _rows(24, seed=1))
-    _write_jsonl(root / "test.jsonl", _rows(16, seed=2))
-    (root / "preset.json").write_text(json.dumps({"name": TASK, "template": TEMPLATE, "label_words": LABEL_WORDS}))
-    write_task(load_preset(str(root / "preset.json")), root / "test.jsonl", root, TASK)
-    return root
+    return write_parity_task(tmp_path_factory.mktemp("parity-task"))
 
 
 @pytest.fixture(scope="module")
 def adapter(model_dir, task, tmp_path_factory):
-    output = tmp_path_factory.mktemp("parity-adapter") / "prompt"
-    code = main(["train", "--model", str(model_dir), "--data", str(task / "train.jsonl"), "--template", TEMPLATE,
-                 "--target-column", "word", "--num-virtual-tokens", "4", "--init", "random", "--lr", "0.1",
-                 "--epochs", "3", "--output", str(output), "--no-progress"])  # fmt: skip
-    assert code == 0
-    return output
+    return train_prompt(model_dir, task, tmp_path_factory.mktemp("parity-adapter") / "prompt")
 
 
 def test_lm_eval_and_softprompt_eval_agree_row_by_row(model_dir, task, adapter, tmp_path):
-    predictions = tmp_path / "softprompt.jsonl"
-    code = main(["eval", "--model", str(model_dir), "--preset", str(task / "preset.json"), "--data", str(task),
-                 "--adapter", str(adapter), "--predictions", str(predictions), "--json"])  # fmt: skip
-    assert code == 0
+    predictions = softprompt_eval(model_dir, task, adapter, tmp_path / "softprompt.jsonl")
     samples = run_lm_eval(model_dir, adapter, task, TASK, tmp_path / "lm-eval")
     assert [s["arguments"]["gen_args_0"]["arg_1"] for s in samples[:1]] == [" bad"], "continuation = delimiter + word"
     parity = compare(predictions, samples, list(LABEL_WORDS))
@@ -108,5 +69,7 @@ def test_lm_eval_and_softprompt_eval_agree_row_by_row(model_dir, task, adapter, 
 
 
 def test_predictions_need_a_classification_preset(tmp_path, capsys):
+    from softprompt.cli.main import main
+
     assert main(["eval", "--data", str(tmp_path / "x.csv"), "--predictions", str(tmp_path / "p.jsonl")]) == 2
     assert "--predictions need a classification --preset" in capsys.readouterr().err
