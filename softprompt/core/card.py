@@ -45,7 +45,7 @@ def write_model_card(
     run = run_info or {}
     data = card_data(directory.name, config, metrics, run.get("data"))
     sections = [
-        _about(directory.name, config, metrics),
+        _about(directory.name, config),
         _data_section(run.get("data"), metrics),
         _training_section(metrics, run, device),
         _results_section(metrics, records),
@@ -99,7 +99,7 @@ def data_source(data: dict | None) -> str:
     return ref[3:].split(":")[0] if ref.startswith("hf:") else Path(ref).name
 
 
-def _about(name: str, config: dict[str, Any], metrics: dict[str, Any]) -> str:
+def _about(name: str, config: dict[str, Any]) -> str:
     tokens, width = config.get("num_virtual_tokens"), config.get("token_dim")
     base = config.get("base_model_name_or_path")
     hub = hub_base_model(str(base))
