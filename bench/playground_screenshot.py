@@ -11,6 +11,7 @@ console shows an error.
 from __future__ import annotations
 
 import argparse
+import base64
 import sys
 import tempfile
 import time
@@ -51,10 +52,11 @@ def main() -> int:
         print(f"{len(columns())} answers in {time.perf_counter() - started:.1f} s")
         failed = [c.get_attribute("data-model") for c in columns() if c.get_attribute("data-state") != "done"]
         height = driver.execute_script("return document.documentElement.scrollHeight")
-        driver.set_window_size(args.width, height + 40)
-        time.sleep(0.5)
+        # The whole page, not just the window: headless Chromium caps window resizes at its screen size.
+        clip = {"x": 0, "y": 0, "width": args.width, "height": height, "scale": 1}
+        shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"captureBeyondViewport": True, "clip": clip})
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        driver.save_screenshot(str(args.output))
+        args.output.write_bytes(base64.b64decode(shot["data"]))
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
     print(f"screenshot: {args.output}")
     for problem in [f"answer failed: {m}" for m in failed] + [f"console: {e['message']}" for e in errors]:
