@@ -41,6 +41,7 @@ def main() -> int:
     args = parser.parse_args()
 
     work = args.work or Path(tempfile.mkdtemp(prefix="lm-eval-parity-"))
+    work.mkdir(parents=True, exist_ok=True)
     preset = load_preset(args.preset)
     adapter = args.adapter or train(args, preset, work)
     predictions = work / "softprompt.jsonl"

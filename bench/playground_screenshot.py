@@ -6,6 +6,15 @@ all answers to finish streaming and saves a full-page PNG. Exits 1 if an answer 
 console shows an error.
 
     python bench/playground_screenshot.py --model smollm2-135m --adapters /tmp/shots/adapters
+
+docs/playground.png shows these two adapters, trained first (3 epochs each; the training times in
+their panels are from a shared, loaded 2-vCPU machine):
+
+    softprompt train --model smollm2-135m --limit 50 --num-virtual-tokens 8 --init text --lr 0.03 \
+        --epochs 3 --output /tmp/shots/adapters/role-play
+    softprompt train --model smollm2-135m --data ../shared/data/awesome-chatgpt-prompts/prompts-2024-06.csv \
+        --text-column prompt --limit 60 --eval-rows 20 --num-virtual-tokens 12 --init vocab --lr 0.05 \
+        --epochs 3 --output /tmp/shots/adapters/awesome-prompts
 """
 
 from __future__ import annotations
