@@ -21,16 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.measuring.lm_eval_run
 
-from tests.measuring.lm_eval_run import (  # noqa: E402
-    LABEL_WORDS,
-    TASK,
-    compare,
-    run_lm_eval,
-    save_model,
-    softprompt_eval,
-    train_prompt,
-    write_parity_task,
-)
+from tests.measuring import lm_eval_run as parity  # noqa: E402
 
 CASES = [  # name, tokenizer adds a BOS, embedding rows == tokenizer size, extra lm-eval model_args
     ("no BOS, exact vocabulary (the CI test)", False, True, ""),
@@ -42,16 +33,16 @@ CASES = [  # name, tokenizer adds a BOS, embedding rows == tokenizer size, extra
 
 def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="lm-eval-differences-"))
-    task = write_parity_task(work / "task")
+    task = parity.write_parity_task(work / "task")
     for index, (name, bos, exact, extra) in enumerate(CASES):
         case = work / f"case{index}"
-        model = save_model(case / "model", bos=bos, exact_vocab=exact)
-        adapter = train_prompt(model, task, case / "prompt")
-        predictions = softprompt_eval(model, task, adapter, case / "softprompt.jsonl")
-        samples = run_lm_eval(model, adapter, task, TASK, case / "lm-eval", extra=extra)
-        parity = compare(predictions, samples, list(LABEL_WORDS))
-        print(json.dumps({"case": name, "rows": parity.rows, "same_prediction": parity.same_prediction,
-                          "max_abs_loglikelihood_difference": float(f"{parity.worst:.3g}")}), flush=True)  # fmt: skip
+        model = parity.save_model(case / "model", bos=bos, exact_vocab=exact)
+        adapter = parity.train_prompt(model, task, case / "prompt")
+        predictions = parity.softprompt_eval(model, task, adapter, case / "softprompt.jsonl")
+        samples = parity.run_lm_eval(model, adapter, task, parity.TASK, case / "lm-eval", extra=extra)
+        result = parity.compare(predictions, samples, list(parity.LABEL_WORDS))
+        print(json.dumps({"case": name, "rows": result.rows, "same_prediction": result.same_prediction,
+                          "max_abs_loglikelihood_difference": float(f"{result.worst:.3g}")}), flush=True)  # fmt: skip
     return 0
 
 
