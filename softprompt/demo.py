@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,9 @@ def run_demo(
         train_set, held_out = load_examples(data, base.tokenizer)
     tuned_model = SoftPromptModel.with_new_prompt(base, prompt, seed=training.seed)
     with _timed(times, "prompt tuning", notify):
-        result = train(tuned_model, train_set, held_out, training)
+        run_info = {"model": model, "trust_remote_code": False, "data": asdict(data), "prompt": asdict(prompt),
+                    "train": asdict(training)}  # fmt: skip
+        result = train(tuned_model, train_set, held_out, training, run_info=run_info)
     with _timed(times, "tuned generation", notify):
         tuned = generate(base, [query], tuned_model.require_prompt().folded(), generation)[0]
     return DemoReport(query, baseline, tuned, result.metrics, result.output, times)

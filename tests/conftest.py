@@ -56,12 +56,23 @@ def tiny_config(arch: str):
     raise ValueError(arch)
 
 
-def save_tiny(arch: str, directory: Path, seed: int = 0) -> Path:
-    return save_random(tiny_config(arch), directory, seed)
+def save_tiny(
+    arch: str,
+    directory: Path,
+    seed: int = 0,
+    tokenizer: PreTrainedTokenizerFast | None = None,
+    exact_vocab: bool = False,
+) -> Path:
+    """``exact_vocab``: as many embedding rows as the tokenizer has tokens (the default config has a spare one)."""
+    tokenizer = tokenizer or byte_tokenizer()
+    config = tiny_config(arch)
+    if exact_vocab:
+        config.vocab_size = len(tokenizer)
+    return save_random(config, directory, seed, tokenizer)
 
 
-def save_random(config, directory: Path, seed: int = 0) -> Path:
-    """A random model of ``config`` saved with the byte tokenizer."""
+def save_random(config, directory: Path, seed: int = 0, tokenizer: PreTrainedTokenizerFast | None = None) -> Path:
+    """A random model of ``config`` saved with a tokenizer (default: the byte tokenizer)."""
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     # Larger weights than the default init so logits are far from uniform and argmax is stable.
@@ -70,7 +81,7 @@ def save_random(config, directory: Path, seed: int = 0) -> Path:
             if param.ndim == 2:
                 param.normal_(0, 0.3)
     model.save_pretrained(directory)
-    byte_tokenizer().save_pretrained(directory)
+    (tokenizer or byte_tokenizer()).save_pretrained(directory)
     return directory
 
 

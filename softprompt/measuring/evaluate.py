@@ -9,6 +9,7 @@ k-shot context, or with a PEFT adapter (LoRA, prefix tuning, ...).
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 
-from softprompt.core.adapter import check_compatible
+from softprompt.core.adapter import atomic_path, check_compatible
 from softprompt.core.base import BaseModel
 from softprompt.core.data import DataConfig, read_rows, tokenize_rows
 from softprompt.core.errors import ConfigError
@@ -40,6 +41,9 @@ class EvalConfig:
     exact_match: bool = field(default=False, metadata={"help": "also generate greedily and count exact label matches"})
     text_column: str = field(default="prompt", metadata={"help": "column of text (text data)"})
     batch_size: int = field(default=16, metadata={"help": "rows per scoring batch"})
+    predictions: str | None = field(
+        default=None, metadata={"help": "write every row's label log-likelihoods and prediction to this JSONL file"}
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "adapter", tuple(self.adapter))
@@ -47,8 +51,8 @@ class EvalConfig:
             raise ConfigError("use soft-prompt adapters or a PEFT adapter, not both")
         if self.split not in ("test", "train") or self.vote not in ("mean", "majority"):
             raise ConfigError("split must be test or train, vote mean or majority")
-        if self.preset is None and (self.shots or self.instruction or self.exact_match):
-            raise ConfigError("--shots, --instruction and --exact-match need a classification --preset")
+        if self.preset is None and (self.shots or self.instruction or self.exact_match or self.predictions):
+            raise ConfigError("--shots, --instruction, --exact-match and --predictions need a classification --preset")
         if self.shots < 0 or self.batch_size < 1 or (self.rows is not None and self.rows < 1):
             raise ConfigError("shots must be >= 0, batch_size and rows >= 1")
 
@@ -86,10 +90,13 @@ def evaluate_task(base: BaseModel, config: EvalConfig) -> dict[str, Any]:
     with torch.inference_mode():
         result = classify(scorer, base.tokenizer, texts, preset.words, config.batch_size, base.device)
     members = [metrics(s.argmax(-1).tolist(), gold, len(preset.labels)) for s in result.scores]
+    predicted = vote(result.scores, config.vote)
+    if config.predictions:
+        _write_predictions(Path(config.predictions), preset.labels, gold, result.scores, predicted)
     out: dict[str, Any] = {
         "task": preset.name,
         "rows": len(rows),
-        **metrics(vote(result.scores, config.vote).tolist(), gold, len(preset.labels)),
+        **metrics(predicted.tolist(), gold, len(preset.labels)),
         "seconds": result.seconds,
         "ms_per_example": result.ms_per_example,
         "context_chars": len(context),
@@ -101,6 +108,21 @@ def evaluate_task(base: BaseModel, config: EvalConfig) -> dict[str, Any]:
         full_texts = [context + preset.fill(r) for r in rows]
         out["exact_match"] = _exact_match(base, full_texts, preset.words, gold, prompts, peft_model, config.batch_size)
     return out
+
+
+def _write_predictions(
+    path: Path, labels: list[str], gold: list[int], scores: torch.Tensor, predicted: torch.Tensor
+) -> None:
+    """One JSON line per row: gold and predicted label, and per prompt (one unless an ensemble) the summed
+    log-likelihood of each label's ``" " + word`` after the input, in nats: what lm-evaluation-harness
+    reports per choice, so the two can be compared row by row."""
+    lines = [
+        json.dumps({"row": i, "gold": labels[g], "prediction": labels[int(predicted[i])],
+                    "loglikelihoods": [dict(zip(labels, member[i].tolist())) for member in scores]})
+        for i, g in enumerate(gold)
+    ]  # fmt: skip
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
 
 
 def _exact_match(

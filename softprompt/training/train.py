@@ -20,6 +20,7 @@ import torch
 from transformers import get_scheduler
 
 from softprompt.core.adapter import atomic_path, write_json
+from softprompt.core.card import write_model_card
 from softprompt.core.checks import check_types
 from softprompt.core.data import DataConfig, Example, label_words, load_examples
 from softprompt.core.errors import ConfigError, TrainingError, TrainingInterrupted
@@ -234,6 +235,7 @@ def _finish(loop: TrainingLoop) -> TrainResult:
         write_json(loop.output / "metrics.json", metrics)
         title = f"{model.base.name}: {loop.prompt.num_virtual_tokens} virtual tokens"
         save_loss_curve(loop.records, loop.output / "loss_curve.png", title=title)
+        write_model_card(loop.output, metrics, loop.records, loop.run_info, device=str(model.base.device))
     distributed.barrier()  # the adapter exists for every rank once train() returns
     return TrainResult(output=loop.output, metrics=metrics, records=loop.records)
 

@@ -1,4 +1,4 @@
-"""Credentials: the API key on every route but /health and /metrics; adapter admin off unless enabled."""
+"""Credentials: the API key on every route but /health, /metrics and the static playground page; adapter admin off unless enabled."""
 
 from __future__ import annotations
 
@@ -48,7 +48,8 @@ def test_the_sdk_needs_the_right_key(keyed):
 def test_missing_or_wrong_key_is_401_in_openai_shape(keyed, headers):
     url, _ = keyed
     for method, path in [("POST", "/v1/completions"), ("GET", "/v1/models"), ("DELETE", "/v1/adapters/alpha"),
-                         ("GET", "/v1/unknown"), ("GET", "/openapi.json")]:  # fmt: skip
+                         ("GET", "/v1/adapters/alpha"), ("GET", "/v1/unknown"), ("GET", "/openapi.json"),
+                         ("GET", "/static/../v1/models"), ("GET", "/docs")]:  # fmt: skip
         response = httpx.request(method, url + path, headers=headers, json={"model": "alpha", "prompt": "x"})
         assert response.status_code == 401, (path, response.text)
         error = response.json()["error"]
@@ -63,6 +64,15 @@ def test_health_and_metrics_stay_open(keyed):
     httpx.post(url + "/v1/completions", json={})
     # Refused before routing, yet counted under the route's template.
     assert 'softprompt_http_requests_total{route="/v1/completions",status="401"}' in httpx.get(url + "/metrics").text
+
+
+def test_the_playground_page_is_open_and_holds_no_data(keyed):
+    """The page and its script load without the key (it asks for one); what it shows comes from /v1."""
+    url, _ = keyed
+    page = httpx.get(url + "/")
+    assert page.status_code == 200 and "alpha" not in page.text
+    assert httpx.get(url + "/static/playground.js").status_code == 200
+    assert httpx.get(url + "/v1/adapters/alpha").status_code == 401
 
 
 def test_adapter_admin_needs_the_key_when_enabled(keyed, tmp_path):

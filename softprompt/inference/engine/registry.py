@@ -146,6 +146,14 @@ class AdapterRegistry:
                 raise AdapterError(f"unknown adapter {name!r}")
             return entry.num_virtual_tokens
 
+    def path(self, name: str) -> Path | None:
+        """The adapter's directory, where training left its card and metrics; None for an in-memory prompt."""
+        with self._lock:
+            entry = self._entries.get(name)
+            if entry is None:
+                raise AdapterError(f"unknown adapter {name!r}")
+            return entry.path
+
     def __contains__(self, name: object) -> bool:
         with self._lock:
             return name in self._entries

@@ -1,9 +1,11 @@
 """The OpenAI-compatible HTTP app: routes only; the work is in :mod:`softprompt.inference.serve.service`.
 
-Routes: ``GET /health``, ``GET /metrics``, ``GET /v1/models``, ``POST /v1/completions``,
-``POST /v1/chat/completions``, and with ``--enable-adapter-admin`` ``POST /v1/adapters`` and
-``DELETE /v1/adapters/{name}``. Middleware, outermost first: request metrics, the drain gate
-(503 once stopping), the API key (401), the body size limit (413).
+Routes: ``GET /`` (the playground page, :mod:`softprompt.inference.serve.playground`), ``GET /health``,
+``GET /metrics``, ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions``,
+``GET /v1/adapters/{name}`` (read-only: card data, metrics, training records), and with
+``--enable-adapter-admin`` ``POST /v1/adapters`` and ``DELETE /v1/adapters/{name}``. Middleware,
+outermost first: request metrics, the drain gate (503 once stopping), the API key (401), the
+body size limit (413).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from softprompt.core.errors import AdapterError, BaseModelMismatchError
 from softprompt.inference.engine import Engine
 from softprompt.inference.engine.registry import check_name
-from softprompt.inference.serve import errors
+from softprompt.inference.serve import errors, playground
 from softprompt.inference.serve.auth import ApiKeyAuth
 from softprompt.inference.serve.config import ServeConfig
 from softprompt.inference.serve.drain import DrainGate
@@ -47,6 +49,7 @@ def create_app(engine: Engine, config: ServeConfig | None = None) -> FastAPI:
     app.state.service = service
     errors.install(app)
     app.include_router(router)
+    playground.install(app)
     # Each add wraps the previous ones: the last added runs first.
     app.add_middleware(BodyLimit, limit=service.config.max_body_bytes)
     app.add_middleware(ApiKeyAuth, key=service.config.api_key)
@@ -108,6 +111,11 @@ def load_adapter(body: AdapterLoad, request: Request) -> dict:
     except AdapterError as exc:
         raise APIError(400, str(exc), param="name" if "name" in str(exc) else "path") from exc
     return model_card(body.name, service.created, service.model_name)
+
+
+@router.get("/v1/adapters/{name}")
+def adapter(name: str, request: Request) -> dict:
+    return _service(request).adapter(check_name(name))
 
 
 @router.delete("/v1/adapters/{name}")

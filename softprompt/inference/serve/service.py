@@ -10,9 +10,11 @@ import copy
 import time
 from collections.abc import AsyncIterator
 
+from softprompt.core.errors import AdapterError
 from softprompt.inference.engine import Engine, Sequence
 from softprompt.inference.serve.choices import Choice, TokenTexts
 from softprompt.inference.serve.config import ServeConfig
+from softprompt.inference.serve.details import adapter_details
 from softprompt.inference.serve.drain import REFUSAL, Drain
 from softprompt.inference.serve.errors import APIError, error_body
 from softprompt.inference.serve.formats import Format, model_card, sse
@@ -45,6 +47,16 @@ class Service:
             raise APIError(503, REFUSAL, code="server_shutting_down")
         job = self.planner.plan(request)
         return job, self.worker.acquire(len(job.seqs))
+
+    def adapter(self, name: str) -> dict:
+        """One adapter as the playground shows it: its card data, metrics and training records."""
+        registry = self.engine.registry
+        try:
+            directory, tokens = registry.path(name), registry.num_virtual_tokens(name)
+        except AdapterError as exc:  # unknown, or removed a moment ago
+            raise APIError(404, f"the adapter {name!r} does not exist", param="name", code="model_not_found") from exc
+        card = model_card(name, self.created, self.model_name)
+        return {**card, "object": "adapter", "num_virtual_tokens": tokens, **adapter_details(directory)}
 
     async def shut_down(self) -> float:
         """Drain (see :mod:`softprompt.inference.serve.drain`); returns the seconds it took."""
