@@ -6,7 +6,8 @@ by `softprompt eval --predictions` and by `lm-eval run --model hf --model_args p
 2. one spare embedding row (a vocabulary padded beyond the tokenizer, as Qwen2's is): lm-eval resizes
    the model to the tokenizer under ``peft=``, so its softmax runs over fewer rows;
 3. a tokenizer that prepends a BOS by default (as Llama's and Gemma's do): lm-eval scores
-   ``[BOS] + context``, softprompt never adds a BOS; ``add_bos_token=False`` in lm-eval restores parity.
+   ``[BOS] + context``, and so does softprompt, which starts every input with the tokenizer's own
+   start tokens; with ``add_bos_token=False`` lm-eval drops the BOS and the two part ways.
 Prints one JSON line per case; results: docs/results.md.
 
     python bench/lm_eval_differences.py

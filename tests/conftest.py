@@ -12,7 +12,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import (
     AutoModelForCausalLM,
     BloomConfig,
@@ -30,15 +30,25 @@ ARCHS = ["llama", "gpt2", "bloom", "qwen2"]
 EOS = "<|endoftext|>"
 
 
-def byte_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level tokenizer with no merges: any text round-trips, vocab 257."""
+def byte_tokenizer(bos: bool = False) -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer with no merges: any text round-trips, vocab 257.
+
+    ``bos``: it puts a BOS (the end-of-text token) before every text by default, as Llama's and
+    Gemma's tokenizers do.
+    """
     byte_map = pre_tokenizers.ByteLevel.alphabet()
     vocab = {ch: i for i, ch in enumerate(sorted(byte_map))}
     vocab[EOS] = len(vocab)
     core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
+    if bos:
+        core.post_processor = processors.TemplateProcessing(
+            single=f"{EOS} $A", pair=f"{EOS} $A $B", special_tokens=[(EOS, vocab[EOS])]
+        )
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token=EOS, pad_token=EOS)
+    if bos:
+        tokenizer.bos_token = EOS
     tokenizer.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}<assistant>"
     return tokenizer
 

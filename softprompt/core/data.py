@@ -229,23 +229,48 @@ def tokenize_rows(
 
 def tokenize_row(row: Row, config: DataConfig, tokenizer: PreTrainedTokenizerBase, where: str) -> Example:
     if not config.supervised:
-        ids = _encode(tokenizer, _cell(row, config.text_column, where))[: config.max_length]
-        if len(ids) < 2:
+        start = start_tokens(tokenizer)
+        body = encode_text(tokenizer, _cell(row, config.text_column, where))[: config.max_length - len(start)]
+        if len(body) < 2:
             raise DataError(f"{where}: text in {config.text_column!r} is shorter than 2 tokens")
-        return Example(ids, list(ids))
+        return Example(start + body, [IGNORE_INDEX] * len(start) + body)
     assert config.template is not None and config.target_column is not None  # checked in DataConfig
     values = {name: _cell(row, name, where) for name in _template_fields(config.template)}
-    prompt_ids = _encode(tokenizer, fill_template(config.template, values))
-    target_ids = _encode(tokenizer, " " + _cell(row, config.target_column, where))
+    target_ids = encode_text(tokenizer, " " + _cell(row, config.target_column, where))
     if tokenizer.eos_token_id is not None:
         target_ids.append(tokenizer.eos_token_id)
     target_ids = target_ids[: config.max_length - 1]
-    prompt_ids = prompt_ids[-(config.max_length - len(target_ids)) :]  # keep the end next to the target
+    prompt_ids = encode_input(tokenizer, fill_template(config.template, values), config.max_length - len(target_ids))
     return Example(prompt_ids + target_ids, [IGNORE_INDEX] * len(prompt_ids) + target_ids)
 
 
-def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+def encode_text(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """Token ids of a piece of text in the middle of an input (a continuation, a label): no special tokens."""
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def encode_input(tokenizer: PreTrainedTokenizerBase, text: str, max_length: int | None = None) -> list[int]:
+    """Token ids of a model input: the tokenizer's own start tokens (Llama's and Gemma's BOS), then the text.
+
+    Every path encodes inputs this way (training rows, scoring, generation, serving, export), so a
+    model sees at inference what it saw in training, and what PEFT and lm-evaluation-harness give it:
+    the soft prompt goes before the start tokens. Truncation to ``max_length`` keeps the start
+    tokens and the end of the text (the end is next to whatever follows: a label, the generation).
+    """
+    start, body = start_tokens(tokenizer), encode_text(tokenizer, text)
+    if max_length is not None:
+        body = body[len(body) - max(max_length - len(start), 1) :] if body else body
+    return start + body
+
+
+def start_tokens(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The special tokens the tokenizer puts before any text by default (a BOS, or nothing)."""
+    probe = "a"
+    full, plain = tokenizer(probe)["input_ids"], tokenizer(probe, add_special_tokens=False)["input_ids"]
+    for offset in range(len(full) - len(plain) + 1):
+        if full[offset : offset + len(plain)] == plain:
+            return list(full[:offset])
+    return []
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from softprompt.core.decoder import embed_tokens
 from softprompt.core.errors import AdapterError, ConfigError
 from softprompt.core.inject import inject
 from softprompt.core.model import SoftPromptModel
-from softprompt.inference.generate import format_inputs
+from softprompt.inference.generate import encode_prompt, format_inputs
 
 TARGETS = ("vllm-prompt-embeds",)
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -60,8 +60,7 @@ def build_prompt_embeds(model: SoftPromptModel, text: str, *, chat_template: boo
     """
     base = model.base
     formatted = format_inputs(base, [text], chat_template)
-    ids = base.tokenizer(formatted, return_tensors="pt", add_special_tokens=not chat_template)["input_ids"]
-    ids = ids.to(base.device)  # [1, n]
+    ids = torch.tensor([encode_prompt(base.tokenizer, formatted[0], chat_template)], device=base.device)  # [1, n]
     token_embeds = embed_tokens(base, ids)  # [1, n, H]
     prompt = model.require_prompt()()
     return inject(token_embeds, torch.ones_like(ids), [prompt]).embeds[0]  # [P + n, H], no padding

@@ -13,9 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from softprompt.core.base import BaseModel
 from softprompt.core.checks import check_types, shown
+from softprompt.core.data import encode_input, encode_text
 from softprompt.core.errors import ConfigError, RequestError
 from softprompt.inference.engine import Engine, EngineConfig, SamplingParams
 
@@ -117,16 +119,24 @@ def complete(
             names[id(prompt)] = f"prompt-{len(names)}"
             engine.registry.add_embedding(names[id(prompt)], prompt)
     tokenizer = base.tokenizer
-    encoded = tokenizer(format_inputs(base, texts, config.chat_template), add_special_tokens=not config.chat_template)
-    for row, ids in enumerate(encoded["input_ids"]):
+    encoded = [
+        encode_prompt(tokenizer, text, config.chat_template)
+        for text in format_inputs(base, texts, config.chat_template)
+    ]
+    for row, ids in enumerate(encoded):
         if not ids:  # nothing to condition on, and no last token to decode from
             raise RequestError(f"prompt {row + 1} is empty: it has no tokens")
     seqs = [
         engine.add_request(list(ids), None if p is None else names[id(p)], _params(config, len(ids)))
-        for ids, p in zip(encoded["input_ids"], prompts)
+        for ids, p in zip(encoded, prompts)
     ]
     engine.run(seqs)
     return [Completion(s.text, list(s.output_ids), len(s.prompt_ids), s.finish_reason or "length") for s in seqs]
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, text: str, chat_template: bool) -> list[int]:
+    """A prompt's ids: the tokenizer's start tokens first, unless the chat template already wrote them."""
+    return encode_text(tokenizer, text) if chat_template else encode_input(tokenizer, text)
 
 
 def _check_finite(prompts: Sequence[torch.Tensor | None]) -> None:

@@ -23,7 +23,7 @@ import torch
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from softprompt.core.base import BaseModel
-from softprompt.core.data import left_pad
+from softprompt.core.data import encode_input, encode_text, left_pad
 from softprompt.core.errors import ConfigError
 from softprompt.core.model import SoftPromptModel
 from softprompt.core.prompt import SoftPrompt, embed_ids
@@ -40,6 +40,7 @@ class Scorer:
     pad_id: int
     members: int = 1  # prompts (ensemble members) scored per row
     max_input_tokens: int | None = None  # under a sliding window: the longest input that stays exact
+    prefix_starts: bool = False  # a text context before the rows already holds the tokenizer's start tokens
 
 
 def engine_scorer(base: BaseModel, prompts: Sequence[torch.Tensor | None], context: str = "") -> Scorer:
@@ -51,7 +52,7 @@ def engine_scorer(base: BaseModel, prompts: Sequence[torch.Tensor | None], conte
     ``softprompt serve`` does for an adapter. A 4-shot context costs one forward pass in total.
     """
     runner = ModelRunner(base)
-    context_ids = encode(base.tokenizer, context) if context else []
+    context_ids = encode_input(base.tokenizer, context) if context else []
     context_embeds = embed_ids(base, context_ids) if context_ids else None
     kvs = []
     for prompt in list(prompts) or [None]:
@@ -66,7 +67,7 @@ def engine_scorer(base: BaseModel, prompts: Sequence[torch.Tensor | None], conte
         return runner.score(ids.repeat(len(kvs), 1), mask.repeat(len(kvs), 1), per_row, keep)
 
     limit = None if span is None else span - longest_prefix
-    return Scorer(logits, base.pad_id, len(kvs), limit)
+    return Scorer(logits, base.pad_id, len(kvs), limit, prefix_starts=bool(context_ids))
 
 
 def model_scorer(base: BaseModel, prompts: Sequence[torch.Tensor | None]) -> Scorer:
@@ -93,12 +94,8 @@ def hf_scorer(model: torch.nn.Module, pad_id: int, accepts_position_ids: bool = 
     return Scorer(logits, pad_id)
 
 
-def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
 def label_ids(tokenizer: PreTrainedTokenizerBase, words: Sequence[str]) -> list[list[int]]:
-    ids = [encode(tokenizer, " " + w) for w in words]
+    ids = [encode_text(tokenizer, " " + w) for w in words]
     for word, tokens in zip(words, ids):
         if not tokens:
             raise ConfigError(f"label word {word!r} tokenizes to nothing")
@@ -117,12 +114,17 @@ def score_labels(
 ) -> torch.Tensor:
     """Summed log p(" " + word | text) for every member, row and label: [members, N, K].
 
-    Inputs longer than ``max_length`` tokens keep their end (next to where the label goes).
+    Each input starts with the tokenizer's start tokens (a BOS for Llama and Gemma), unless the
+    scorer's text context already does; inputs longer than ``max_length`` tokens keep their end
+    (next to where the label goes).
     """
     labels = label_ids(tokenizer, words)
-    contexts = [encode(tokenizer, t)[-max_length:] for t in texts]
-    if any(not c for c in contexts):
+    if any(not encode_text(tokenizer, t) for t in texts):
         raise ConfigError("an input text tokenizes to nothing; rank classification needs some context")
+    if scorer.prefix_starts:
+        contexts = [encode_text(tokenizer, t)[-max_length:] for t in texts]
+    else:
+        contexts = [encode_input(tokenizer, t, max_length) for t in texts]
     longest = max((len(c) for c in contexts), default=0) + max(len(label) for label in labels)
     if scorer.max_input_tokens is not None and longest > scorer.max_input_tokens:
         raise ConfigError(

@@ -20,7 +20,7 @@ import torch
 
 from softprompt.core.adapter import atomic_path, check_compatible
 from softprompt.core.base import BaseModel
-from softprompt.core.data import DataConfig, read_rows, tokenize_rows
+from softprompt.core.data import DataConfig, encode_input, encode_text, left_pad, read_rows, tokenize_rows
 from softprompt.core.errors import ConfigError
 from softprompt.core.model import SoftPromptModel
 from softprompt.measuring.classify import Scorer, classify, engine_scorer, hf_scorer, metrics, vote
@@ -132,7 +132,7 @@ def _exact_match(
     """Greedy generation (first soft prompt, if any) compared with the gold label word."""
     from softprompt.inference.generate import GenerateConfig, generate
 
-    longest = max(len(base.tokenizer(" " + w, add_special_tokens=False)["input_ids"]) for w in words)
+    longest = max(len(encode_text(base.tokenizer, " " + w)) for w in words)
     outputs: list[str] = []
     for start in range(0, len(texts), batch_size):
         chunk = texts[start : start + batch_size]
@@ -141,9 +141,9 @@ def _exact_match(
             config = GenerateConfig(max_new_tokens=longest + 1, stop=("\n",))
             outputs += generate(base, chunk, [prompt] * len(chunk), config)
         else:
-            enc = base.tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(base.device)
-            new = peft_model.generate(**enc, max_new_tokens=longest + 1, do_sample=False,
-                                      pad_token_id=base.tokenizer.pad_token_id)[:, enc["input_ids"].shape[1] :]  # fmt: skip
+            ids, mask = left_pad([encode_input(base.tokenizer, text) for text in chunk], base.pad_id, base.device)
+            new = peft_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=longest + 1, do_sample=False,
+                                      pad_token_id=base.pad_id)[:, ids.shape[1] :]  # fmt: skip
             outputs += base.tokenizer.batch_decode(new, skip_special_tokens=True)
     hits = sum(out.strip().split("\n")[0].strip() == words[g] for out, g in zip(outputs, gold))
     return hits / max(len(gold), 1)

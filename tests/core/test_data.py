@@ -83,3 +83,22 @@ def test_missing_file_and_offline_hub_dataset():
 def test_bad_data_options(kwargs):
     with pytest.raises(ConfigError):
         DataConfig(**kwargs)
+
+
+def test_inputs_start_with_the_tokenizers_own_start_tokens(tmp_path):
+    """Llama/Gemma-style tokenizers put a BOS before every input: training rows keep it (unscored),
+    truncation keeps it, and a target continuation never gets one."""
+    from softprompt.core.data import encode_input, start_tokens, tokenize_rows
+
+    bos_tok = byte_tokenizer(bos=True)
+    bos = start_tokens(bos_tok)
+    assert bos == [bos_tok.eos_token_id] and start_tokens(byte_tokenizer()) == []
+    text = DataConfig(max_length=5)
+    (row,) = tokenize_rows([{"prompt": "abcdefgh"}], text, bos_tok)
+    assert row.input_ids[:1] == bos and len(row.input_ids) == 5 and row.labels[0] == IGNORE_INDEX
+    supervised = DataConfig(template="Q: {q} A:", target_column="a", max_length=8)
+    (row,) = tokenize_rows([{"q": "a long question", "a": "yes"}], supervised, bos_tok)
+    target = bos_tok(" yes", add_special_tokens=False)["input_ids"] + [bos_tok.eos_token_id]
+    assert row.input_ids[0] == bos[0] and row.input_ids[-len(target) :] == target and len(row.input_ids) == 8
+    assert row.labels == [IGNORE_INDEX] * (8 - len(target)) + target
+    assert encode_input(bos_tok, "xyz", 3) == bos + bos_tok("yz", add_special_tokens=False)["input_ids"]

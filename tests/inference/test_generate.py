@@ -103,3 +103,15 @@ def test_chat_template_wraps_the_prompt(llama):
 def test_invalid_generation_options_are_rejected(bad):
     with pytest.raises(ConfigError):
         GenerateConfig(**bad)
+
+
+def test_inputs_start_with_the_tokenizers_bos_as_in_training(tmp_path):
+    """A BOS-adding tokenizer (Llama, Gemma): generation feeds [prompt][BOS][text], as training and scoring do."""
+    from softprompt.core.models import load_base_model
+    from tests.conftest import byte_tokenizer, save_tiny
+
+    base = load_base_model(str(save_tiny("llama", tmp_path, tokenizer=byte_tokenizer(bos=True))), device="cpu")
+    prompt = torch.randn(3, base.hidden_size)
+    (row,) = complete(base, ["hello"], [prompt], GenerateConfig(max_new_tokens=6, stop_at_eos=False))
+    assert row.prompt_tokens == 1 + len("hello")
+    assert reference_greedy(base, "hello", prompt, 6) == row.token_ids  # the reference tokenizes with the BOS

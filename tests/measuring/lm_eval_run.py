@@ -19,11 +19,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokenizers import processors
-
 from softprompt.cli.main import main
 from softprompt.measuring.presets import Preset, load_preset
-from tests.conftest import EOS, byte_tokenizer, save_tiny
+from tests.conftest import byte_tokenizer, save_tiny
 
 # A small sentiment task written here: two label words of several tokens each under the byte tokenizer.
 TEMPLATE = "Review: {text}\nSentiment:"
@@ -55,13 +53,7 @@ def write_parity_task(root: Path, test_rows: int = 16) -> Path:
 
 def save_model(directory: Path, bos: bool = False, exact_vocab: bool = True) -> Path:
     """A tiny llama; ``bos``: its tokenizer prepends a BOS by default, as Llama's and Gemma's do."""
-    tokenizer = byte_tokenizer()
-    if bos:
-        tokenizer.bos_token = EOS
-        tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
-            single=f"{EOS} $A", pair=f"{EOS} $A $B", special_tokens=[(EOS, tokenizer.convert_tokens_to_ids(EOS))]
-        )
-    return save_tiny("llama", directory, tokenizer=tokenizer, exact_vocab=exact_vocab)
+    return save_tiny("llama", directory, tokenizer=byte_tokenizer(bos=bos), exact_vocab=exact_vocab)
 
 
 def train_prompt(model_dir: Path, task_root: Path, output: Path) -> Path:

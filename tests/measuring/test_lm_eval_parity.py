@@ -5,11 +5,11 @@ task by lm-eval (`--model hf --model_args pretrained=BASE,peft=ADAPTER`, as user
 What lm-eval 0.4.13 computes for a choice (lm_eval/api/model.py, models/huggingface.py): the context
 is ``doc_to_text``; the continuation is ``target_delimiter + choice`` (" bad"); it encodes
 ``context + continuation`` whole and takes the tokens after ``len(encode(context))`` as the
-continuation; ``encode`` uses the tokenizer's default special tokens (a BOS for tokenizers that add
-one), and the answer is the summed log-probability of the continuation tokens. softprompt scores
-``encode(" " + word)`` after ``encode(text)``, never with a BOS. Apples to apples here because the
-byte tokenizer adds no special tokens and splits at every byte; see docs/results.md for the cases
-where the two differ (BOS-adding tokenizers; lm-eval shrinking a padded vocabulary under ``peft=``).
+continuation; ``encode`` uses the tokenizer's default special tokens (a BOS for tokenizers that add one), and the
+answer is the summed log-probability of the continuation tokens. softprompt encodes every input
+the same way (its start tokens, then the text) and scores ``" " + word`` after it, so the two agree
+with and without a BOS-adding tokenizer. The model's vocabulary matches its tokenizer exactly; see
+docs/results.md for lm-eval shrinking a padded vocabulary under ``peft=``.
 """
 
 from __future__ import annotations
@@ -31,17 +31,18 @@ from tests.measuring.lm_eval_run import (
 )
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """A tiny llama whose vocabulary is exactly the tokenizer's.
+@pytest.fixture(scope="module", params=[False, True], ids=["no-bos", "bos"])
+def model_dir(request, tmp_path_factory):
+    """A tiny llama whose vocabulary is exactly the tokenizer's; with and without a BOS-adding tokenizer.
 
     With ``peft=`` lm-eval resizes the embeddings to ``len(tokenizer)`` when the two differ (meant
     for LoRAs that add tokens); conftest's tiny models have one spare row, which would change
     lm-eval's softmax and nothing else.
     """
-    directory = save_model(tmp_path_factory.mktemp("parity-model"))
+    directory = save_model(tmp_path_factory.mktemp("parity-model"), bos=request.param)
     tokenizer = AutoTokenizer.from_pretrained(directory)
-    assert tokenizer.encode("x") == tokenizer.encode("x", add_special_tokens=False), "premise: no BOS is added"
+    adds_bos = tokenizer.encode("x") != tokenizer.encode("x", add_special_tokens=False)
+    assert adds_bos == request.param, "premise: the tokenizer adds a BOS exactly when asked"
     return directory
 
 
@@ -64,8 +65,11 @@ def test_lm_eval_and_softprompt_eval_agree_row_by_row(model_dir, task, adapter, 
     assert parity.rows == 16
     assert parity.same_prediction == parity.rows, parity.first_difference
     assert parity.worst <= 1e-4, f"largest log-likelihood difference {parity.worst:.2e}"
-    # Both labels are predicted, so "same prediction on every row" is not met by a constant answer.
-    assert {json.loads(line)["prediction"] for line in predictions.read_text().splitlines()} == set(LABEL_WORDS)
+    # The label margin moves from row to row, so agreeing on every row is not agreeing on a constant.
+    scores = [json.loads(line)["loglikelihoods"][0] for line in predictions.read_text().splitlines()]
+    first, second = LABEL_WORDS
+    margins = [row[first] - row[second] for row in scores]
+    assert max(margins) - min(margins) > 0.1
 
 
 def test_predictions_need_a_classification_preset(tmp_path, capsys):

@@ -12,6 +12,7 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 
 from softprompt.core.base import BaseModel
+from softprompt.core.data import encode_input
 from softprompt.core.errors import ConfigError, RequestError, SoftPromptError
 from softprompt.inference.engine.kv import PromptKV
 from softprompt.inference.engine.registry import AdapterRegistry
@@ -184,7 +185,7 @@ class Engine:
         if len(names) != len(prompts):
             raise RequestError(f"got {len(names)} adapters for {len(prompts)} prompts")
         params = params or SamplingParams()
-        encoded = [list(self.base.tokenizer(p)["input_ids"]) for p in prompts]
+        encoded = [encode_input(self.base.tokenizer, p) for p in prompts]
         return self.run([self.add_request(ids, name, params) for ids, name in zip(encoded, names)])
 
 

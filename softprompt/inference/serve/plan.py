@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from softprompt.core.data import encode_input, encode_text
 from softprompt.core.errors import AdapterError, RequestError
 from softprompt.inference.engine import Engine, SamplingParams, Sequence
 from softprompt.inference.serve.config import ServeConfig
@@ -75,7 +76,7 @@ class Planner:
             given = request.prompts
             if isinstance(given[0], str):
                 texts = [str(t) for t in given]
-                rows = [list(self.tokenizer(text)["input_ids"]) for text in texts]
+                rows = [encode_input(self.tokenizer, text) for text in texts]
             else:
                 rows = [self._checked_ids(ids, i) for i, ids in enumerate(given)]  # type: ignore[arg-type]
                 texts = [str(self.tokenizer.decode(ids)) for ids in rows] if request.echo else [""] * len(rows)
@@ -85,7 +86,7 @@ class Planner:
                 raise APIError(400, f"model {self.model_name!r} has no chat template; use /v1/completions")
             messages = [{"role": m.role, "content": m.text} for m in request.messages]
             text = str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-            rows, texts = [list(self.tokenizer(text, add_special_tokens=False)["input_ids"])], [text]
+            rows, texts = [encode_text(self.tokenizer, text)], [text]  # the template writes its own start tokens
             param = "messages"
         for ids in rows:
             if len(ids) > self.config.max_prompt_tokens:
