@@ -23,7 +23,7 @@ import torch
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from softprompt.core.checks import check_types, shown
-from softprompt.core.errors import ConfigError, DataError
+from softprompt.core.errors import ConfigError, DataError, RequestError
 from softprompt.core.inject import IGNORE_INDEX
 
 DEMO_DATA = Path(__file__).parents[1] / "assets" / "demo_roles.csv"
@@ -222,12 +222,20 @@ def _cell(row: Row, column: str, where: str) -> str:
 
 
 def tokenize_rows(
-    rows: list[Row], config: DataConfig, tokenizer: PreTrainedTokenizerBase, source: str = "data"
+    rows: list[Row], config: DataConfig, tokenizer: PreTrainedTokenizerBase, source: str = "data", first_row: int = 1
 ) -> list[Example]:
-    return [tokenize_row(row, config, tokenizer, f"{source}, row {i + 1}") for i, row in enumerate(rows)]
+    """``first_row``: the file's number of ``rows[0]``, so errors name the row as the file counts it."""
+    return [tokenize_row(row, config, tokenizer, f"{source}, row {first_row + i}") for i, row in enumerate(rows)]
 
 
 def tokenize_row(row: Row, config: DataConfig, tokenizer: PreTrainedTokenizerBase, where: str) -> Example:
+    try:
+        return _tokenize_row(row, config, tokenizer, where)
+    except RequestError as exc:
+        raise DataError(f"{where}: {exc}") from None
+
+
+def _tokenize_row(row: Row, config: DataConfig, tokenizer: PreTrainedTokenizerBase, where: str) -> Example:
     if not config.supervised:
         start = start_tokens(tokenizer)
         body = encode_text(tokenizer, _cell(row, config.text_column, where))[: config.max_length - len(start)]
@@ -246,6 +254,11 @@ def tokenize_row(row: Row, config: DataConfig, tokenizer: PreTrainedTokenizerBas
 
 def encode_text(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     """Token ids of a piece of text in the middle of an input (a continuation, a label): no special tokens."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # JSON's "\ud800" decodes to a lone surrogate, which tokenizers reject
+            raise RequestError(f"text is not valid Unicode: an unpaired surrogate at character {exc.start + 1}") from None
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
@@ -287,7 +300,8 @@ def load_examples(config: DataConfig, tokenizer: PreTrainedTokenizerBase) -> tup
     if not train_rows:
         raise DataError(f"{config.data}: no training rows left after the held-out split")
     train = tokenize_rows(train_rows, config, tokenizer, config.data)
-    held_out = tokenize_rows(eval_rows, config, tokenizer, config.eval_data or config.data)
+    first = 1 if config.eval_data else len(train_rows) + 1  # held-out rows follow the training rows in the file
+    held_out = tokenize_rows(eval_rows, config, tokenizer, config.eval_data or config.data, first)
     return train, held_out
 
 

@@ -108,9 +108,6 @@ def complete(
         return []
     if not all(isinstance(t, str) for t in texts):
         raise RequestError("every prompt must be a string")
-    for row, text in enumerate(texts):
-        if not text.isascii() and not _encodable(text):
-            raise RequestError(f"prompt {row + 1} is not valid Unicode text (it holds an unpaired surrogate)")
     _check_finite(prompts)
     engine = Engine(base, config=EngineConfig(max_batch_size=max(1, len(texts)), max_context=1 << 30))
     names: dict[int, str] = {}  # one registry entry per distinct prompt tensor
@@ -119,10 +116,12 @@ def complete(
             names[id(prompt)] = f"prompt-{len(names)}"
             engine.registry.add_embedding(names[id(prompt)], prompt)
     tokenizer = base.tokenizer
-    encoded = [
-        encode_prompt(tokenizer, text, config.chat_template)
-        for text in format_inputs(base, texts, config.chat_template)
-    ]
+    encoded = []
+    for row, text in enumerate(format_inputs(base, texts, config.chat_template)):
+        try:
+            encoded.append(encode_prompt(tokenizer, text, config.chat_template))
+        except RequestError as exc:
+            raise RequestError(f"prompt {row + 1}: {exc}") from None
     for row, ids in enumerate(encoded):
         if not ids:  # nothing to condition on, and no last token to decode from
             raise RequestError(f"prompt {row + 1} is empty: it has no tokens")
@@ -165,11 +164,3 @@ def _params(config: GenerateConfig, prompt_tokens: int) -> SamplingParams:
         stop=config.stop,
         stop_at_eos=config.stop_at_eos,
     )
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True

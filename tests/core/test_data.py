@@ -102,3 +102,10 @@ def test_inputs_start_with_the_tokenizers_own_start_tokens(tmp_path):
     assert row.input_ids[0] == bos[0] and row.input_ids[-len(target) :] == target and len(row.input_ids) == 8
     assert row.labels == [IGNORE_INDEX] * (8 - len(target)) + target
     assert encode_input(bos_tok, "xyz", 3) == bos + bos_tok("yz", add_special_tokens=False)["input_ids"]
+
+
+def test_an_unpaired_surrogate_names_the_row(tmp_path, tok):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"prompt": "fine text"}\n{"prompt": "bad \\ud800 text"}\n')
+    with pytest.raises(DataError, match=r"rows.jsonl, row 2: text is not valid Unicode: an unpaired surrogate"):
+        load_examples(DataConfig(data=str(path), limit=1), tok)

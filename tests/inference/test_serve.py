@@ -185,6 +185,15 @@ def test_wrong_types_are_400_in_openai_shape(raw, body, param):
     assert _error(raw.post(path, json=body), 400)["param"] == param
 
 
+def test_an_unpaired_surrogate_is_400_naming_the_field(raw):
+    """JSON's "\\ud800" decodes to text no tokenizer takes: a 400, not a crash in the tokenizer."""
+    headers = {"content-type": "application/json"}
+    completion = b'{"model": "alpha", "prompt": "a\\ud800", "max_tokens": 2}'
+    chat = b'{"model": "alpha", "messages": [{"role": "user", "content": "\\ud800"}], "max_tokens": 2}'
+    assert _error(raw.post("/v1/completions", content=completion, headers=headers), 400)["param"] == "prompt"
+    assert _error(raw.post("/v1/chat/completions", content=chat, headers=headers), 400)["param"] == "messages"
+
+
 def test_malformed_json_is_400_and_big_body_is_413(raw):
     headers = {"content-type": "application/json"}
     assert _error(raw.post("/v1/completions", content=b'{"model": ', headers=headers), 400)["code"] == "invalid_json"

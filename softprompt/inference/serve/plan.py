@@ -72,6 +72,13 @@ class Planner:
 
     def encode(self, request: Request) -> tuple[list[list[int]], list[str]]:
         """Prompt token ids, and each prompt's text (what ``echo`` returns)."""
+        try:
+            return self._encode(request)
+        except RequestError as exc:  # text the tokenizer cannot take (an unpaired surrogate)
+            param = "prompt" if isinstance(request, CompletionRequest) else "messages"
+            raise APIError(400, f"{param}: {exc}", param=param, code="invalid_value") from None
+
+    def _encode(self, request: Request) -> tuple[list[list[int]], list[str]]:
         if isinstance(request, CompletionRequest):
             given = request.prompts
             if isinstance(given[0], str):
