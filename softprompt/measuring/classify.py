@@ -41,6 +41,7 @@ class Scorer:
     members: int = 1  # prompts (ensemble members) scored per row
     max_input_tokens: int | None = None  # under a sliding window: the longest input that stays exact
     prefix_starts: bool = False  # a text context before the rows already holds the tokenizer's start tokens
+    device: torch.device = torch.device("cpu")  # where the scorer takes its ids: the model's device
 
 
 def engine_scorer(base: BaseModel, prompts: Sequence[torch.Tensor | None], context: str = "") -> Scorer:
@@ -67,17 +68,19 @@ def engine_scorer(base: BaseModel, prompts: Sequence[torch.Tensor | None], conte
         return runner.score(ids.repeat(len(kvs), 1), mask.repeat(len(kvs), 1), per_row, keep)
 
     limit = None if span is None else span - longest_prefix
-    return Scorer(logits, base.pad_id, len(kvs), limit, prefix_starts=bool(context_ids))
+    return Scorer(logits, base.pad_id, len(kvs), limit, prefix_starts=bool(context_ids), device=base.device)
 
 
 def model_scorer(base: BaseModel, prompts: Sequence[torch.Tensor | None]) -> Scorer:
     """The reference path: each member's prompt injected into every row (:meth:`SoftPromptModel.forward`)."""
-    models = [SoftPromptModel(base, None if p is None else SoftPrompt(p.to(base.device))) for p in list(prompts) or [None]]
+    models = [
+        SoftPromptModel(base, None if p is None else SoftPrompt(p.to(base.device))) for p in list(prompts) or [None]
+    ]
 
     def logits(ids: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
         return torch.cat([model(ids, mask, keep) for model in models])
 
-    return Scorer(logits, base.pad_id, len(models))
+    return Scorer(logits, base.pad_id, len(models), device=base.device)
 
 
 def hf_scorer(model: torch.nn.Module, pad_id: int, accepts_position_ids: bool = True) -> Scorer:
@@ -91,7 +94,7 @@ def hf_scorer(model: torch.nn.Module, pad_id: int, accepts_position_ids: bool = 
         extra = {"position_ids": (mask.cumsum(-1) - 1).clamp(min=0)} if accepts_position_ids else {}
         return model(input_ids=ids, attention_mask=mask, logits_to_keep=keep, **extra).logits
 
-    return Scorer(logits, pad_id)
+    return Scorer(logits, pad_id, device=next(model.parameters()).device)
 
 
 def label_ids(tokenizer: PreTrainedTokenizerBase, words: Sequence[str]) -> list[list[int]]:
@@ -109,7 +112,7 @@ def score_labels(
     texts: Sequence[str],
     words: Sequence[str],
     batch_size: int = 16,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
     max_length: int = 512,
 ) -> torch.Tensor:
     """Summed log p(" " + word | text) for every member, row and label: [members, N, K].
@@ -136,7 +139,9 @@ def score_labels(
     scores = torch.empty(scorer.members, len(texts), len(labels))
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        scores[:, chunk] = _score_chunk(scorer, [contexts[i] for i in chunk], labels, torch.device(device))
+        scores[:, chunk] = _score_chunk(
+            scorer, [contexts[i] for i in chunk], labels, torch.device(device or scorer.device)
+        )
     return scores
 
 
@@ -217,7 +222,7 @@ def classify(
     texts: Sequence[str],
     words: Sequence[str],
     batch_size: int = 16,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
 ) -> Classified:
     started = time.perf_counter()
     scores = score_labels(scorer, tokenizer, texts, words, batch_size, device)

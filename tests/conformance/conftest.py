@@ -1,7 +1,11 @@
-"""Fixtures for the conformance matrix: one tiny model per family, saved once per session."""
+"""Fixtures for the conformance matrix: one tiny model per family, saved once per session.
+
+``SOFTPROMPT_TEST_DEVICE=cuda`` runs the matrix on a GPU (the models load there; inputs follow).
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +13,8 @@ import pytest
 from softprompt.core.base import BaseModel
 from softprompt.core.models import load_base_model
 from tests.conformance.families import FAMILIES, save_tiny_family
+
+DEVICE = os.environ.get("SOFTPROMPT_TEST_DEVICE", "cpu")
 
 
 @pytest.fixture(scope="session")
@@ -32,4 +38,4 @@ def family_dir(family_root: Path, family: str) -> Path:
 @pytest.fixture
 def fbase(family_dir: Path) -> BaseModel:
     """The family's tiny model, loaded the way users load theirs (load-time checks included)."""
-    return load_base_model(str(family_dir), device="cpu")
+    return load_base_model(str(family_dir), device=DEVICE)

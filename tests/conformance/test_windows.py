@@ -20,6 +20,7 @@ from softprompt.core.models import load_base_model
 from softprompt.core.prompt import Init, PromptConfig
 from softprompt.inference.engine import Engine, SamplingParams
 from softprompt.measuring.classify import engine_scorer, score_labels
+from tests.conformance.conftest import DEVICE
 from tests.conformance.families import save_tiny_family
 from tests.inference.test_generate import reference_greedy
 
@@ -30,7 +31,7 @@ INIT_TEXT = "Say:"
 @pytest.fixture(params=["gemma2", "gemma3_text"])
 def windowed(request, tmp_path_factory):
     directory = save_tiny_family(request.param, tmp_path_factory.mktemp(request.param), sliding_window=SMALL_WINDOW)
-    return load_base_model(str(directory), device="cpu")
+    return load_base_model(str(directory), device=DEVICE)
 
 
 def test_family_reports_its_window(windowed):
@@ -43,12 +44,14 @@ def test_training_loss_across_the_window_equals_the_hard_prompt(windowed):
     model = SoftPromptModel.with_new_prompt(windowed, PromptConfig(len(ids), Init.TEXT, INIT_TEXT))
     rows = [list(b"a row much longer than the sliding window"), list(b"ab")]
     assert model.layout_for(max(map(len, rows))) == "plain"
-    batch = collate([Example(r, list(r)) for r in rows], windowed.pad_id)
+    batch = collate([Example(r, list(r)) for r in rows], windowed.pad_id).to(windowed.device)
     with torch.no_grad():
         soft, count = model.loss(batch.input_ids, batch.attention_mask, batch.labels)
         hard = 0.0
         for row in rows:
-            hard_batch = collate([Example(ids + row, [IGNORE_INDEX] * len(ids) + row)], windowed.pad_id)
+            hard_batch = collate([Example(ids + row, [IGNORE_INDEX] * len(ids) + row)], windowed.pad_id).to(
+                windowed.device
+            )
             loss, _ = SoftPromptModel(windowed).loss(hard_batch.input_ids, hard_batch.attention_mask, hard_batch.labels)
             hard += float(loss)
     assert count == sum(map(len, rows))

@@ -24,6 +24,8 @@ from softprompt.core.family import read_family
 from tests.conformance.families import FAMILIES, REFUSED, tiny_config
 
 OUTPUT = Path("docs/architectures.md")
+# The same tests run on a GPU (SOFTPROMPT_TEST_DEVICE=cuda pytest tests/conformance --junitxml=...), kept as run.
+CUDA_REPORT = Path("docs/conformance-cuda.xml")
 COMMAND = ".venv/bin/python -m tests.conformance.write_table"
 MATRIX = "tests.conformance.test_matrix"
 COLUMNS = {  # test function -> column title
@@ -69,14 +71,18 @@ def results(report: Path) -> dict[str, dict[str, str]]:
     return out
 
 
-def matrix_table(found: dict[str, dict[str, str]]) -> list[str]:
-    lines = ["| family | packed layout | " + " | ".join(COLUMNS.values()) + " |"]
-    lines.append("|---" * (len(COLUMNS) + 2) + "|")
+def matrix_table(found: dict[str, dict[str, str]], cuda: dict[str, dict[str, str]] | None) -> list[str]:
+    extra = ["on CUDA: all 8"] if cuda else []
+    lines = ["| family | packed layout | " + " | ".join([*COLUMNS.values(), *extra]) + " |"]
+    lines.append("|---" * (len(COLUMNS) + 2 + len(extra)) + "|")
     layouts = found.get(f"{MATRIX}.test_every_training_layout_gives_the_plain_loss_and_gradient", {})
     for family in FAMILIES:
         packable = read_family(AutoModelForCausalLM.from_config(tiny_config(family))).packable
         packed = "yes" if packable else "no (shared)"
         cells = [MARK.get(found.get(f"{MATRIX}.{test}", {}).get(family, ""), "not run") for test in COLUMNS]
+        if cuda:
+            outcomes = {cuda.get(f"{MATRIX}.{test}", {}).get(family, "not run") for test in COLUMNS}
+            cells.append("pass" if outcomes == {"passed"} else "**FAIL**" if "failed" in outcomes else "not run")
         lines.append(f"| {family} | {packed if layouts else '?'} | " + " | ".join(cells) + " |")
     return lines
 
@@ -91,8 +97,23 @@ def other_tests(found: dict[str, dict[str, str]], module: str) -> list[str]:
     return lines
 
 
+def cuda_line(report: Path) -> list[str]:
+    suite = ET.parse(report).getroot().find("testsuite")
+    if suite is None:
+        return []
+    counts = {key: int(suite.get(key, "0")) for key in ("tests", "failures", "errors", "skipped")}
+    return [
+        f"The last column is the same tests run on a GPU ({report}, {suite.get('timestamp', '')[:10]}: "
+        f"{counts['tests']} tests, {counts['failures'] + counts['errors']} failed, {counts['skipped']} skipped; "
+        "one NVIDIA H200, torch 2.11 + CUDA 13, transformers 5.24), with "
+        "`SOFTPROMPT_TEST_DEVICE=cuda pytest tests/conformance --junitxml=docs/conformance-cuda.xml`.",
+        "",
+    ]
+
+
 def write(found: dict[str, dict[str, str]], code: int) -> str:
     refused = [f"| {family} | {why} |" for family, why in REFUSED.items()]
+    cuda = results(CUDA_REPORT) if CUDA_REPORT.is_file() else None
     return "\n".join(
         [
             "# Architectures: the conformance matrix",
@@ -105,8 +126,9 @@ def write(found: dict[str, dict[str, str]], code: int) -> str:
             "(Gemma's scaled embeddings and soft-capped logits, Granite's multipliers, Cohere's logit scale, "
             "sliding windows on Gemma 2/3). Each cell is one test (tests/conformance/test_matrix.py).",
             "",
-            *matrix_table(found),
+            *matrix_table(found, cuda),
             "",
+            *(cuda_line(CUDA_REPORT) if cuda else []),
             "`packed layout`: whether training runs padding-free (softprompt.core.family.PACKABLE); the others "
             "train with the prompt's keys/values shared (or injected into every row where a sliding window "
             "requires it). Models of other families load when the load-time checks pass "

@@ -18,14 +18,15 @@ def _prompts(hidden):
 def reference_greedy(base, text, prompt, steps):
     """No cache at all: re-run the whole sequence for every new token."""
     emb = base.model.get_input_embeddings()
-    ids = base.tokenizer([text], return_tensors="pt").input_ids
+    ids = base.tokenizer([text], return_tensors="pt").input_ids.to(base.device)
+    prompt = None if prompt is None else prompt.to(base.device)
     out = []
     for _ in range(steps):
         injected = inject(emb(ids), torch.ones_like(ids), [prompt])
         hidden, _ = run_decoder(base, injected.embeds, injected.attention_mask, injected.position_ids)
         token = int(lm_logits(base, hidden[:, -1]).argmax(-1))
         out.append(token)
-        ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+        ids = torch.cat([ids, torch.tensor([[token]], device=base.device)], dim=1)
     return out
 
 
