@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -59,16 +60,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
+def _load_with_adapter(args: argparse.Namespace) -> Any:
+    """The base model from --model with the adapter from --adapter (none when not given)."""
     from softprompt.core.model import SoftPromptModel
 
-    model = SoftPromptModel.from_pretrained(
+    return SoftPromptModel.from_pretrained(
         args.model,
         args.adapter,
         allow_base_mismatch=args.allow_base_mismatch,
         trust_remote_code=args.trust_remote_code,
         device=args.device,
     )
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    model = _load_with_adapter(args)
     config = config_from_args(GenerateConfig, args)
     prompt = None if model.prompt is None else model.prompt.folded()
     tuned = generate(model.base, args.prompts, prompt, config)
@@ -87,17 +93,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from softprompt.core.model import SoftPromptModel
     from softprompt.inference.export import ExportConfig, export_prompt_embeds
 
     config = config_from_args(ExportConfig, args)  # validate before loading anything
-    model = SoftPromptModel.from_pretrained(
-        args.model,
-        args.adapter,
-        allow_base_mismatch=args.allow_base_mismatch,
-        trust_remote_code=args.trust_remote_code,
-        device=args.device,
-    )
+    model = _load_with_adapter(args)
     path = export_prompt_embeds(model, args.prompt, config)
     console.print(f"{config.to} for {args.prompt!r} saved to [bold]{path}[/bold]")
     return 0

@@ -101,18 +101,24 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tiny_dirs, tmp_path, one
     assert resumed.metrics["optimizer_steps"] == 24
 
 
-def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tiny_dirs, tmp_path, monkeypatch, capsys):
+def _interrupt_on_fourth_batch(monkeypatch):
+    """Ctrl-C during the fourth batch's backward (after 3 optimizer steps); returns the original method."""
     import softprompt.training.loop as loop
 
     original, calls = loop.TrainingLoop._backward, []
 
-    def interrupt_on_fourth(self, batch):
+    def interrupt(self, batch):
         calls.append(1)
         if len(calls) == 4:
             raise KeyboardInterrupt
         return original(self, batch)
 
-    monkeypatch.setattr(loop.TrainingLoop, "_backward", interrupt_on_fourth)
+    monkeypatch.setattr(loop.TrainingLoop, "_backward", interrupt)
+    return original
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tiny_dirs, tmp_path, monkeypatch, capsys):
+    _interrupt_on_fourth_batch(monkeypatch)
     assert main(_args(tiny_dirs["llama"], tmp_path)) == 130
     assert "resume" in capsys.readouterr().err
     assert load_checkpoint(tmp_path).step == 3
@@ -159,15 +165,7 @@ def test_reparameterised_prompt_resumes_exactly(tiny_dirs, tmp_path, monkeypatch
 
     stopped, clean = tmp_path / "stopped", tmp_path / "clean"
     args = lambda out: [*_args(tiny_dirs["llama"], out), "--reparam-hidden", "8"]  # noqa: E731
-    original, calls = loop.TrainingLoop._backward, []
-
-    def interrupt_on_fourth(self, batch):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return original(self, batch)
-
-    monkeypatch.setattr(loop.TrainingLoop, "_backward", interrupt_on_fourth)
+    original = _interrupt_on_fourth_batch(monkeypatch)
     assert main(args(stopped)) == 130
     assert any(key.startswith("mlp.") for key in load_checkpoint(stopped).prompt)
     monkeypatch.setattr(loop.TrainingLoop, "_backward", original)
