@@ -93,6 +93,8 @@ def main() -> int:
     rows = load_train_rows(preset, SST2)[: args.rows]
     data = DataConfig(data=str(SST2), template=preset.template, target_column=TARGET_COLUMN, max_length=128)
     examples = tokenize_rows(preset.with_target(rows, str(SST2)), data, base.tokenizer)
+    warm = candidates(base, preset, 1, 2, args.batch_size, Path(tempfile.mkdtemp()))[0]  # weights paged in, kernels warm
+    train(warm.model, examples, [], warm.config)
     cpu = _cpu()
     print(f"{cpu}; torch {torch.__version__}, {torch.get_num_threads()} threads; load {os.getloadavg()}")
     print(f"{args.candidates} candidates x {args.steps} steps x {args.batch_size} rows, {args.model} {args.model_dtype}")

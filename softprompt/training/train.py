@@ -226,8 +226,10 @@ def _auto_global_batch(model: SoftPromptModel, examples: list[Example]) -> int:
 
 
 def keep_best(loop: TrainingLoop) -> None:
-    """With early stopping, the run ends holding its best held-out prompt, not its last."""
-    if loop.config.early_stopping and loop.progress.best_epoch and loop.best_prompt is not None:
+    """With early stopping, the run ends holding its best held-out prompt, not its last (the initial one
+    when no evaluation improved on it)."""
+    scored = math.isfinite(loop.progress.best_loss)  # no held-out rows: nothing to call best
+    if loop.config.early_stopping and scored and loop.best_prompt is not None:
         loop.prompt.load_state_dict(loop.best_prompt)
 
 
