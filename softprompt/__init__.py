@@ -23,6 +23,7 @@ from softprompt.inference.engine import AdapterRegistry, Engine, EngineConfig, R
 from softprompt.inference.export import build_prompt_embeds
 from softprompt.inference.generate import Completion, GenerateConfig, complete, generate
 from softprompt.training.heldout import mean_token_loss
+from softprompt.training.sweep import Candidate, SweepResult, train_sweep
 from softprompt.training.train import TrainConfig, TrainResult, train, tune
 
 __version__ = "0.1.0"
@@ -34,6 +35,7 @@ __all__ = [
     "AdapterRegistry",
     "BaseModel",
     "BaseModelMismatchError",
+    "Candidate",
     "Completion",
     "ConfigError",
     "DataConfig",
@@ -50,6 +52,7 @@ __all__ = [
     "SoftPrompt",
     "SoftPromptError",
     "SoftPromptModel",
+    "SweepResult",
     "TrainConfig",
     "TrainResult",
     "TrainingError",
@@ -62,5 +65,6 @@ __all__ = [
     "mean_token_loss",
     "save_adapter",
     "train",
+    "train_sweep",
     "tune",
 ]

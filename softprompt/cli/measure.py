@@ -49,11 +49,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     setup = config_from_args(RunSetup, args, model=args.model, device=args.device)
     report = compare(setup, config_from_args(CompareConfig, args))
-    from softprompt.measuring.report import goals
-
     console.print(Path(setup.output, "report.md").read_text(encoding="utf-8"), markup=False)
-    for line in goals(report):
-        console.print(f"goal: {line}", markup=False)
+    for goal in report["goals"]:
+        console.print(f"goal: {goal['goal']}: {goal['text']}", markup=False)
     console.print(f"report written to [bold]{setup.output}[/bold] (report.md, report.json, report.png)")
     return 0
 

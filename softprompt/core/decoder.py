@@ -51,27 +51,32 @@ def run_decoder(
 
 @dataclass
 class PrefixState:
-    """A prefix run once (batch of one): its hidden states [P, H] and its per-layer keys/values."""
+    """A prefix run once: its hidden states [P, H] (or [K, P, H] for K prefixes) and per-layer keys/values."""
 
     hidden: torch.Tensor
     cache: DynamicCache
 
     @property
     def length(self) -> int:
-        return int(self.hidden.shape[0])
+        return int(self.hidden.shape[-2])
 
 
 def prompt_cache(base: BaseModel, prefix: torch.Tensor) -> PrefixState:
     """Run a prefix [P, H] (a soft prompt, a context's embeddings, or both) alone from position 0.
 
+    A batch [K, P, H] runs K prefixes side by side (a sweep's candidates); shorter ones may be
+    zero-padded on the right, since under causal attention no real slot sees the padding after it.
     Differentiable when ``prefix`` requires grad: training backpropagates through the shared
     keys/values into the prompt.
     """
-    embeds = prefix.to(base.device, base.dtype)[None]  # [1, P, H]
-    ones = torch.ones(1, embeds.shape[1], dtype=torch.long, device=base.device)
-    positions = torch.arange(embeds.shape[1], device=base.device)[None]
+    embeds = prefix.to(base.device, base.dtype)
+    batched = embeds.ndim == 3
+    embeds = embeds if batched else embeds[None]  # [K, P, H]
+    count, length = embeds.shape[:2]
+    ones = torch.ones(count, length, dtype=torch.long, device=base.device)
+    positions = torch.arange(length, device=base.device)[None].expand(count, length)
     hidden, cache = run_decoder(base, embeds, ones, positions, DynamicCache(config=base.model.config), use_cache=True)
-    return PrefixState(hidden[0], cache)
+    return PrefixState(hidden if batched else hidden[0], cache)
 
 
 def run_after_prefix(

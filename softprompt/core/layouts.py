@@ -1,15 +1,19 @@
-"""How a training or scoring pass lays out one soft prompt and a batch of rows. Same loss, any layout.
+"""How a training or scoring pass lays out soft prompts and a batch of rows. Same loss, any layout.
 
 - ``plain``: the prompt injected into every left-padded row (:func:`softprompt.core.inject.inject`);
   the reference the others are tested against, and exact for every family.
 - ``shared``: the prompt's keys/values computed once and attended to by every row.
 - ``packed``: the prompt and the rows in one padding-free sequence (:mod:`softprompt.core.packed`).
 
-Each returns hidden states and labels aligned for :func:`softprompt.core.loss.token_nll`.
+A pass may carry several prompts, each row attending to its own (``owners``): that is how a
+sweep's candidates train in the same passes over the frozen model (:mod:`softprompt.training.sweep`).
+Every layout gives each row exactly what it sees in a pass of its prompt alone, and returns, per
+prompt, hidden states and labels aligned for :func:`softprompt.core.loss.token_nll`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -21,6 +25,7 @@ from softprompt.core.packed import packed_hidden
 
 Layout = Literal["packed", "shared", "plain"]
 LAYOUTS: tuple[Layout, ...] = ("packed", "shared", "plain")
+Piece = tuple[torch.Tensor, torch.Tensor]  # hidden [B', L, H] and labels [B', L], as token_nll takes them
 
 
 def choose_layout(base: BaseModel, n_prompt: int, width: int) -> Layout:
@@ -28,7 +33,8 @@ def choose_layout(base: BaseModel, n_prompt: int, width: int) -> Layout:
 
     Under a sliding window, ``shared`` stays exact only while the prompt and the longest row fit
     in the window (a short row's queries would otherwise lose sight of the prompt across padding);
-    ``plain`` keeps each row contiguous and is exact at any length.
+    ``plain`` keeps each row contiguous and is exact at any length. With several prompts,
+    ``n_prompt`` is the longest.
     """
     family = base.family
     if family.packable:
@@ -44,18 +50,56 @@ def layout_hidden(
     attention_mask: torch.Tensor,
     labels: torch.Tensor,
     layout: Layout,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> Piece:
     """Hidden states [B', L, H] and labels [B', L] of left-padded rows after ``prompt`` [P, H]."""
+    owners = [0] * input_ids.shape[0]
+    piece = layout_pieces(base, [prompt], owners, input_ids, attention_mask, labels, layout)[0]
+    assert piece is not None  # every row belongs to the one prompt
+    return piece
+
+
+def layout_pieces(
+    base: BaseModel,
+    prompts: Sequence[torch.Tensor],
+    owners: list[int],
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    layout: Layout,
+) -> list[Piece | None]:
+    """Per prompt k [P_k, H]: hidden states and labels of the rows with ``owners[row] == k`` (None if none).
+
+    Rows are grouped by owner first (a stable sort), so each prompt's rows form one contiguous
+    piece of the pass; every row attends to its own prompt only.
+    """
+    order = sorted(range(len(owners)), key=lambda row: owners[row])
+    if order != list(range(len(owners))):
+        index = torch.tensor(order, device=input_ids.device)
+        input_ids, attention_mask, labels = (t.index_select(0, index) for t in (input_ids, attention_mask, labels))
+        owners = [owners[row] for row in order]
+    counts = [owners.count(k) for k in range(len(prompts))]
     if layout == "packed":
         lengths = attention_mask.sum(dim=1).tolist()
         rows = [ids[ids.shape[0] - n :] for ids, n in zip(input_ids, lengths, strict=True)]
         targets = [row[row.shape[0] - n :] for row, n in zip(labels, lengths, strict=True)]
-        return packed_hidden(base, prompt, rows, targets)
+        hidden, flat = packed_hidden(base, prompts, owners, rows, targets)
+        spans, start = [], 0
+        for count in counts:  # row r takes 1 + its length positions (see packed_hidden)
+            spans.append(sum(1 + n for n in lengths[start : start + count]))
+            start += count
+        return _split(hidden, flat, spans, dim=1)
     if layout == "shared":
-        hidden = shared_prefix_hidden(base, prompt, embed_tokens(base, input_ids), attention_mask)
-        return hidden, shared_prefix_labels(labels)
-    hidden, injected = injected_hidden(base, input_ids, attention_mask, [prompt] * input_ids.shape[0])
-    return hidden, inject_labels(labels, injected)
+        hidden = shared_prefix_hidden(base, prompts, owners, embed_tokens(base, input_ids), attention_mask)
+        return _split(hidden, shared_prefix_labels(labels), counts, dim=0)
+    hidden, injected = injected_hidden(base, input_ids, attention_mask, [prompts[owner] for owner in owners])
+    return _split(hidden, inject_labels(labels, injected), counts, dim=0)
+
+
+def _split(hidden: torch.Tensor, labels: torch.Tensor, sizes: list[int], dim: int) -> list[Piece | None]:
+    if len(sizes) == 1:
+        return [(hidden, labels)]
+    pieces = zip(hidden.split(sizes, dim=dim), labels.split(sizes, dim=dim), strict=True)
+    return [piece if size else None for piece, size in zip(pieces, sizes, strict=True)]
 
 
 def injected_hidden(
@@ -68,24 +112,34 @@ def injected_hidden(
 
 
 def shared_prefix_hidden(
-    base: BaseModel, prompt: torch.Tensor, token_embeds: torch.Tensor, attention_mask: torch.Tensor
+    base: BaseModel,
+    prompts: Sequence[torch.Tensor],
+    owners: list[int],
+    token_embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
 ) -> torch.Tensor:
-    """Hidden states [B, 1 + T, H] of left-padded tokens after one soft prompt [P, H] shared by every row.
+    """Hidden states [B, 1 + T, H] of left-padded tokens, row b after soft prompt ``owners[b]`` [P_o, H].
 
-    The prompt runs once (batch 1); its keys/values are expanded to the batch and gradients flow
-    back through them into the prompt. Rows are laid out as ``[prompt][padding][tokens]``, which
-    :func:`run_after_prefix` makes equivalent to ``[padding][prompt][tokens]``.
+    The prompts run once, side by side (a batch of K, zero-padded on the right to the longest);
+    each row takes its owner's keys/values and gradients flow back through them into that
+    prompt. Rows are laid out as ``[prompt][padding][tokens]`` (a shorter prompt's padding slots
+    masked), which :func:`run_after_prefix` makes equivalent to ``[padding][prompt][tokens]``.
 
     Column 0, and the padding column just before a row's first token, hold the prompt's last
     state, which predicts that first token; so ``hidden[:, :-1]`` predicts ``tokens`` exactly as
     in the injected layout, given labels shifted right by one (see :func:`shared_prefix_labels`).
     """
     batch, seq, _ = token_embeds.shape
-    prefix = prompt_cache(base, prompt)
-    prefix.cache.batch_repeat_interleave(batch)  # [1, kv, P, d] -> [B, kv, P, d] per layer, differentiable
-    prefix_mask = attention_mask.new_ones(batch, prefix.length)
+    device = token_embeds.device
+    sizes = torch.tensor([prompt.shape[0] for prompt in prompts], device=device)
+    longest = int(sizes.max())
+    stacked = torch.stack([torch.nn.functional.pad(prompt, (0, 0, 0, longest - prompt.shape[0])) for prompt in prompts])
+    prefix = prompt_cache(base, stacked)  # hidden [K, Pmax, H]
+    owner = torch.tensor(owners, device=device)
+    prefix.cache.batch_select_indices(owner)  # [K, kv, P, d] -> [B, kv, P, d] per layer, differentiable
+    prefix_mask = (torch.arange(longest, device=device)[None, :] < sizes[owner][:, None]).long()  # [B, Pmax]
     hidden, _ = run_after_prefix(base, prefix.cache, prefix_mask, token_embeds, attention_mask)
-    last = prefix.hidden[-1:][None].expand(batch, 1, -1)  # [B, 1, H]
+    last = prefix.hidden[owner, sizes[owner] - 1][:, None]  # [B, 1, H]: each row's prompt's last state
     hidden = torch.cat([last, hidden], dim=1)  # [B, 1 + T, H]
     first_predictor = (seq - attention_mask.sum(dim=1))[:, None]  # column before each row's first token
     at_predictor = torch.arange(seq + 1, device=hidden.device)[None, :] == first_predictor  # [B, 1 + T]

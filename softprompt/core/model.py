@@ -8,6 +8,7 @@ step) live in :mod:`softprompt.training.passes`, generation in :mod:`softprompt.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,9 @@ from torch import nn
 from softprompt.core.adapter import AdapterConfig, check_compatible, load_adapter, save_adapter
 from softprompt.core.base import BaseModel
 from softprompt.core.decoder import lm_logits
-from softprompt.core.errors import AdapterError
+from softprompt.core.errors import AdapterError, ConfigError
 from softprompt.core.inject import inject_labels
-from softprompt.core.layouts import Layout, choose_layout, injected_hidden, layout_hidden
+from softprompt.core.layouts import Layout, choose_layout, injected_hidden, layout_hidden, layout_pieces
 from softprompt.core.loss import token_nll
 from softprompt.core.models import load_base_model
 from softprompt.core.prompt import PEFT_INIT_NAMES, Init, PromptConfig, SoftPrompt, initial_embedding
@@ -111,3 +112,26 @@ class SoftPromptModel(nn.Module):
 
     def save_pretrained(self, directory: str | Path, metrics: dict[str, Any] | None = None) -> Path:
         return save_adapter(directory, self.require_prompt().folded(), self.adapter_config(metrics))
+
+
+def joint_loss(
+    models: Sequence[SoftPromptModel],
+    owners: list[int],
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+) -> list[tuple[torch.Tensor, int] | None]:
+    """Per model: summed next-token loss over its own rows (``owners[row]`` indexes ``models``) and their count.
+
+    The models share one frozen base and run in one pass: every row attends to its own model's
+    prompt only, so each model's loss and gradient are those of its rows alone (a sweep's
+    candidates, :mod:`softprompt.training.sweep`). None for a model with no rows here.
+    """
+    base = models[0].base
+    if any(model.base is not base for model in models):
+        raise ConfigError("models trained in the same passes must share one loaded base model")
+    prompts = [model.require_prompt()() for model in models]
+    longest = max(prompt.shape[0] for prompt in prompts)
+    layout = models[0].layout or choose_layout(base, longest, input_ids.shape[1])
+    pieces = layout_pieces(base, prompts, owners, input_ids, attention_mask, labels, layout)
+    return [None if piece is None else token_nll(base, *piece) for piece in pieces]

@@ -1,17 +1,19 @@
-"""Padding-free training passes: one soft prompt and a batch's rows packed into one sequence.
+"""Padding-free training passes: soft prompts and a batch's rows packed into one sequence.
 
-The rows run as ``[prompt][row 0][row 1]...`` in a single [1, N, H] pass, so every projection is
-one matmul over all real tokens: no padding, no separate batch-1 pass for the prompt, no cache
-concatenation. Only attention needs to know the layout, so a registered transformers attention
-function lets each row attend to the prompt and to its own earlier tokens, with positions P,
-P + 1, ... as in the injected layout. Only families listed in
+The rows run as ``[prompt 0][prompt 1]...[row 0][row 1]...`` in a single [1, N, H] pass, so every
+projection is one matmul over all real tokens: no padding, no separate batch-1 pass for a prompt,
+no cache concatenation. Only attention needs to know the layout, so a registered transformers
+attention function lets each row attend to its own prompt (its ``owner``) and to its own earlier
+tokens, with positions P, P + 1, ... as in the injected layout. One prompt is ordinary training;
+several are a sweep's candidates trained in the same passes (:mod:`softprompt.training.sweep`),
+each row seeing exactly what it would see in its candidate's run alone. Only families listed in
 :data:`softprompt.core.family.PACKABLE` attend through that interface; the others keep the
 shared-prefix layout of :mod:`softprompt.core.layouts`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,20 +27,24 @@ from softprompt.core.decoder import embed_tokens
 from softprompt.core.inject import IGNORE_INDEX
 
 ATTENTION = "softprompt_packed"
+
+
 @dataclass
 class Packing:
-    """The packed sequence's layout: ``n_prompt`` prompt tokens, then rows of these lengths in order."""
+    """The packed sequence's layout: prompts of lengths ``prompts``, then rows of ``lengths``; row r
+    belongs to prompt ``owners[r]``."""
 
-    n_prompt: int
+    prompts: list[int]
     lengths: list[int]
-    _masks: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+    owners: list[int]
+    _masks: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, repr=False)
 
-    def mask(self, length: int, device: torch.device) -> torch.Tensor:
+    def mask(self, n_prompt: int, length: int, device: torch.device) -> torch.Tensor:
         """[T, P + T] bool: token i sees the whole prompt and tokens 0..i of its own row."""
-        if length not in self._masks:
-            cols = torch.arange(self.n_prompt + length, device=device)
-            self._masks[length] = cols[None, :] <= torch.arange(length, device=device)[:, None] + self.n_prompt
-        return self._masks[length]
+        if (n_prompt, length) not in self._masks:
+            cols = torch.arange(n_prompt + length, device=device)
+            self._masks[n_prompt, length] = cols[None, :] <= torch.arange(length, device=device)[:, None] + n_prompt
+        return self._masks[n_prompt, length]
 
 
 def packed_attention(
@@ -59,18 +65,19 @@ def packed_attention(
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
     # split, not slicing: its backward is one concatenation, where each slice's backward would
     # write its gradient into a zero tensor the size of the whole sequence
-    sizes = [packing.n_prompt, *packing.lengths]
+    sizes = [*packing.prompts, *packing.lengths]
     queries, keys, values = (t.split(sizes, dim=2) for t in (query, key, value))
+    n = len(packing.prompts)
 
     def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=mask is None, scale=scaling
         )
 
-    outputs = [attend(queries[0], keys[0], values[0], None)]
-    for q, k, v in zip(queries[1:], keys[1:], values[1:], strict=True):
-        mask = packing.mask(q.shape[2], query.device)
-        outputs.append(attend(q, torch.cat([keys[0], k], dim=2), torch.cat([values[0], v], dim=2), mask))
+    outputs = [attend(queries[i], keys[i], values[i], None) for i in range(n)]  # each prompt: causal, alone
+    for owner, q, k, v in zip(packing.owners, queries[n:], keys[n:], values[n:], strict=True):
+        mask = packing.mask(packing.prompts[owner], q.shape[2], query.device)
+        outputs.append(attend(q, torch.cat([keys[owner], k], dim=2), torch.cat([values[owner], v], dim=2), mask))
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
 
 
@@ -90,27 +97,36 @@ def _packed_attention(base: BaseModel) -> Iterator[None]:
 
 
 def packed_hidden(
-    base: BaseModel, prompt: torch.Tensor, rows: list[torch.Tensor], row_labels: list[torch.Tensor]
+    base: BaseModel,
+    prompts: Sequence[torch.Tensor],
+    owners: list[int],
+    rows: list[torch.Tensor],
+    row_labels: list[torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hidden states and labels [1, M] of unpadded rows after a shared prompt [P, H], for ``token_nll``.
+    """Hidden states and labels [1, M] of unpadded rows, row r after prompt ``owners[r]`` [P_o, H], for ``token_nll``.
 
-    The result is laid out as ``[last][row 0][last][row 1]...`` with ``last`` the prompt's final
-    state and an ignored label before each row, so that under the usual shift ``last`` predicts
-    each row's first token and no row predicts the next row's.
+    The result is laid out as ``[last 0][row 0][last 1][row 1]...`` with ``last r`` the final state
+    of row r's prompt and an ignored label before each row, so that under the usual shift it
+    predicts the row's first token and no row predicts the next row's: row r takes
+    ``1 + len(row r)`` positions, in the rows' order.
     """
-    n_prompt = prompt.shape[0]
+    n_prompts = [prompt.shape[0] for prompt in prompts]
     embeds = embed_tokens(base, torch.cat(rows))
-    embeds = torch.cat([prompt.to(embeds.dtype), embeds])[None]  # [1, N, H]
+    embeds = torch.cat([*(prompt.to(embeds.dtype) for prompt in prompts), embeds])[None]  # [1, N, H]
     lengths = [len(row) for row in rows]
-    positions = [torch.arange(n_prompt)] + [torch.arange(n_prompt, n_prompt + n) for n in lengths]
+    positions = [torch.arange(n) for n in n_prompts]
+    positions += [torch.arange(n_prompts[o], n_prompts[o] + n) for o, n in zip(owners, lengths, strict=True)]
     position_ids = torch.cat(positions).to(embeds.device)[None]
     with _packed_attention(base):
         out = base.model.base_model(
-            inputs_embeds=embeds, position_ids=position_ids, use_cache=False, packing=Packing(n_prompt, lengths)
+            inputs_embeds=embeds,
+            position_ids=position_ids,
+            use_cache=False,
+            packing=Packing(n_prompts, lengths, owners),
         )
-    prompt_states, *row_states = out.last_hidden_state[0].split([n_prompt, *lengths])
-    last = prompt_states[-1:]
-    pieces = [piece for states in row_states for piece in (last, states)]
+    states = out.last_hidden_state[0].split([*n_prompts, *lengths])
+    lasts = [prompt_states[-1:] for prompt_states in states[: len(n_prompts)]]
+    pieces = [piece for o, row in zip(owners, states[len(n_prompts) :], strict=True) for piece in (lasts[o], row)]
     ignore = row_labels[0].new_full((1,), IGNORE_INDEX)
     labels = torch.cat([piece for row in row_labels for piece in (ignore, row)])
     return torch.cat(pieces)[None], labels[None]

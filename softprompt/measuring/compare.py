@@ -1,10 +1,21 @@
-"""``softprompt compare``: every adaptation method on one task with one budget, measured.
+"""``softprompt compare``: every adaptation method on one task, each tuned on validation only, then tested once.
 
-Each method runs in its own process (``softprompt.methods.run``), so its peak RSS is its own
-and one method's failure does not end the comparison. Finished methods are kept in
-``OUTPUT/results/*.json`` and reused when the same job is run again, so an interrupted
-comparison resumes where it stopped. The report (``report.md``, ``report.json``,
-``report.png``) is written by :mod:`softprompt.report`.
+The protocol, in order:
+
+1. A validation split is carved out of the training file (deterministic, stratified by label:
+   :func:`softprompt.measuring.selection.split_validation`); the test file is not opened.
+2. Each method chooses its settings on it (:mod:`softprompt.measuring.methods.search`): every
+   trained method tries the same number of candidates (``--search-budget``), each with the same
+   step budget and early stopping on validation loss, and the best by validation accuracy is
+   trained again with every seed; prompt engineering chooses instruction, shots and example order.
+   Every choice is written to ``OUTPUT/selection.json``.
+3. Only then is the test file read, and every method's runs score it once. The report gives each
+   method's chosen settings, validation score, test accuracy as mean +- standard deviation over
+   seeds, and a 95% bootstrap interval (:mod:`softprompt.measuring.stats`).
+
+Each method's selection and test scoring run in their own processes (``methods/run.py``), so
+peak RSS is per method and one failure does not end the comparison. Finished phases are kept in
+``OUTPUT/results/`` and reused when the same job runs again, so an interrupted comparison resumes.
 """
 
 from __future__ import annotations
@@ -23,160 +34,217 @@ import torch
 
 from softprompt.core.adapter import write_json
 from softprompt.core.errors import ConfigError
-from softprompt.measuring.classify import metrics, vote
 from softprompt.measuring.methods import TRAINED, Kind, MethodSpec
-from softprompt.measuring.methods.run import RunSetup, run_method
-from softprompt.measuring.presets import load_preset, load_task
+from softprompt.measuring.methods.run import RunSetup, run_phase
+from softprompt.measuring.methods.search import SearchJob
+from softprompt.measuring.presets import Preset, load_preset, load_test_rows, load_train_rows
+from softprompt.measuring.selection import Split, design, split_validation
 
 log = logging.getLogger(__name__)
 
 INITS = ("random", "vocab", "text", "labels")
+DEFAULT_METHODS = (Kind.ZERO_SHOT, Kind.FEW_SHOT, Kind.PROMPT_TUNING, Kind.LORA)
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
 
 
 @dataclass(frozen=True)
 class CompareConfig:
-    methods: tuple[str, ...] = field(
-        default=tuple(k.value for k in Kind), metadata={"help": "methods to run: " + ", ".join(k.value for k in Kind)}
-    )
-    prompt_length: int = field(default=20, metadata={"help": "virtual tokens for every init, P-tuning and prefix"})
-    inits: tuple[str, ...] = field(default=INITS, metadata={"help": "prompt-tuning inits to compare"})
-    extra_lengths: tuple[int, ...] = field(default=(5, 50), metadata={"help": "more prompt lengths (first init)"})
-    shots: int = field(default=4, metadata={"help": "in-context examples for few-shot"})
-    lora_rank: int = field(default=8, metadata={"help": "LoRA rank"})
-    # Chosen by measurement (docs/results.md, run 3): on twitter_complaints at 100 steps prompt tuning
-    # scored 70.7 / 68.8 / 79.0 / 65.1% at lr 0.01 / 0.03 / 0.1 / 0.3, LoRA 74.0 / 75.0 / 63.7 / 63.7%
-    # at 0.001 / 0.005 / 0.01 / 0.02; on sst2 prompt tuning at 0.1 was within 1.3 points of 0.03.
-    lr_prompt: float = field(default=0.1, metadata={"help": "learning rate: prompt tuning"})
-    lr_ptuning: float = field(default=0.03, metadata={"help": "learning rate: P-tuning (prompt and MLP)"})
-    lr_prefix: float = field(default=0.01, metadata={"help": "learning rate: prefix tuning"})
-    lr_lora: float = field(default=0.005, metadata={"help": "learning rate: LoRA"})
-    lr_full: float = field(default=3e-5, metadata={"help": "learning rate: full fine-tuning"})
+    methods: tuple[str, ...] = field(default=tuple(k.value for k in DEFAULT_METHODS),
+                                     metadata=_help("methods to run: " + ", ".join(k.value for k in Kind)))  # fmt: skip
+    seeds: int = field(default=3, metadata=_help("seeds per method (mean, standard deviation, interval over them)"))
+    search_budget: int = field(default=6, metadata=_help("candidates every trained method tries on validation"))
+    val_fraction: float = field(default=0.2, metadata=_help("share of the training rows that validate every choice"))
+    val_max_rows: int = field(default=300, metadata=_help("at most this many validation rows"))
+    split_seed: int = field(default=0, metadata=_help("seed of the validation split and of the candidate design"))
+    eval_every: int = field(default=25, metadata=_help("steps between validation-loss scores (early stopping)"))
+    patience: int = field(default=4, metadata=_help("stop after N validation scores without improvement"))
+    schedules: tuple[str, ...] = field(default=("linear", "constant"), metadata=_help("learning-rate schedules to try"))
+    pt_lrs: tuple[float, ...] = field(default=(0.3, 0.1, 0.03, 0.01), metadata=_help("prompt tuning: learning rates"))
+    pt_lengths: tuple[int, ...] = field(default=(20,), metadata=_help("prompt, P-tuning and prefix lengths to try"))
+    pt_inits: tuple[str, ...] = field(default=("labels", "text"), metadata=_help("prompt-tuning inits to try"))
+    pt_reparam: tuple[int, ...] = field(default=(0, 128),
+                                        metadata=_help("prompt tuning: residual MLP widths to try (0: none)"))  # fmt: skip
+    lora_lrs: tuple[float, ...] = field(default=(1e-4, 3e-4, 1e-3, 3e-3), metadata=_help("LoRA: learning rates"))
+    lora_ranks: tuple[int, ...] = field(default=(4, 8, 16), metadata=_help("LoRA: ranks to try"))
+    prefix_lrs: tuple[float, ...] = field(default=(1e-3, 3e-3, 1e-2, 3e-2), metadata=_help("prefix tuning: lrs"))
+    full_lrs: tuple[float, ...] = field(default=(1e-5, 3e-5, 1e-4), metadata=_help("full fine-tuning: lrs"))
+    pe_shots: tuple[int, ...] = field(default=(1, 2), metadata=_help("few-shot: examples per class to try"))
+    pe_orders: int = field(default=2, metadata=_help("few-shot: seeded example orders to try"))
     slow_test_rows: int | None = field(
-        default=None, metadata={"help": "evaluate few-shot and full fine-tuning on only the first N test rows"}
+        default=None, metadata=_help("score few-shot and full fine-tuning on only the first N test rows")
     )
-    vote: str = field(default="mean", metadata={"help": "ensemble vote: mean (log-prob) or majority"})
-    isolate: bool = field(default=True, metadata={"help": "run each method in its own process (measures peak RSS)"})
+    vote: str = field(default="mean", metadata=_help("ensemble vote over the seeds' prompts: mean or majority"))
+    isolate: bool = field(default=True, metadata=_help("run each method in its own process (measures peak RSS)"))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", tuple(Kind(m).value for m in self.methods))
-        try:  # the CLI passes list options as strings
-            object.__setattr__(self, "extra_lengths", tuple(int(n) for n in self.extra_lengths))
-        except ValueError as exc:
-            raise ConfigError(f"extra_lengths must be integers: {exc}") from exc
-        for init in self.inits:
+        for name, kind in (("pt_lrs", float), ("lora_lrs", float), ("prefix_lrs", float), ("full_lrs", float),
+                           ("pt_lengths", int), ("pt_reparam", int), ("lora_ranks", int), ("pe_shots", int)):  # fmt: skip
+            object.__setattr__(self, name, _numbers(name, getattr(self, name), kind))
+        for init in self.pt_inits:
             if init not in INITS:
                 raise ConfigError(f"unknown init {init!r}: use {', '.join(INITS)}")
-        if self.prompt_length < 1 or any(n < 1 for n in self.extra_lengths) or self.shots < 1:
-            raise ConfigError("prompt lengths and shots must be >= 1")
+        for schedule in self.schedules:
+            if schedule not in ("linear", "cosine", "constant", "constant_with_warmup"):
+                raise ConfigError(f"unknown schedule {schedule!r}: use linear, cosine, constant, constant_with_warmup")
+        if min(self.seeds, self.search_budget, self.pe_orders, self.patience, self.eval_every, self.val_max_rows) < 1:
+            raise ConfigError("seeds, search_budget, pe_orders, patience, eval_every and val_max_rows must be >= 1")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
+        if min(*self.pt_lengths, *self.pe_shots, *self.lora_ranks) < 1 or min(self.pt_reparam) < 0:
+            raise ConfigError("lengths, shots and ranks must be >= 1 and MLP widths >= 0")
         if self.vote not in ("mean", "majority"):
             raise ConfigError(f"vote must be mean or majority, got {self.vote!r}")
 
 
-def method_specs(config: CompareConfig) -> list[MethodSpec]:
-    """The methods in report order: prompt engineering, prompt tuning, then the heavier ones."""
-    wanted = {Kind(m) for m in config.methods}
-    n, slow = config.prompt_length, config.slow_test_rows
-    specs: list[MethodSpec] = []
-    if Kind.ZERO_SHOT in wanted:
-        specs.append(MethodSpec(Kind.ZERO_SHOT))
-    if Kind.FEW_SHOT in wanted:
-        specs.append(MethodSpec(Kind.FEW_SHOT, shots=config.shots, test_rows=slow))
-    if Kind.PROMPT_TUNING in wanted:
-        specs += [MethodSpec(Kind.PROMPT_TUNING, config.lr_prompt, n, init) for init in config.inits]
-        first = config.inits[0] if config.inits else "text"
-        specs += [MethodSpec(Kind.PROMPT_TUNING, config.lr_prompt, m, first) for m in config.extra_lengths if m != n]
-    if Kind.P_TUNING in wanted:
-        specs.append(MethodSpec(Kind.P_TUNING, config.lr_ptuning, n, config.inits[0] if config.inits else "text"))
-    if Kind.PREFIX_TUNING in wanted:
-        specs.append(MethodSpec(Kind.PREFIX_TUNING, config.lr_prefix, n))
-    if Kind.LORA in wanted:
-        specs.append(MethodSpec(Kind.LORA, config.lr_lora, rank=config.lora_rank))
-    if Kind.FULL in wanted:
-        specs.append(MethodSpec(Kind.FULL, config.lr_full, test_rows=slow))
-    return specs
+def _numbers(name: str, values: Any, kind: type) -> tuple[Any, ...]:
+    """The CLI passes list options as strings; JSON as numbers."""
+    try:
+        out = tuple(kind(v) for v in values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name} must be a list of {kind.__name__}s: {exc}") from None
+    if not out:
+        raise ConfigError(f"{name} needs at least one value")
+    if kind is float and not all(v > 0 for v in out):
+        raise ConfigError(f"{name} must be positive, got {out}")
+    return out
+
+
+def method_candidates(kind: Kind, config: CompareConfig, labels: int) -> list[MethodSpec]:
+    """Every setting a method's selection tries: a balanced design of at most ``search_budget`` for trained methods."""
+    slow = config.slow_test_rows
+    if kind is Kind.ZERO_SHOT:
+        return [MethodSpec(kind, instruction=i) for i in (True, False)]
+    if kind is Kind.FEW_SHOT:
+        return [MethodSpec(kind, shots=k * labels, instruction=i, order=o, test_rows=slow)
+                for i in (True, False) for k in config.pe_shots for o in range(config.pe_orders)]  # fmt: skip
+    space: dict[str, tuple[Any, ...]] = {"lr": _lrs(kind, config), "scheduler": config.schedules}
+    if kind in (Kind.PROMPT_TUNING, Kind.P_TUNING, Kind.PREFIX_TUNING):
+        space["num_virtual_tokens"] = config.pt_lengths
+    if kind in (Kind.PROMPT_TUNING, Kind.P_TUNING):
+        space["init"] = config.pt_inits
+    if kind is Kind.PROMPT_TUNING:
+        space["reparam_hidden"] = config.pt_reparam
+    if kind is Kind.LORA:
+        space["rank"] = config.lora_ranks
+    test_rows = slow if kind is Kind.FULL else None
+    return [MethodSpec(kind, test_rows=test_rows, **values)
+            for values in design(space, config.search_budget, config.split_seed)]  # fmt: skip
+
+
+def _lrs(kind: Kind, config: CompareConfig) -> tuple[float, ...]:
+    return {Kind.PROMPT_TUNING: config.pt_lrs, Kind.P_TUNING: config.pt_lrs, Kind.PREFIX_TUNING: config.prefix_lrs,
+            Kind.LORA: config.lora_lrs, Kind.FULL: config.full_lrs}[kind]  # fmt: skip
+
+
+def plan(setup: RunSetup, config: CompareConfig) -> tuple[Preset, Split, list[SearchJob]]:
+    """The validation split and every method's search, from the training file alone."""
+    preset = load_preset(setup.preset)
+    rows = load_train_rows(preset, setup.data, setup.train_rows)
+    labels = [preset.label_index(row, f"training row {i + 1}") for i, row in enumerate(rows)]
+    split = split_validation(labels, config.val_fraction, config.val_max_rows, config.split_seed)
+    seeds = tuple(setup.seed + i for i in range(config.seeds))
+    jobs = []
+    for kind in (Kind(m) for m in config.methods):
+        stopping = (config.eval_every, config.patience) if kind in TRAINED else (0, 0)  # nothing trains
+        candidates = tuple(method_candidates(kind, config, len(preset.labels)))
+        jobs.append(SearchJob(kind, candidates, seeds, tuple(split.train), tuple(split.validation), *stopping))
+    return preset, split, jobs
 
 
 def compare(setup: RunSetup, config: CompareConfig) -> dict[str, Any]:
-    """Run every method, add the prompt ensemble and baselines, write the report; returns it."""
+    """Select every method on validation, write the choices, then score the test rows; returns the report."""
     from softprompt.measuring.report import write_report
+    from softprompt.measuring.summary import summarise
 
     output = Path(setup.output)
     (output / "results").mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    results = []
-    specs = method_specs(config)
-    for index, spec in enumerate(specs, start=1):
-        log.info("[%d/%d] %s", index, len(specs), spec.name)
-        result = _run_one(spec, setup, config.isolate)
-        results.append(result)
-        if "error" in result:
-            log.warning("%s failed: %s", spec.name, result["error"])
-        else:
-            log.info("%s: accuracy %.3f in %.0f s", spec.name, result["accuracy"], result.get("process_seconds", 0))
-    preset = load_preset(setup.preset)
-    task = load_task(preset, setup.data, setup.train_rows, setup.test_rows)
-    gold = task.test_labels()
-    ensemble = prompt_ensemble(results, gold, len(preset.labels), config.vote)
-    report = {
-        "task": preset.name,
-        "model": setup.model,
-        "setup": asdict(setup),
-        "compare": asdict(config),
-        "train_rows": len(task.train),
-        "test_rows": len(gold),
-        "majority_class_accuracy": max(gold.count(c) for c in set(gold)) / len(gold),
-        "methods": [{k: v for k, v in r.items() if k != "scores"} for r in results],
-        "ensemble": ensemble,
-        # Reused methods count with the time they took when they ran, so a resumed comparison
-        # reports what the whole comparison cost.
-        "total_seconds": time.perf_counter()
-        - started
-        + sum(r.get("process_seconds", 0.0) for r in results if r.get("reused")),
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-    }
+    preset, split, jobs = plan(setup, config)
+    write_json(output / "split.json", {"train": split.train, "validation": split.validation})
+    selections = []
+    for index, job in enumerate(jobs, start=1):
+        log.info("[%d/%d] selecting %s on %d validation rows", index, len(jobs), job.kind.value, len(split.validation))
+        selections.append(_run_one("search", {"job": _job_json(job)}, setup, config.isolate, job.kind))
+    # Every choice is made: written down before the test file is opened.
+    write_json(output / "selection.json", {"split": {"train_rows": len(split.train),
+               "validation_rows": len(split.validation)}, "methods": [_choices(s) for s in selections]})  # fmt: skip
+    test_rows = load_test_rows(preset, setup.data, setup.test_rows)
+    gold = [preset.label_index(row, f"test row {i + 1}") for i, row in enumerate(test_rows)]
+    tests = []
+    for job, selection in zip(jobs, selections, strict=True):
+        if "error" in selection:
+            tests.append({"error": "selection failed"})
+            continue
+        limit = min((n for n in (job.candidates[0].test_rows, setup.test_rows) if n), default=None)
+        payload = {"selection": {"kind": selection["kind"], "runs": selection["runs"]}, "test_rows": limit}
+        tests.append(_run_one("test", payload, setup, config.isolate, job.kind))
+    report = summarise(preset, setup, config, split, selections, tests, gold)
+    report.update(total_seconds=time.perf_counter() - started + _reused_seconds(selections + tests),
+                  torch_threads=torch.get_num_threads(), cpu_count=os.cpu_count())  # fmt: skip
     write_report(report, output)
     return report
 
 
-def _run_one(spec: MethodSpec, setup: RunSetup, isolate: bool) -> dict[str, Any]:
-    """Reuse a finished result of the same job, else run it (in a child process if isolating)."""
-    job = {"spec": asdict(spec), "setup": asdict(setup)}
-    slug = spec.name.replace(" ", "_").replace("(", "").replace(")", "").replace(",", "").replace("=", "")
-    path = Path(setup.output) / "results" / f"{slug}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_file():
-        cached = json.loads(path.read_text(encoding="utf-8"))
-        if _same_job(cached.get("job"), job, spec) and "error" not in cached:
-            log.info("reusing %s", path)
-            return {**cached, "reused": True}
-    if not isolate:
-        started = time.perf_counter()
-        result = run_method(spec, setup)
-        result["process_seconds"] = time.perf_counter() - started
-    else:
-        result = _run_child(job, path)
-    result["job"] = job
-    write_json(path, result)
-    return result
+def _job_json(job: SearchJob) -> dict[str, Any]:
+    return json.loads(json.dumps(asdict(job), default=str))
+
+
+def _choices(selection: dict[str, Any]) -> dict[str, Any]:
+    if "error" in selection:
+        return {"kind": selection.get("kind"), "error": selection["error"]}
+    chosen = selection["candidates"][selection["chosen"]]
+    runs = [{"seed": r["seed"], "settings": r.get("settings"), "artifact": r.get("artifact"),
+             "error": r.get("error")} for r in selection["runs"]]  # fmt: skip
+    return {"kind": selection["kind"], "method": selection["method"], "chosen": chosen["settings"],
+            "val_accuracy": chosen["val_accuracy"], "runs": runs}  # fmt: skip
+
+
+def _reused_seconds(results: list[dict[str, Any]]) -> float:
+    """Reused phases count with the time they took when they ran: a resumed comparison reports its whole cost."""
+    return sum(r.get("process_seconds", 0.0) for r in results if r.get("reused"))
 
 
 # Options that only matter to trained methods (and where results go): a prompt-engineering result
 # stays valid when they change, so comparisons at several budgets share it.
-TRAINING_ONLY = ("budget", "batch_size", "max_seconds", "max_length", "output", "keep_full_model")
+TRAINING_ONLY = ("budget", "batch_size", "max_seconds", "max_length", "keep_full_model")
 
 
-def _same_job(cached: Any, job: dict[str, Any], spec: MethodSpec) -> bool:
+def _run_one(phase: str, payload: dict[str, Any], setup: RunSetup, isolate: bool, kind: Kind) -> dict[str, Any]:
+    """Reuse a finished phase of the same job, else run it (in a child process if isolating)."""
+    job = {"phase": phase, "setup": asdict(setup), **payload}
+    path = Path(setup.output) / "results" / f"{kind.value}.{phase}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_file():
+        cached = json.loads(path.read_text(encoding="utf-8"))
+        if _same_job(cached.get("job"), job, kind) and "error" not in cached:
+            log.info("reusing %s", path)
+            return {**cached, "reused": True}
+    path.unlink(missing_ok=True)  # a failed run must not leave an older result in its place
+    if isolate:
+        result = _run_child(job, path)
+    else:
+        started = time.perf_counter()
+        result = run_phase(job)
+        result["process_seconds"] = time.perf_counter() - started
+    result["job"] = job
+    write_json(path, result)
+    if "error" in result:
+        log.warning("%s %s failed: %s", kind.value, phase, result["error"])
+    return result
+
+
+def _same_job(cached: Any, job: dict[str, Any], kind: Kind) -> bool:
     if not isinstance(cached, dict):
         return False
     cached, job = json.loads(json.dumps(cached)), json.loads(json.dumps(job))
-    if spec.kind not in TRAINED:
-        for key in TRAINING_ONLY:
-            cached["setup"].pop(key, None)
-            job["setup"].pop(key, None)
-    else:
-        cached["setup"].pop("output", None)
-        job["setup"].pop("output", None)
+    ignored = ("output", *TRAINING_ONLY) if kind not in TRAINED else ("output",)
+    for key in ignored:
+        cached.get("setup", {}).pop(key, None)
+        job["setup"].pop(key, None)
     return bool(cached == job)
 
 
@@ -193,25 +261,6 @@ def _run_child(job: dict[str, Any], path: Path) -> dict[str, Any]:
     job_file.unlink(missing_ok=True)
     if done.returncode != 0 or not path.is_file():
         lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
-        return {"name": MethodSpec(**job["spec"]).name, "spec": job["spec"],
-                "error": lines[-1] if lines else f"exit code {done.returncode}",
+        return {"error": lines[-1] if lines else f"exit code {done.returncode}",
                 "process_seconds": time.perf_counter() - started}  # fmt: skip
     return dict(json.loads(path.read_text(encoding="utf-8")))
-
-
-def prompt_ensemble(results: list[dict[str, Any]], gold: list[int], num_labels: int, how: str) -> dict[str, Any] | None:
-    """Vote over the tuned soft prompts evaluated on the full test rows.
-
-    The members' label log-probs are the ones each member scored; scoring them together in one
-    batched pass (``softprompt eval --adapter A --adapter B ...``) gives the same numbers.
-    """
-    members = [r for r in results if r.get("spec", {}).get("kind") == Kind.PROMPT_TUNING.value and "scores" in r]
-    members = [r for r in members if len(r["scores"]) == len(gold)]
-    if len(members) < 2:
-        return None
-    scores = torch.tensor([r["scores"] for r in members])  # [M, N, K]
-    out: dict[str, Any] = {"members": [r["name"] for r in members], "vote": how}
-    for kind in ("mean", "majority"):
-        out[kind] = metrics(vote(scores, kind).tolist(), gold, num_labels)
-    out.update(out[how])
-    return out

@@ -8,12 +8,13 @@ the same computation.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
 from softprompt.core.data import Example, batches
 from softprompt.core.inject import IGNORE_INDEX
-from softprompt.core.model import SoftPromptModel
+from softprompt.core.model import SoftPromptModel, joint_loss
 from softprompt.training import distributed, sharding
 from softprompt.training.passes import keep_in_step
 
@@ -42,3 +43,26 @@ def mean_token_loss(model: SoftPromptModel, examples: list[Example], batch_size:
         keep_in_step(model, first.input_ids, first.attention_mask, first.labels, idle)
     summed, tokens = distributed.global_sums(total, count)
     return summed / tokens if tokens else math.nan
+
+
+@torch.no_grad()
+def mean_token_losses(models: Sequence[SoftPromptModel], examples: list[Example], batch_size: int = 8) -> list[float]:
+    """:func:`mean_token_loss` of several prompts over the same rows, in shared passes (one process).
+
+    Each pass holds one of :func:`mean_token_loss`'s batches once per model, every copy attending
+    to its own model's prompt, so each number is the one that model alone would get.
+    """
+    if not examples:
+        return [math.nan] * len(models)
+    totals, counts = [0.0] * len(models), [0] * len(models)
+    scored = [without_first_token(e) for e in examples]
+    owners_per_row = list(range(len(models)))
+    for batch in batches(scored, batch_size, models[0].base.tokenizer.pad_token_id):
+        batch = batch.to(models[0].base.device)
+        rows = batch.input_ids.shape[0]
+        owners = [k for k in owners_per_row for _ in range(rows)]
+        copies = [t.repeat(len(models), 1) for t in (batch.input_ids, batch.attention_mask, batch.labels)]
+        for k, result in enumerate(joint_loss(models, owners, *copies)):
+            if result is not None:
+                totals[k], counts[k] = totals[k] + float(result[0]), counts[k] + result[1]
+    return [total / count if count else math.nan for total, count in zip(totals, counts, strict=True)]

@@ -41,7 +41,9 @@ class Progress:
     heldout_loss_before: float = math.nan
     best_loss: float = math.inf
     best_epoch: int = 0
-    stale_epochs: int = 0
+    best_step: int = 0
+    stale_epochs: int = 0  # evaluations without improvement (one per epoch unless eval_every is set)
+    evaluated_step: int = 0  # the optimizer step of the last held-out evaluation
     real_tokens: int = 0
     padded_tokens: int = 0
     train_seconds: float = 0.0
@@ -65,6 +67,12 @@ class TrainingLoop:
     next_batch: int = 0
     records: list[dict[str, Any]] = field(default_factory=list)
     best_prompt: dict[str, torch.Tensor] | None = None  # the prompt's state at its best held-out loss
+    # the open epoch (None between epochs): its batches, the next one to backpropagate, its bar
+    _batches: list[Batch] | None = field(default=None, repr=False)
+    _cursor: int = 0
+    _bar: Any = None
+    _started: float = 0.0  # when training time last started counting
+    _eval_due: bool = False
 
     @property
     def sharded(self) -> bool:
@@ -88,8 +96,9 @@ class TrainingLoop:
             or bool(config.max_seconds and progress.train_seconds >= config.max_seconds)
         )
 
-    def evaluate_before(self) -> None:
-        loss = mean_token_loss(self.model, self.eval_set, self.config.eval_batch_size)
+    def evaluate_before(self, loss: float | None = None) -> None:
+        """Score the initial prompt (``loss``: already scored, by a sweep's joint pass)."""
+        loss = mean_token_loss(self.model, self.eval_set, self.config.eval_batch_size) if loss is None else loss
         self.progress.heldout_loss_before = self.progress.best_loss = loss
         self.best_prompt = self.prompt_state()
         self._record({"step": 0, "epoch": 0, "eval_loss": loss})
@@ -101,9 +110,63 @@ class TrainingLoop:
         )
 
     def run(self) -> None:
-        while (self.config.max_steps or self.epoch <= self.config.epochs) and not self.done:
-            self._run_epoch()
-            self._end_epoch()
+        while self.training:
+            batch = self.take_batch()
+            if batch is None:
+                self.observe(self.evaluate())
+            else:
+                self.after_backward(self._backward(batch))
+
+    # The loop as steps, so that training.sweep can drive several loops through shared passes:
+    # take_batch() -> (backward) -> after_backward(loss), and observe(loss) whenever take_batch()
+    # says an evaluation is due. run() above is the one-loop driver.
+
+    @property
+    def training(self) -> bool:
+        """Batches or an evaluation remain (an open epoch always ends in one of the two)."""
+        return self._batches is not None or self._more_epochs()
+
+    def _more_epochs(self) -> bool:
+        return bool(self.config.max_steps or self.epoch <= self.config.epochs) and not self.done
+
+    def take_batch(self) -> Batch | None:
+        """This epoch's next batch, or None when an evaluation is due (call :meth:`observe`). Idempotent."""
+        while True:
+            if self._batches is None:
+                if not self._more_epochs():
+                    return None
+                self._open_epoch()
+            assert self._batches is not None
+            if self._eval_due:
+                return None
+            if self._cursor < len(self._batches) and not self.done:
+                return self._batches[self._cursor]
+            # The epoch is over, or the budget ran out in it: evaluate per epoch, or once at the end
+            # when evaluating every N steps (unless this step was just evaluated).
+            last = self.done or not (self.config.max_steps or self.epoch < self.config.epochs)
+            if not self.config.eval_every or (last and self.progress.evaluated_step != self.step):
+                self._eval_due = True
+                return None
+            self._close_epoch()
+
+    def _open_epoch(self) -> None:
+        self._batches = self._epoch_batches()
+        self._cursor = self.next_batch
+        self._bar = tqdm(
+            total=len(self._batches),
+            initial=self.next_batch,
+            desc=f"epoch {self.epoch}/{self.config.epochs}",
+            disable=not self.config.progress or not distributed.is_main(),
+            leave=False,
+        )
+        self._started = time.perf_counter()
+
+    def _close_epoch(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        self._batches, self._bar = None, None
+        self.epoch, self.next_batch = self.epoch + 1, 0
+        self.checkpoint()
 
     def _epoch_batches(self) -> list[Batch]:
         pad_id = self.model.base.tokenizer.pad_token_id
@@ -119,41 +182,62 @@ class TrainingLoop:
             )
         )
 
-    def _run_epoch(self) -> None:
-        epoch_batches = self._epoch_batches()
-        accum = self.config.grad_accum
-        bar = tqdm(
-            total=len(epoch_batches),
-            initial=self.next_batch,
-            desc=f"epoch {self.epoch}/{self.config.epochs}",
-            disable=not self.config.progress or not distributed.is_main(),
-            leave=False,
-        )
+    def after_backward(self, loss: float) -> None:
+        """The batch from :meth:`take_batch` was backpropagated (mean token loss ``loss``): step if a window closed."""
+        assert self._batches is not None
+        index, count = self._cursor, len(self._batches)
+        self._cursor += 1
+        if self._bar is not None:
+            self._bar.update(1)
+        if (index + 1) % self.config.grad_accum and index + 1 != count:
+            return
+        self._optimizer_step()
+        self.next_batch = index + 1
+        now = time.perf_counter()
+        self.progress.train_seconds += now - self._started
+        self._started = now
+        lr = self.scheduler.get_last_lr()[0]
+        self._record({"step": self.step, "epoch": self.epoch, "loss": loss, "lr": lr,
+                      "elapsed": self.progress.train_seconds})  # fmt: skip
+        if self._bar is not None:
+            self._bar.set_postfix(loss=f"{loss:.3f}")
+        if self.config.checkpoint_every and self.step % self.config.checkpoint_every == 0:
+            self.checkpoint()
+        self._eval_due = self._eval_due or bool(self.config.eval_every and self.step % self.config.eval_every == 0)
+
+    def evaluate(self) -> float:
+        """Held-out loss of the current prompt, its time kept out of training time."""
         started = time.perf_counter()
-        for index in range(self.next_batch, len(epoch_batches)):
-            loss = self._backward(epoch_batches[index])
-            bar.update(1)
-            if (index + 1) % accum == 0 or index + 1 == len(epoch_batches):
-                self._optimizer_step()
-                self.next_batch = index + 1
-                now = time.perf_counter()
-                self.progress.train_seconds += now - started
-                started = now
-                self._record(
-                    {
-                        "step": self.step,
-                        "epoch": self.epoch,
-                        "loss": loss,
-                        "lr": self.scheduler.get_last_lr()[0],
-                        "elapsed": self.progress.train_seconds,
-                    }
-                )
-                bar.set_postfix(loss=f"{loss:.3f}")
-                if self.config.checkpoint_every and self.step % self.config.checkpoint_every == 0:
-                    self.checkpoint()
-                if self.done:  # the step or time budget ends the run mid-epoch
-                    break
-        bar.close()
+        loss = mean_token_loss(self.model, self.eval_set, self.config.eval_batch_size)
+        self.add_eval_seconds(time.perf_counter() - started)
+        return loss
+
+    def add_eval_seconds(self, seconds: float) -> None:
+        self.progress.eval_seconds += seconds
+        self.pause(seconds)
+
+    def pause(self, seconds: float) -> None:
+        """``seconds`` just spent not training (an evaluation) do not count as training time."""
+        self._started += seconds
+
+    def observe(self, loss: float) -> None:
+        """Take the held-out loss due (see :meth:`take_batch`): keep the best prompt, stop early, end the epoch."""
+        self._record({"step": self.step, "epoch": self.epoch, "eval_loss": loss, "elapsed": self.progress.train_seconds})
+        log.info("epoch %d, step %d: held-out loss %.4f", self.epoch, self.step, loss)
+        progress = self.progress
+        if loss < progress.best_loss:
+            progress.best_loss, progress.best_epoch, progress.best_step = loss, self.epoch, self.step
+            progress.stale_epochs = 0
+            self.best_prompt = self.prompt_state()
+        else:
+            progress.stale_epochs += 1
+            progress.stopped_early = bool(self.config.early_stopping) and progress.stale_epochs >= self.config.early_stopping
+        progress.evaluated_step, self._eval_due = self.step, False
+        batches = self._batches
+        if batches is None or self._cursor >= len(batches) or self.done or not self.config.eval_every:
+            self._close_epoch()
+        else:
+            self.checkpoint()
 
     def _backward(self, batch: Batch) -> float:
         """Backpropagate this process's rows of a global batch; returns the global mean token loss.
@@ -181,14 +265,18 @@ class TrainingLoop:
             first = Batch(batch.input_ids[:1], batch.attention_mask[:1], batch.labels[:1]).to(self.model.base.device)
             keep_in_step(self.model, first.input_ids, first.attention_mask, first.labels, passes)
         total, real, padded = distributed.global_sums(mean * count, local.real_tokens, slots)
-        if not math.isfinite(total):  # the same global value on every rank, so all stop together
+        return self.account(total / max(tokens, 1), int(real), int(padded))
+
+    def account(self, loss: float, real: int, padded: int) -> float:
+        """Count a backpropagated batch's tokens; a non-finite loss ends the run (on every rank alike)."""
+        if not math.isfinite(loss):
             saved = (
                 f"the last good checkpoint (step {self.step}) is in {self.output}" if self.step else "nothing was saved"
             )
-            raise TrainingError(f"loss became {total} at step {self.step + 1}; lower --lr or check the data; {saved}")
-        self.progress.real_tokens += int(real)
-        self.progress.padded_tokens += int(padded)  # token slots computed, padding included
-        return total / max(tokens, 1)
+            raise TrainingError(f"loss became {loss} at step {self.step + 1}; lower --lr or check the data; {saved}")
+        self.progress.real_tokens += real
+        self.progress.padded_tokens += padded  # token slots computed, padding included
+        return loss
 
     def _lockstep_passes(self, local: Batch) -> int:
         """Under --shard fsdp, the passes every process runs for this batch (the most any needs); else 0."""
@@ -210,25 +298,6 @@ class TrainingLoop:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-
-    def _end_epoch(self) -> None:
-        started = time.perf_counter()
-        loss = mean_token_loss(self.model, self.eval_set, self.config.eval_batch_size)
-        self.progress.eval_seconds += time.perf_counter() - started
-        self._record(
-            {"step": self.step, "epoch": self.epoch, "eval_loss": loss, "elapsed": self.progress.train_seconds}
-        )
-        log.info("epoch %d: held-out loss %.4f", self.epoch, loss)
-        if loss < self.progress.best_loss:
-            self.progress.best_loss, self.progress.best_epoch, self.progress.stale_epochs = loss, self.epoch, 0
-            self.best_prompt = self.prompt_state()
-        else:
-            self.progress.stale_epochs += 1
-            self.progress.stopped_early = (
-                bool(self.config.early_stopping) and self.progress.stale_epochs >= self.config.early_stopping
-            )
-        self.epoch, self.next_batch = self.epoch + 1, 0
-        self.checkpoint()
 
     def _record(self, record: dict[str, Any]) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
@@ -259,6 +328,8 @@ class TrainingLoop:
         self.progress = Progress(**ckpt.progress)
         self.best_prompt = ckpt.best_prompt
         self.records = list(ckpt.records)
+        every = self.config.eval_every  # a checkpoint taken at an evaluation step, before that evaluation
+        self._eval_due = bool(every and self.step and self.step % every == 0 and self.progress.evaluated_step < self.step)
         if not distributed.is_main():
             return
         with open(

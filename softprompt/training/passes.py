@@ -9,10 +9,14 @@ by the slice (about 1.3 MB per token for SmolLM2-135M in fp32).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import torch
 
 from softprompt.core.inject import IGNORE_INDEX
-from softprompt.core.model import SoftPromptModel
+from softprompt.core.layouts import choose_layout
+from softprompt.core.model import SoftPromptModel, joint_loss
 
 # Padded tokens per forward/backward slice in training: bounds activation memory while keeping
 # matmuls large enough to run near the machine's peak.
@@ -102,3 +106,47 @@ def keep_in_step(
         loss, _ = model.loss(ids, mask, target)
         if torch.is_grad_enabled():
             (loss * 0.0).backward()
+
+
+def backward_joint_loss(
+    models: Sequence[SoftPromptModel],
+    owners: list[int],
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    scales: list[float],
+    divisors: list[int],
+    max_tokens: int,
+) -> tuple[list[float], list[int]]:
+    """A sweep's passes: backpropagate, per model k, ``scales[k]`` x its rows' summed loss / ``divisors[k]``.
+
+    ``owners[row]`` indexes ``models``. Rows of every model share the passes (slices of at most
+    ``max_tokens`` token slots, as :func:`backward_mean_loss`), and each model's gradient is that
+    of its rows alone. Returns each model's mean token loss (its summed loss / ``divisors[k]``;
+    non-finite once any of its slices was, and from then on that model takes no more gradient)
+    and the token slots its rows took in the passes.
+    """
+    lengths = attention_mask.sum(dim=1).tolist()
+    longest = max(model.require_prompt().num_virtual_tokens for model in models)
+    packed = (models[0].layout or choose_layout(models[0].base, longest, max(lengths))) == "packed"
+    totals, slot_counts = [0.0] * len(models), [0] * len(models)
+    for rows in row_slices(lengths, max_tokens, packed):
+        width = max(lengths[i] for i in rows)
+        index = torch.tensor(rows, device=input_ids.device)
+        mine = [owners[i] for i in rows]
+        losses = joint_loss(models, mine, input_ids[index, -width:], attention_mask[index, -width:], labels[index, -width:])
+        objective = None
+        for k, result in enumerate(losses):
+            if result is None:
+                continue
+            loss = result[0]
+            slot_counts[k] += slots(lengths, [i for i in rows if owners[i] == k], packed)
+            if not torch.isfinite(loss) or not math.isfinite(totals[k]):
+                totals[k] = math.nan  # that run alone would stop here; the others go on
+                continue
+            totals[k] += float(loss.detach())
+            term = loss * (scales[k] / max(divisors[k], 1))
+            objective = term if objective is None else objective + term
+        if objective is not None:
+            objective.backward()
+    return [total / max(divisor, 1) for total, divisor in zip(totals, divisors, strict=True)], slot_counts

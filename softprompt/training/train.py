@@ -62,7 +62,12 @@ class TrainConfig:
     # default run on SmolLM2-135M, docs/benchmarks.md) and was no faster.
     eval_batch_size: int = field(default=4, metadata={"help": "rows per batch when scoring held-out data"})
     early_stopping: int = field(
-        default=0, metadata={"help": "stop after N epochs without held-out improvement and keep the best (0: off)"}
+        default=0,
+        metadata={"help": "stop after N held-out evaluations without improvement and keep the best prompt (0: off)"},
+    )
+    eval_every: int = field(
+        default=0,
+        metadata={"help": "score the held-out rows every N optimizer steps and at the end, not per epoch (0: per epoch)"},
     )
     group_by_length: bool = field(default=True, metadata={"help": "batch rows of similar length to cut padding"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
@@ -99,8 +104,8 @@ class TrainConfig:
             raise ConfigError("epochs, grad_accum and eval_batch_size must be >= 1 and batch_size >= 0")
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
-        if not 0 <= self.warmup_ratio < 1 or self.early_stopping < 0 or self.checkpoint_every < 0:
-            raise ConfigError("warmup_ratio must be in [0, 1), early_stopping and checkpoint_every >= 0")
+        if not 0 <= self.warmup_ratio < 1 or min(self.early_stopping, self.checkpoint_every, self.eval_every) < 0:
+            raise ConfigError("warmup_ratio must be in [0, 1), early_stopping, eval_every and checkpoint_every >= 0")
         if self.max_steps < 0 or not self.max_seconds >= 0:
             raise ConfigError(f"max_steps and max_seconds must be >= 0, got {self.max_steps} and {self.max_seconds}")
         if self.micro_batch_tokens < 1:
@@ -172,6 +177,31 @@ def train(
 
     Ctrl-C saves a checkpoint at the last completed optimizer step before exiting.
     """
+    loop = make_loop(model, train_set, eval_set, config, run_info, resume)
+    if not resume:
+        loop.evaluate_before()
+    try:
+        loop.run()
+    except KeyboardInterrupt:
+        loop.checkpoint()
+        raise TrainingInterrupted(
+            f"interrupted after step {loop.step}; checkpoint saved, continue with: softprompt train --resume {loop.output}"
+        ) from None
+    return finish(loop)
+
+
+def make_loop(
+    model: SoftPromptModel,
+    train_set: list[Example],
+    eval_set: list[Example],
+    config: TrainConfig,
+    run_info: dict[str, Any] | None = None,
+    resume: Checkpoint | None = None,
+) -> TrainingLoop:
+    """One run's loop, ready to start (or restored): output checked, batch size, AdamW and schedule set.
+
+    :func:`train` runs one; :func:`softprompt.training.sweep.train_sweep` drives several at once.
+    """
     prompt = model.require_prompt()
     output = Path(config.output)
     distributed.on_main(lambda: prepare_output(output))
@@ -186,18 +216,9 @@ def train(
     )
     if resume:
         loop.restore(resume)
-    else:
-        if distributed.is_main():
-            (output / "metrics.jsonl").unlink(missing_ok=True)
-        loop.evaluate_before()
-    try:
-        loop.run()
-    except KeyboardInterrupt:
-        loop.checkpoint()
-        raise TrainingInterrupted(
-            f"interrupted after step {loop.step}; checkpoint saved, continue with: softprompt train --resume {output}"
-        ) from None
-    return _finish(loop)
+    elif distributed.is_main():
+        (output / "metrics.jsonl").unlink(missing_ok=True)
+    return loop
 
 
 def _auto_global_batch(model: SoftPromptModel, examples: list[Example]) -> int:
@@ -205,11 +226,19 @@ def _auto_global_batch(model: SoftPromptModel, examples: list[Example]) -> int:
     return distributed.global_min(auto_batch_size(model, examples)) * distributed.world_size()
 
 
-def _finish(loop: TrainingLoop) -> TrainResult:
-    model, config, progress = loop.model, loop.config, loop.progress
-    if config.early_stopping and progress.best_epoch and loop.best_prompt is not None:
+def keep_best(loop: TrainingLoop) -> None:
+    """With early stopping, the run ends holding its best held-out prompt, not its last (the initial one
+    when no evaluation improved on it)."""
+    scored = math.isfinite(loop.progress.best_loss)  # no held-out rows: nothing to call best
+    if loop.config.early_stopping and scored and loop.best_prompt is not None:
         loop.prompt.load_state_dict(loop.best_prompt)
-    after = mean_token_loss(model, loop.eval_set, config.eval_batch_size)
+
+
+def finish(loop: TrainingLoop, after: float | None = None) -> TrainResult:
+    """Keep the best prompt, score it (``after``: already scored), save adapter, metrics and plot."""
+    model, config, progress = loop.model, loop.config, loop.progress
+    keep_best(loop)
+    after = mean_token_loss(model, loop.eval_set, config.eval_batch_size) if after is None else after
     seconds = max(progress.train_seconds, 1e-9)
     metrics = {
         "base_model": model.base.name,
@@ -225,6 +254,9 @@ def _finish(loop: TrainingLoop) -> TrainResult:
         "eval_rows": len(loop.eval_set),
         "epochs_run": loop.epoch - 1,
         "optimizer_steps": loop.step,
+        "best_step": progress.best_step,
+        "best_heldout_loss": progress.best_loss,
+        "stopped_early": progress.stopped_early,
         "batch_size": progress.batch_size,
         "processes": distributed.world_size(),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

@@ -53,3 +53,31 @@ def test_first_token_is_scored_from_the_last_virtual_token(llama):
     ids = torch.tensor([[5, 6, 7]])
     _, count = model.loss(ids, torch.ones_like(ids), ids.clone())
     assert count == 3
+
+
+@pytest.mark.parametrize("layout", ["plain", "shared", "packed"])
+def test_rows_with_different_prompts_see_only_their_own(tiny, layout):
+    """Several prompts of different lengths in one pass (a sweep): each prompt's loss and gradient are
+    those of its rows run alone, whatever the row order."""
+    from softprompt.core.model import joint_loss
+
+    if layout == "packed" and not tiny.family.packable:
+        pytest.skip("ALiBi families do not pack")
+    models = [SoftPromptModel.with_new_prompt(tiny, PromptConfig(num_virtual_tokens=n, init=Init.RANDOM), seed=n)
+              for n in (2, 4, 3)]  # fmt: skip
+    for model in models:
+        model.layout = layout
+    examples = row_examples(tiny.tokenizer, supervised=False) * 2
+    owners = [2, 0, 1, 0, 2, 1, 2, 0]
+    batch = next(batches(examples, len(examples), tiny.tokenizer.pad_token_id, group_by_length=False))
+    together = joint_loss(models, owners, batch.input_ids, batch.attention_mask, batch.labels)
+    sum(loss for loss, _ in together).backward()
+    for k, model in enumerate(models):
+        grad = model.prompt.embedding.grad.clone()
+        model.prompt.embedding.grad = None
+        rows = torch.tensor([r for r, o in enumerate(owners) if o == k])
+        loss, count = model.loss(batch.input_ids[rows], batch.attention_mask[rows], batch.labels[rows])
+        loss.backward()
+        assert together[k][1] == count
+        assert float(together[k][0]) == pytest.approx(float(loss), rel=1e-5)
+        torch.testing.assert_close(grad, model.prompt.embedding.grad, atol=1e-5, rtol=1e-4)

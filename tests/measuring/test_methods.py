@@ -1,5 +1,6 @@
 """The comparison's weight-training loop and HF loss."""
 
+import pytest
 import torch
 
 from softprompt.core.data import Example, collate
@@ -33,3 +34,27 @@ def test_fit_lowers_the_loss_and_keeps_the_budget(llama):
         head.weight.requires_grad_(False)
     assert result.steps == 12 and len(result.losses) == 12
     assert result.losses[-1] < result.losses[0]
+
+
+def test_fit_stops_on_validation_and_keeps_the_best_weights(llama):
+    model = llama.model
+    head = model.get_output_embeddings()
+    original = head.weight.detach().clone()
+    head.weight.requires_grad_(True)
+    loss = hf_loss(model)
+    validation = [Example([9, 9, 5, 6], [IGNORE_INDEX, IGNORE_INDEX, 5, 6])]  # unlike training: it gets worse
+    try:
+        config = FitConfig(steps=40, lr=0.5, batch_size=4, eval_every=2, patience=2, scheduler="constant")
+        result = fit([head.weight], loss, _examples() * 4, config, 256, validation=validation)
+        with torch.no_grad():
+            total, count = loss(collate(validation, 256))
+    finally:
+        head.weight.requires_grad_(False)
+        with torch.no_grad():
+            head.weight.copy_(original)
+    steps = [step for step, _ in result.curve]
+    assert steps[0] == 0 and all(b - a == 2 for a, b in zip(steps, steps[1:]))
+    assert result.stopped_early and result.steps < 40
+    best = min(value for _, value in result.curve)
+    assert float(total / count) == pytest.approx(best, rel=1e-5)  # the best weights came back
+    assert result.best_step == min(result.curve, key=lambda p: p[1])[0]

@@ -82,3 +82,45 @@ def test_auto_batch_size_shrinks_with_budget(llama):
 def test_bad_training_options(kwargs):
     with pytest.raises(ConfigError):
         TrainConfig(**kwargs)
+
+
+def _evals(result):
+    return [r["step"] for r in result.records if "eval_loss" in r]
+
+
+def test_eval_every_scores_every_n_steps_and_at_the_end(llama, tmp_path, monkeypatch):
+    _, every_two = _run(llama, tmp_path / "a", eval_every=2, epochs=2)  # 3 steps an epoch, 6 in all
+    assert _evals(every_two) == [0, 2, 4, 6]
+    _, every_four = _run(llama, tmp_path / "b", eval_every=4, epochs=2)
+    assert _evals(every_four) == [0, 4, 6]  # the last step is scored too
+    losses = iter([5.0, 4.0, 4.5, 4.6, 4.7, 4.8])  # best after step 1, then two scores without improvement
+    monkeypatch.setattr("softprompt.training.loop.mean_token_loss", lambda *a: next(losses))
+    _, stopped = _run(llama, tmp_path / "c", eval_every=1, epochs=4, early_stopping=2)
+    assert stopped.metrics["stopped_early"] and stopped.metrics["optimizer_steps"] == 3
+    assert stopped.metrics["best_step"] == 1 and _evals(stopped) == [0, 1, 2, 3]
+
+
+def test_resume_between_evaluations_ends_as_an_uninterrupted_run(llama, tmp_path, monkeypatch):
+    import softprompt.training.loop as loop
+    from softprompt.core.errors import TrainingInterrupted
+    from softprompt.training.checkpoint import load_checkpoint
+
+    options = dict(eval_every=2, epochs=2, checkpoint_every=1)
+    clean_model, clean = _run(llama, tmp_path / "clean", **options)
+    original, calls = loop.TrainingLoop._backward, []
+
+    def interrupt(self, batch):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return original(self, batch)
+
+    monkeypatch.setattr(loop.TrainingLoop, "_backward", interrupt)
+    with pytest.raises(TrainingInterrupted):
+        _run(llama, tmp_path / "cut", **options)
+    monkeypatch.setattr(loop.TrainingLoop, "_backward", original)
+    model = SoftPromptModel.with_new_prompt(llama, PromptConfig(num_virtual_tokens=3, init="random"))
+    config = TrainConfig(output=str(tmp_path / "cut"), lr=0.05, batch_size=2, progress=False, **options)
+    resumed = train(model, ROWS, ROWS[:2], config, resume=load_checkpoint(tmp_path / "cut"))
+    assert torch.equal(model.prompt.embedding, clean_model.prompt.embedding)
+    assert _evals(resumed) == _evals(clean) == [0, 2, 4, 6]

@@ -1,8 +1,8 @@
-"""The methods ``softprompt compare`` measures, one spec each, all trained by one loop (fit.py).
+"""The methods ``softprompt compare`` measures; a :class:`MethodSpec` is one setting of one method.
 
-prompt engineering   zero-shot instruction, k-shot in-context examples (nothing trained)
-prompt tuning        a soft prompt [n, H] (Lester et al., 2021), each init, a few lengths
-P-tuning             the prompt produced by a residual MLP, folded away on export
+prompt engineering   zero-shot (instruction or not), k-shot in-context examples (nothing trained)
+prompt tuning        a soft prompt [n, H] (Lester et al., 2021), optionally through a residual MLP
+P-tuning             prompt tuning with the residual MLP always on, folded away on export
 prefix tuning        per-layer keys and values (Li & Liang, 2021), through peft
 LoRA                 low-rank updates of attention weights (Hu et al., 2021), through peft
 full fine-tuning     every weight of the base model
@@ -38,6 +38,17 @@ FAMILY = {
 }
 
 
+METHOD_NAMES = {
+    Kind.ZERO_SHOT: "zero-shot",
+    Kind.FEW_SHOT: "few-shot",
+    Kind.PROMPT_TUNING: "prompt tuning",
+    Kind.P_TUNING: "P-tuning",
+    Kind.PREFIX_TUNING: "prefix tuning",
+    Kind.LORA: "LoRA",
+    Kind.FULL: "full fine-tuning",
+}
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     kind: Kind = field(metadata={"help": "which method"})
@@ -47,6 +58,10 @@ class MethodSpec:
     shots: int = field(default=0, metadata={"help": "in-context examples (few-shot)"})
     rank: int = field(default=8, metadata={"help": "LoRA rank"})
     test_rows: int | None = field(default=None, metadata={"help": "evaluate on only the first N test rows"})
+    scheduler: str = field(default="linear", metadata={"help": "learning-rate schedule (trained methods)"})
+    reparam_hidden: int = field(default=0, metadata={"help": "residual MLP width over the prompt (0: none)"})
+    instruction: bool = field(default=True, metadata={"help": "put the preset's instruction first (prompt engineering)"})
+    order: int = field(default=0, metadata={"help": "which seeded order of the in-context examples (few-shot)"})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", Kind(self.kind))
@@ -56,6 +71,32 @@ class MethodSpec:
             raise ConfigError(f"{self.kind.value} needs num_virtual_tokens >= 1")
         if self.kind is Kind.FEW_SHOT and self.shots < 1:
             raise ConfigError("few-shot needs shots >= 1")
+        if self.reparam_hidden < 0 or self.order < 0:
+            raise ConfigError("reparam_hidden and order must be >= 0")
+
+    @property
+    def method(self) -> str:
+        """The method, whatever its settings: what compare reports a row for."""
+        return METHOD_NAMES[self.kind]
+
+    @property
+    def settings(self) -> str:
+        """The settings a search chooses among, in words."""
+        if self.kind in (Kind.ZERO_SHOT, Kind.FEW_SHOT):
+            shown = ["instruction" if self.instruction else "no instruction"]
+            if self.kind is Kind.FEW_SHOT:
+                shown += [f"{self.shots} shots", f"order {self.order}"]
+            return ", ".join(shown)
+        shown = [f"lr {self.lr:g}", self.scheduler]
+        if self.kind in (Kind.PROMPT_TUNING, Kind.P_TUNING):
+            shown += [f"{self.init} init", f"{self.num_virtual_tokens} tokens"]
+            if self.reparam_hidden:
+                shown.append(f"MLP {self.reparam_hidden}")
+        elif self.kind is Kind.PREFIX_TUNING:
+            shown.append(f"{self.num_virtual_tokens} tokens")
+        elif self.kind is Kind.LORA:
+            shown.append(f"rank {self.rank}")
+        return ", ".join(shown)
 
     @property
     def name(self) -> str:

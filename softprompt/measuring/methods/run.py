@@ -1,7 +1,8 @@
-"""Run one method end to end: load, train within the budget, save, evaluate, measure.
+"""Run one phase of one method: its selection on validation rows, or the scoring of its chosen runs on test rows.
 
 ``python -m softprompt.measuring.methods.run JOB.json RESULT.json`` does the same in a fresh process,
-which is how compare measures each method's peak RSS on its own (ru_maxrss is per process).
+which is how compare measures each method's peak RSS on its own (ru_maxrss is per process). The
+``search`` phase reads only the training file; only the ``test`` phase reads the test file.
 """
 
 from __future__ import annotations
@@ -12,21 +13,21 @@ import resource
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from softprompt.core.adapter import write_json
-from softprompt.core.data import DataConfig, tokenize_rows
+from softprompt.core.adapter import load_adapter, write_json
+from softprompt.core.card import write_model_card
 from softprompt.core.errors import ConfigError
 from softprompt.core.models import load_base_model
-from softprompt.measuring.classify import classify, metrics
+from softprompt.measuring.classify import Scorer, classify, engine_scorer, metrics
 from softprompt.measuring.methods import Kind, MethodSpec
-from softprompt.measuring.methods.build import build
-from softprompt.measuring.methods.fit import FitConfig
-from softprompt.measuring.presets import TARGET_COLUMN, load_preset, load_task
+from softprompt.measuring.methods.build import saved_scorer
+from softprompt.measuring.methods.search import SearchJob, run_info, search
+from softprompt.measuring.presets import Preset, load_preset, load_test_rows
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +42,15 @@ class RunSetup:
     preset: str = field(metadata={"help": "task preset name or JSON file"})
     data: str = field(metadata={"help": "directory with the preset's data files"})
     output: str = field(metadata={"help": "directory for adapters and results"})
-    budget: int = field(default=30, metadata={"help": "training budget: optimizer steps per trained method"})
+    budget: int = field(default=200, metadata={"help": "most optimizer steps per trained candidate (early stopping may stop sooner)"})
     batch_size: int = field(default=8, metadata={"help": "training rows per step"})
-    max_seconds: float = field(default=0.0, metadata={"help": "training time cap per method (0: none)"})
+    max_seconds: float = field(default=0.0, metadata={"help": "training time cap per candidate (0: none)"})
     train_rows: int | None = field(default=None, metadata={"help": "use the first N training rows"})
     test_rows: int | None = field(default=None, metadata={"help": "evaluate on the first N test rows"})
     eval_batch_size: int = field(default=16, metadata={"help": "rows per scoring batch"})
     max_length: int = field(default=128, metadata={"help": "truncate training examples to this many tokens"})
-    seed: int = field(default=0, metadata={"help": "seed for inits, shuffling and in-context examples"})
-    keep_full_model: bool = field(default=False, metadata={"help": "keep the fully fine-tuned model on disk"})
+    seed: int = field(default=0, metadata={"help": "first seed (inits, shuffling, in-context examples); seeds count up"})
+    keep_full_model: bool = field(default=False, metadata={"help": "keep the fully fine-tuned models on disk"})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, ..."})
 
     def __post_init__(self) -> None:
@@ -59,66 +60,91 @@ class RunSetup:
             raise ConfigError("budget, batch_size and eval_batch_size must be >= 1")
 
 
-def run_method(spec: MethodSpec, setup: RunSetup, isolated: bool = False) -> dict[str, Any]:
-    """Train (if the method trains), save and evaluate one method; a JSON-ready result."""
-    preset = load_preset(setup.preset)
-    test_rows = (
-        min(x for x in (spec.test_rows, setup.test_rows) if x is not None)
-        if (spec.test_rows or setup.test_rows)
-        else None
-    )
-    task = load_task(preset, setup.data, setup.train_rows, test_rows)
-    base = load_base_model(setup.model, device=setup.device)
-    total_params = sum(p.numel() for p in base.model.parameters())
-    tuned = build(spec, base, preset, task.train, setup.seed)
-    slug = spec.name.replace(" ", "_").replace("(", "").replace(")", "").replace(",", "").replace("=", "")
-    adapter_dir = Path(setup.output) / "adapters" / slug
-    fitted = None
-    if tuned.fit is not None:
-        data = DataConfig(
-            data=setup.data, template=preset.template, target_column=TARGET_COLUMN, max_length=setup.max_length
+def run_phase(job: dict[str, Any]) -> dict[str, Any]:
+    """``job``: {"phase": "search" | "test", "setup": RunSetup fields, ...}; a JSON-ready result."""
+    setup = RunSetup(**job["setup"])
+    if job["phase"] == "search":
+        raw = job["job"]
+        spec_job = SearchJob(
+            kind=Kind(raw["kind"]),
+            candidates=tuple(MethodSpec(**c) for c in raw["candidates"]),
+            seeds=tuple(raw["seeds"]),
+            train_index=tuple(raw["train_index"]),
+            validation_index=tuple(raw["validation_index"]),
+            eval_every=raw["eval_every"],
+            patience=raw["patience"],
         )
-        examples = tokenize_rows(preset.with_target(task.train, setup.data), data, base.tokenizer, setup.data)
-        config = FitConfig(steps=setup.budget, lr=spec.lr, batch_size=setup.batch_size, seed=setup.seed,
-                           max_seconds=setup.max_seconds)  # fmt: skip
-        fitted = tuned.fit(examples, config, adapter_dir)
-    base.model.requires_grad_(False)
-    tuned.save(adapter_dir)
-    adapter_bytes = sum((adapter_dir / name).stat().st_size for name in SHIPPED if (adapter_dir / name).is_file())
-    if spec.kind is Kind.FULL and not setup.keep_full_model:
-        shutil.rmtree(adapter_dir)
-    texts = [preset.fill(row) for row in task.test]  # the scorer adds the context
-    with torch.inference_mode():
-        result = classify(tuned.scorer(), base.tokenizer, texts, preset.words, setup.eval_batch_size, base.device)
-    preds = result.scores[0].argmax(-1).tolist()
-    trainable = tuned.trainable
+        return search(spec_job, setup)
+    if job["phase"] == "test":
+        return score_test(job["selection"], setup, job.get("test_rows"))
+    raise ConfigError(f"unknown phase {job['phase']!r}")
+
+
+def score_test(selection: dict[str, Any], setup: RunSetup, limit: int | None) -> dict[str, Any]:
+    """Score every finished run of a method's selection on the test rows (the first ``limit``)."""
+    kind = Kind(selection["kind"])
+    runs = [run for run in selection["runs"] if "error" not in run]
+    if not runs:
+        raise ConfigError(f"{kind.value}: no run finished, nothing to test")
+    preset = load_preset(setup.preset)
+    rows = load_test_rows(preset, setup.data, limit)
+    texts, gold = [preset.fill(r) for r in rows], [preset.label_index(r, f"test row {i + 1}") for i, r in enumerate(rows)]
+    started = time.perf_counter()
+
+    def scored(scorer: Scorer, base: Any) -> list[torch.Tensor]:
+        with torch.inference_mode():
+            result = classify(scorer, base.tokenizer, texts, preset.words, setup.eval_batch_size, base.device)
+        return [*result.scores]  # one [N, K] per member
+
+    if kind in (Kind.PROMPT_TUNING, Kind.P_TUNING):  # every seed's prompt in one batched pass, a member each
+        base = load_base_model(setup.model, device=setup.device)
+        prompts = [load_adapter(run["artifact"]).embedding.to(base.device) for run in runs]
+        scores = scored(engine_scorer(base, prompts), base)
+    else:
+        shared = load_base_model(setup.model, device=setup.device) if kind in (Kind.ZERO_SHOT, Kind.FEW_SHOT) else None
+        scores = []
+        for run in runs:  # PEFT wraps a base in place: each run gets its own
+            base = shared or load_base_model(setup.model, device=setup.device)
+            (member,) = scored(saved_scorer(kind, base, Path(run["artifact"])), base)
+            scores.append(member)
+    seconds = time.perf_counter() - started
+    first = Path(runs[0]["artifact"])
+    adapter_bytes = sum((first / name).stat().st_size for name in SHIPPED if (first / name).is_file())
+    if kind is Kind.FULL and not setup.keep_full_model:
+        for run in runs:
+            shutil.rmtree(run["artifact"], ignore_errors=True)
+    found = [metrics(s.argmax(-1).tolist(), gold, len(preset.labels)) for s in scores]
+    if kind in (Kind.PROMPT_TUNING, Kind.P_TUNING):
+        for run, scored_run in zip(runs, found, strict=True):
+            _card_with_scores(Path(run["artifact"]), scored_run, setup, preset)
     return {
-        "name": spec.name,
-        "spec": asdict(spec),
-        **metrics(preds, task.test_labels(), len(preset.labels)),
-        "eval_rows": len(task.test),
-        "trainable_params": trainable,
-        "trainable_percent": 100 * trainable / total_params,
-        "stored_params": tuned.stored_params if tuned.stored_params is not None else trainable,
-        "base_params": total_params,
-        "train_steps": fitted.steps if fitted else 0,
-        "train_seconds": fitted.seconds if fitted else 0.0,
-        "final_train_loss": sum(fitted.losses[-5:]) / len(fitted.losses[-5:]) if fitted else None,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if isolated else None,
+        "runs": [{"seed": run["seed"], **m, "scores": s.tolist()} for run, m, s in zip(runs, found, strict=True)],
+        "eval_rows": len(rows),
+        "test_seconds": seconds,
+        "ms_per_example": 1000 * seconds / max(len(rows) * len(runs), 1),
         "adapter_bytes": adapter_bytes,
-        "adapter_dir": str(adapter_dir) if adapter_dir.exists() else None,
-        "ms_per_example": result.ms_per_example,
-        "context_chars": len(tuned.context),
-        "scores": result.scores[0].tolist(),  # [N, K] label log-probs, for ensembles
     }
+
+
+def _card_with_scores(directory: Path, scores: dict[str, Any], setup: RunSetup, preset: Preset) -> None:
+    """A compared prompt's model card, rewritten with its test accuracy and macro-F1 once they are known."""
+    if not (directory / "metrics.json").is_file():
+        return  # an adapter reused from elsewhere: nothing recorded to write a card from
+    found = json.loads((directory / "metrics.json").read_text(encoding="utf-8"))
+    log_file = directory / "metrics.jsonl"
+    lines = log_file.read_text(encoding="utf-8").splitlines() if log_file.is_file() else []
+    records = [json.loads(line) for line in lines if line.strip()]
+    measured = {**found, "accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"]}
+    write_model_card(directory, measured, records, run_info(setup, preset), device=setup.device or "cpu")
 
 
 def main(argv: list[str]) -> int:
     job, out = json.loads(Path(argv[0]).read_text(encoding="utf-8")), Path(argv[1])
     logging.basicConfig(level=logging.WARNING)
     started = time.perf_counter()
-    result = run_method(MethodSpec(**job["spec"]), RunSetup(**job["setup"]), isolated=True)
+    result = run_phase(job)
     result["process_seconds"] = time.perf_counter() - started
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     write_json(out, result)
     return 0
 

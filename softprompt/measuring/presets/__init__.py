@@ -104,21 +104,37 @@ def load_task(
     preset: Preset, data_dir: str | Path, train_rows: int | None = None, test_rows: int | None = None
 ) -> TaskData:
     """Read the preset's train and test files from ``data_dir``; optionally only the first N rows."""
+    return TaskData(preset, load_train_rows(preset, data_dir, train_rows), load_test_rows(preset, data_dir, test_rows))
+
+
+def load_train_rows(preset: Preset, data_dir: str | Path, limit: int | None = None) -> list[Row]:
+    """The training file's rows (optionally the first N), every label checked: all a model choice may read."""
+    return _load_rows(preset, data_dir, preset.train_file, limit)
+
+
+def load_test_rows(preset: Preset, data_dir: str | Path, limit: int | None = None) -> list[Row]:
+    """The test file's rows (optionally the first N): read by compare only once every choice is made."""
+    return _load_rows(preset, data_dir, preset.test_file, limit)
+
+
+def _load_rows(preset: Preset, data_dir: str | Path, name: str, limit: int | None) -> list[Row]:
     directory = Path(data_dir).expanduser()
     if not directory.is_dir():
         raise DataError(f"data directory not found: {directory} (the preset {preset.name!r} reads its files from it)")
-    train = read_rows(str(directory / preset.train_file))[:train_rows]
-    test = read_rows(str(directory / preset.test_file))[:test_rows]
-    for rows, name in ((train, preset.train_file), (test, preset.test_file)):
-        for i, row in enumerate(rows):
-            preset.label_index(row, f"{directory / name}, row {i + 1}")
-    return TaskData(preset, train, test)
+    rows = read_rows(str(directory / name))[:limit]
+    for i, row in enumerate(rows):
+        preset.label_index(row, f"{directory / name}, row {i + 1}")
+    return rows
 
 
-def few_shot_context(preset: Preset, train: list[Row], shots: int, seed: int = 0) -> str:
-    """Instruction plus ``shots`` solved training examples, labels taken in turn (balanced).
+def few_shot_context(
+    preset: Preset, train: list[Row], shots: int, seed: int = 0, *, order: int = 0, instruction: bool = True
+) -> str:
+    """Instruction (unless ``instruction`` is False) plus ``shots`` solved training examples, labels taken in
+    turn (balanced).
 
-    Examples are drawn with a seeded shuffle, so the same seed gives the same context.
+    Examples are drawn with a seeded shuffle, so the same seed gives the same context; ``order``
+    picks one of the seeded orders of those same examples (0: the default order).
     """
     import random
 
@@ -132,6 +148,7 @@ def few_shot_context(preset: Preset, train: list[Row], shots: int, seed: int = 0
         for label in list(by_label):
             if by_label[label] and len(picked) < shots:
                 picked.append(by_label[label].pop())
-    random.Random(seed + 1).shuffle(picked)  # no fixed label order right before the query
+    # no fixed label order right before the query
+    random.Random(seed + 1 if order == 0 else f"order {seed} {order}").shuffle(picked)
     solved = "".join(f"{preset.fill(r)} {preset.words[preset.label_index(r, 'training row')]}\n\n" for r in picked)
-    return preset.instruction + solved
+    return (preset.instruction if instruction else "") + solved

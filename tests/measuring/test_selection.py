@@ -1,0 +1,59 @@
+"""The validation split, the candidate design and the choice."""
+
+import collections
+import itertools
+
+import pytest
+
+from softprompt.core.errors import ConfigError
+from softprompt.measuring.selection import best, design, split_validation
+
+
+def test_split_is_stratified_deterministic_and_disjoint():
+    labels = [0] * 37 + [1] * 13  # twitter_complaints' 50 training rows
+    split = split_validation(labels, 0.2)
+    assert split == split_validation(labels, 0.2)  # same inputs, same split
+    assert collections.Counter(labels[i] for i in split.validation) == {0: 7, 1: 3}
+    assert sorted(split.train + split.validation) == list(range(50))
+    assert split.validation == sorted(split.validation) and split.train == sorted(split.train)
+    assert split_validation(labels, 0.2, seed=1) != split
+
+
+def test_split_caps_rows_and_keeps_rare_labels():
+    labels = [i % 6 for i in range(5452)]
+    split = split_validation(labels, 0.2, max_rows=300)
+    assert len(split.validation) == 300
+    assert set(collections.Counter(labels[i] for i in split.validation).values()) == {50}
+    rare = [0] * 97 + [1] * 3  # 5% would give the rare label no row at all without the floor
+    found = collections.Counter(rare[i] for i in split_validation(rare, 0.05).validation)
+    assert found[1] == 1 and sum(found.values()) == 5
+
+
+def test_split_refuses_what_leaves_no_validation():
+    with pytest.raises(ConfigError, match="no validation rows"):
+        split_validation([0, 1], 0.2)
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        split_validation([0, 1, 0, 1], 1.5)
+
+
+def test_design_is_balanced_distinct_and_whole_when_it_fits():
+    space = {"lr": [0.3, 0.1, 0.03, 0.01], "init": ["labels", "text"], "scheduler": ["linear", "constant"],
+             "reparam": [0, 128]}  # fmt: skip
+    picked = design(space, 8, seed=0)
+    assert len(picked) == 8 and len({tuple(c.values()) for c in picked}) == 8
+    for name, values in space.items():
+        counts = collections.Counter(c[name] for c in picked)
+        assert set(counts) == set(values) and max(counts.values()) - min(counts.values()) <= 1, name
+    for a, b in itertools.combinations(space, 2):  # no two settings confounded by chance
+        assert len({(c[a], c[b]) for c in picked}) > max(len(space[a]), len(space[b])), (a, b)
+    assert design(space, 8, seed=0) == picked
+    small = {"lr": [1, 2], "rank": [4]}
+    assert design(small, 6) == [{"lr": 1, "rank": 4}, {"lr": 2, "rank": 4}]
+
+
+def test_best_takes_accuracy_then_loss_then_the_first():
+    assert best([(0.7, 0.5), (0.8, 0.9), (0.8, 0.4)]) == 2
+    assert best([(0.8, 0.4), (0.8, 0.4)]) == 0
+    assert best([(float("nan"), 0.1), (0.5, float("nan"))]) == 1
+    with pytest.raises(ConfigError):
+        best([])
