@@ -118,7 +118,7 @@ def score_test(selection: dict[str, Any], setup: RunSetup, limit: int | None) ->
         for run, scored_run in zip(runs, found, strict=True):
             _card_with_scores(Path(run["artifact"]), scored_run, setup, preset)
     return {
-        "runs": [{"seed": run["seed"], **m, "scores": s.tolist()} for run, m, s in zip(runs, found, strict=True)],
+        "runs": [{"seed": run["seed"], **m, "scores": s.tolist()} for run, m, s in zip(runs, found, scores, strict=True)],
         "eval_rows": len(rows),
         "test_seconds": seconds,
         "ms_per_example": 1000 * seconds / max(len(rows) * len(runs), 1),
