@@ -157,16 +157,23 @@ def _serve(cli_setup, *flags):
 
 
 def _signal_under_load(cli_setup, sig: int, tokens: int, *flags: str) -> tuple[list[dict], dict, int, str]:
-    """Serve, start 16 streams, send ``sig``; returns the clients' results, what was seen, exit code, log."""
-    proc, url, prompt = _serve(cli_setup, *flags)
-    try:
-        results, seen = asyncio.run(_storm(url, prompt, proc, sig, tokens))
-        code = proc.wait(timeout=120)
-    finally:
-        proc.kill() if proc.poll() is None else None
-    log = proc.stderr.read()
-    assert code == 0, log
-    assert all(r["status"] == 200 for r in results), results  # every client was accepted: no 5xx
+    """Serve, start 16 streams, send ``sig``; returns the clients' results, what was seen, exit code, log.
+
+    On a loaded machine every stream can end before the signal lands; such a try says nothing about
+    the drain, so it is made again with a fresh server (at most three tries, then the test fails).
+    """
+    for _ in range(3):
+        proc, url, prompt = _serve(cli_setup, *flags)
+        try:
+            results, seen = asyncio.run(_storm(url, prompt, proc, sig, tokens))
+            code = proc.wait(timeout=120)
+        finally:
+            proc.kill() if proc.poll() is None else None
+        log = proc.stderr.read()
+        assert code == 0, log  # every try is checked, not only the last
+        assert all(r["status"] == 200 for r in results), results  # every client was accepted: no 5xx
+        if seen["unfinished_at_signal"] > 0:
+            break
     assert seen["unfinished_at_signal"] > 0 and KEY not in log  # the drain had work; the key never logged
     return results, seen, code, log
 
