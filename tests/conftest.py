@@ -8,6 +8,7 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -51,6 +52,22 @@ def byte_tokenizer(bos: bool = False) -> PreTrainedTokenizerFast:
         tokenizer.bos_token = EOS
     tokenizer.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}<assistant>"
     return tokenizer
+
+
+def interrupt_backward(monkeypatch: pytest.MonkeyPatch, at: int) -> Callable[[], None]:
+    """Ctrl-C during the ``at``-th batch's backward pass, as a user presses it mid-run; returns the undo."""
+    import softprompt.training.loop as loop
+
+    original, calls = loop.TrainingLoop._backward, []
+
+    def interrupt(self, batch):
+        calls.append(1)
+        if len(calls) == at:
+            raise KeyboardInterrupt
+        return original(self, batch)
+
+    monkeypatch.setattr(loop.TrainingLoop, "_backward", interrupt)
+    return lambda: monkeypatch.setattr(loop.TrainingLoop, "_backward", original)
 
 
 def tiny_config(arch: str):

@@ -14,6 +14,7 @@ from softprompt.cli.main import main
 from softprompt.core.errors import TrainingError, TrainingInterrupted
 from softprompt.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from softprompt.training.train import resume
+from tests.conftest import interrupt_backward
 
 CHILD = """
 import sys, time, torch
@@ -101,24 +102,8 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tiny_dirs, tmp_path, one
     assert resumed.metrics["optimizer_steps"] == 24
 
 
-def _interrupt_on_fourth_batch(monkeypatch):
-    """Ctrl-C during the fourth batch's backward (after 3 optimizer steps); returns the original method."""
-    import softprompt.training.loop as loop
-
-    original, calls = loop.TrainingLoop._backward, []
-
-    def interrupt(self, batch):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return original(self, batch)
-
-    monkeypatch.setattr(loop.TrainingLoop, "_backward", interrupt)
-    return original
-
-
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tiny_dirs, tmp_path, monkeypatch, capsys):
-    _interrupt_on_fourth_batch(monkeypatch)
+    interrupt_backward(monkeypatch, at=4)  # after 3 optimizer steps
     assert main(_args(tiny_dirs["llama"], tmp_path)) == 130
     assert "resume" in capsys.readouterr().err
     assert load_checkpoint(tmp_path).step == 3
@@ -160,15 +145,14 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, capsys):
 
 def test_reparameterised_prompt_resumes_exactly(tiny_dirs, tmp_path, monkeypatch):
     """P-tuning's MLP is part of the checkpoint: interrupted + resumed == uninterrupted, and the adapter is its output."""
-    import softprompt.training.loop as loop
     from softprompt.core.adapter import load_adapter
 
     stopped, clean = tmp_path / "stopped", tmp_path / "clean"
     args = lambda out: [*_args(tiny_dirs["llama"], out), "--reparam-hidden", "8"]  # noqa: E731
-    original = _interrupt_on_fourth_batch(monkeypatch)
+    undo = interrupt_backward(monkeypatch, at=4)
     assert main(args(stopped)) == 130
     assert any(key.startswith("mlp.") for key in load_checkpoint(stopped).prompt)
-    monkeypatch.setattr(loop.TrainingLoop, "_backward", original)
+    undo()
     resume(stopped, device="cpu")
     assert main(args(clean)) == 0
     assert torch.equal(load_adapter(stopped).embedding, load_adapter(clean).embedding)

@@ -16,6 +16,7 @@ from softprompt.core.errors import ConfigError
 from softprompt.training import sharding
 from softprompt.training.checkpoint import load_checkpoint
 from softprompt.training.train import TrainConfig, resume
+from tests.conftest import interrupt_backward
 
 # 13 rows in batches of 4: the last batch has one row, so one rank gets an empty shard. The
 # rows share their first 20 bytes ("I want you to act as"): a shorter --max-length makes them
@@ -128,17 +129,7 @@ def test_a_two_process_checkpoint_resumes_in_one_process(tiny_dirs, tmp_path, on
 
 
 def test_a_one_process_checkpoint_resumes_in_two_processes(tiny_dirs, tmp_path, one_process, monkeypatch):
-    import softprompt.training.loop as loop
-
-    original, calls = loop.TrainingLoop._backward, []
-
-    def interrupt_third(self, batch):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return original(self, batch)
-
-    monkeypatch.setattr(loop.TrainingLoop, "_backward", interrupt_third)
+    interrupt_backward(monkeypatch, at=3)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -248,17 +239,7 @@ def test_a_sharded_two_process_checkpoint_resumes_in_one_process(tiny_dirs, tmp_
 
 
 def test_a_one_process_checkpoint_resumes_sharded_in_two_processes(tiny_dirs, tmp_path, one_process, monkeypatch):
-    import softprompt.training.loop as loop
-
-    original, calls = loop.TrainingLoop._backward, []
-
-    def interrupt_third(self, batch):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return original(self, batch)
-
-    monkeypatch.setattr(loop.TrainingLoop, "_backward", interrupt_third)
+    interrupt_backward(monkeypatch, at=3)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -8,6 +8,7 @@ from softprompt.core.errors import ConfigError, TrainingError
 from softprompt.core.model import SoftPromptModel
 from softprompt.core.prompt import PromptConfig
 from softprompt.training.train import TrainConfig, auto_batch_size, train
+from tests.conftest import interrupt_backward
 
 ROWS = [Example(list(range(10, 10 + n)), list(range(10, 10 + n))) for n in (5, 9, 7, 12, 6, 8)]
 
@@ -101,24 +102,15 @@ def test_eval_every_scores_every_n_steps_and_at_the_end(llama, tmp_path, monkeyp
 
 
 def test_resume_between_evaluations_ends_as_an_uninterrupted_run(llama, tmp_path, monkeypatch):
-    import softprompt.training.loop as loop
     from softprompt.core.errors import TrainingInterrupted
     from softprompt.training.checkpoint import load_checkpoint
 
     options = dict(eval_every=2, epochs=2, checkpoint_every=1)
     clean_model, clean = _run(llama, tmp_path / "clean", **options)
-    original, calls = loop.TrainingLoop._backward, []
-
-    def interrupt(self, batch):
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return original(self, batch)
-
-    monkeypatch.setattr(loop.TrainingLoop, "_backward", interrupt)
+    undo = interrupt_backward(monkeypatch, at=5)
     with pytest.raises(TrainingInterrupted):
         _run(llama, tmp_path / "cut", **options)
-    monkeypatch.setattr(loop.TrainingLoop, "_backward", original)
+    undo()
     model = SoftPromptModel.with_new_prompt(llama, PromptConfig(num_virtual_tokens=3, init="random"))
     config = TrainConfig(output=str(tmp_path / "cut"), lr=0.05, batch_size=2, progress=False, **options)
     resumed = train(model, ROWS, ROWS[:2], config, resume=load_checkpoint(tmp_path / "cut"))
