@@ -68,5 +68,5 @@ def run_demo(
                     "train": asdict(training)}  # fmt: skip
         result = train(tuned_model, train_set, held_out, training, run_info=run_info)
     with _timed(times, "tuned generation", notify):
-        tuned = generate(base, [query], tuned_model.require_prompt().folded(), generation)[0]
+        tuned = generate(base, [query], tuned_model.require_prompt().frozen(), generation)[0]
     return DemoReport(query, baseline, tuned, result.metrics, result.output, times)

@@ -76,7 +76,7 @@ def _load_with_adapter(args: argparse.Namespace) -> Any:
 def cmd_generate(args: argparse.Namespace) -> int:
     model = _load_with_adapter(args)
     config = config_from_args(GenerateConfig, args)
-    prompt = None if model.prompt is None else model.prompt.folded()
+    prompt = None if model.prompt is None else model.prompt.frozen()
     tuned = generate(model.base, args.prompts, prompt, config)
     if not args.side_by_side:
         for text in tuned:

@@ -76,6 +76,7 @@ def load_base_model(
     tokenizer.padding_side = "left"
     base = BaseModel(model=model, tokenizer=tokenizer, name=ref)
     check_supported(base)
+    base.kv_shape  # noqa: B018 - read now, by one forward pass, while every process still holds the whole model
     if base.family.model_type not in VERIFIED:
         log.warning(
             "%s is a %s model, a family outside softprompt's conformance matrix (docs/architectures.md); it passed "

@@ -14,7 +14,7 @@ shared-prefix layout of :mod:`softprompt.core.layouts`.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +23,9 @@ import torch.nn.functional as F
 from transformers import AttentionInterface
 
 from softprompt.core.base import BaseModel
-from softprompt.core.decoder import embed_tokens
+from softprompt.core.decoder import embed_tokens, layer_span
+from softprompt.core.errors import ConfigError
+from softprompt.core.forms import Form, Prompt
 from softprompt.core.inject import IGNORE_INDEX
 
 ATTENTION = "softprompt_packed"
@@ -32,12 +34,27 @@ ATTENTION = "softprompt_packed"
 @dataclass
 class Packing:
     """The packed sequence's layout: prompts of lengths ``prompts``, then rows of ``lengths``; row r
-    belongs to prompt ``owners[r]``."""
+    belongs to prompt ``owners[r]``. ``external[i]``: prompt i's own keys/values (a ``kv`` prompt),
+    [layers - entry, 2, kv, P, d] for the layers from ``entry`` up, used in place of what its slots compute."""
 
     prompts: list[int]
     lengths: list[int]
     owners: list[int]
+    external: list[torch.Tensor | None] = field(default_factory=list)
+    entry: int = 0
     _masks: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def keys_values(self, index: int, layer: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Prompt ``index``'s own keys and values [1, kv, P, d] in ``layer``, if it brings them."""
+        weights = self.external[index] if self.external else None
+        if weights is None:
+            return None
+        if layer < 0:
+            raise ConfigError("this family's attention modules do not say their layer; kv prompts cannot be packed")
+        if layer < self.entry:
+            return None
+        pair = weights[layer - self.entry].to(dtype)
+        return pair[0][None], pair[1][None]
 
     def mask(self, n_prompt: int, length: int, device: torch.device) -> torch.Tensor:
         """[T, P + T] bool: token i sees the whole prompt and tokens 0..i of its own row."""
@@ -66,8 +83,12 @@ def packed_attention(
     # split, not slicing: its backward is one concatenation, where each slice's backward would
     # write its gradient into a zero tensor the size of the whole sequence
     sizes = [*packing.prompts, *packing.lengths]
-    queries, keys, values = (t.split(sizes, dim=2) for t in (query, key, value))
+    queries, keys, values = (list(t.split(sizes, dim=2)) for t in (query, key, value))
     n = len(packing.prompts)
+    for i in range(n):  # a kv prompt's slots compute nothing that is used: its own keys/values replace theirs
+        own = packing.keys_values(i, int(getattr(module, "layer_idx", -1)), key.dtype)
+        if own is not None:
+            keys[i], values[i] = (t.repeat_interleave(groups, dim=1) for t in own)
 
     def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return F.scaled_dot_product_attention(
@@ -98,35 +119,76 @@ def _packed_attention(base: BaseModel) -> Iterator[None]:
 
 def packed_hidden(
     base: BaseModel,
-    prompts: Sequence[torch.Tensor],
+    prompts: Sequence[Prompt],
     owners: list[int],
     rows: list[torch.Tensor],
     row_labels: list[torch.Tensor],
+    row_states: list[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hidden states and labels [1, M] of unpadded rows, row r after prompt ``owners[r]`` [P_o, H], for ``token_nll``.
+    """Hidden states and labels [1, M] of unpadded rows, row r after prompt ``owners[r]``, for ``token_nll``.
 
     The result is laid out as ``[last 0][row 0][last 1][row 1]...`` with ``last r`` the final state
     of row r's prompt and an ignored label before each row, so that under the usual shift it
     predicts the row's first token and no row predicts the next row's: row r takes
-    ``1 + len(row r)`` positions, in the rows' order.
+    ``1 + len(row r)`` positions, in the rows' order. A ``kv`` prompt's slots are placeholders
+    whose keys/values are replaced by its own in every layer from its entry up (``last`` is then
+    zeros: such a prompt predicts no first token). All prompts enter at the same layer k. Without
+    ``row_states`` every layer runs and a late prompt's slots hold its frozen inputs below k; with
+    them (each row's states entering layer k, [n_r, H]) only layers k and up run.
     """
-    n_prompts = [prompt.shape[0] for prompt in prompts]
-    embeds = embed_tokens(base, torch.cat(rows))
-    embeds = torch.cat([*(prompt.to(embeds.dtype) for prompt in prompts), embeds])[None]  # [1, N, H]
+    entry = prompts[0].entry
+    n_prompts = [prompt.num_virtual_tokens for prompt in prompts]
+    width = base.hidden_size
+    start = entry if row_states is not None else 0
+    slots = [_slot_inputs(base, prompt, at_entry=start == entry) for prompt in prompts]
+    if row_states is None:
+        tokens = embed_tokens(base, torch.cat(rows))
+    else:
+        tokens = torch.cat(row_states)
+    embeds = torch.cat([*(s.to(tokens.dtype) for s in slots), tokens])[None]  # [1, N, H]
+    edit = None
+    if start < entry and any(p.form is Form.VECTORS for p in prompts):  # vectors replace their frozen slots
+        edit = (entry, lambda states: _enter_vectors(prompts, states))
     lengths = [len(row) for row in rows]
     positions = [torch.arange(n) for n in n_prompts]
     positions += [torch.arange(n_prompts[o], n_prompts[o] + n) for o, n in zip(owners, lengths, strict=True)]
     position_ids = torch.cat(positions).to(embeds.device)[None]
-    with _packed_attention(base):
-        out = base.model.base_model(
-            inputs_embeds=embeds,
-            position_ids=position_ids,
-            use_cache=False,
-            packing=Packing(n_prompts, lengths, owners),
-        )
+    external = [prompt.weights if prompt.form is Form.KV else None for prompt in prompts]
+    packing = Packing(n_prompts, lengths, owners, external, entry)
+    span = layer_span(base, start, base.num_layers, embeds if start else None, edit) if start or edit else nullcontext()
+    with _packed_attention(base), span:
+        out = base.model.base_model(inputs_embeds=embeds, position_ids=position_ids, use_cache=False, packing=packing)
     states = out.last_hidden_state[0].split([*n_prompts, *lengths])
-    lasts = [prompt_states[-1:] for prompt_states in states[: len(n_prompts)]]
+    lasts = [
+        prompt_states[-1:] if prompt.form is Form.VECTORS else prompt_states.new_zeros(1, width)
+        for prompt, prompt_states in zip(prompts, states[: len(n_prompts)], strict=True)
+    ]
     pieces = [piece for o, row in zip(owners, states[len(n_prompts) :], strict=True) for piece in (lasts[o], row)]
     ignore = row_labels[0].new_full((1,), IGNORE_INDEX)
     labels = torch.cat([piece for row in row_labels for piece in (ignore, row)])
     return torch.cat(pieces)[None], labels[None]
+
+
+def _enter_vectors(prompts: Sequence[Prompt], states: torch.Tensor) -> torch.Tensor:
+    """States [1, N, H] entering a late prompt's layer, each vectors prompt's slots replaced by its vectors."""
+    pieces, offset = [], 0
+    for prompt in prompts:
+        n = prompt.num_virtual_tokens
+        own = prompt.weights.to(states.dtype)[None] if prompt.form is Form.VECTORS else states[:, offset : offset + n]
+        pieces.append(own)
+        offset += n
+    return torch.cat([*pieces, states[:, offset:]], dim=1)
+
+
+def _slot_inputs(base: BaseModel, prompt: Prompt, at_entry: bool) -> torch.Tensor:
+    """What prompt slots hold where the pass starts: the vectors at their entry, frozen inputs below it,
+    and placeholders for keys/values that are the prompt's own."""
+    if at_entry:
+        if prompt.form is Form.VECTORS:
+            return prompt.weights
+        return torch.zeros(prompt.num_virtual_tokens, base.hidden_size, device=base.device)
+    if prompt.below is not None:
+        return prompt.below
+    if prompt.form is Form.VECTORS:
+        return prompt.weights
+    return torch.zeros(prompt.num_virtual_tokens, base.hidden_size, device=base.device)

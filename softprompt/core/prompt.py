@@ -25,8 +25,9 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from softprompt.core.adapter import load_adapter
 from softprompt.core.base import BaseModel
 from softprompt.core.checks import check_types, shown
-from softprompt.core.decoder import embed_tokens
+from softprompt.core.decoder import embed_tokens, run_slots
 from softprompt.core.errors import ConfigError
+from softprompt.core.forms import Form, Prompt, as_prompt
 
 
 class Init(str, Enum):
@@ -82,6 +83,20 @@ class PromptConfig:
             "tuning); the saved adapter holds its output, a plain prompt. 0: train the vectors directly"
         },
     )
+    form: Form = field(
+        default=Form.VECTORS,
+        metadata={
+            "help": "vectors: virtual-token vectors (prompt tuning); kv: keys and values in every layer from the "
+            "entry layer up (a deep prompt: prefix tuning, P-tuning v2)"
+        },
+    )
+    entry_layer: int = field(
+        default=0,
+        metadata={
+            "help": "decoder layer where the prompt enters (0: the input). Above 0, a late prompt: the layers below "
+            "it see the init's own tokens, frozen, and their work on each row is computed once and reused"
+        },
+    )
 
     def __post_init__(self) -> None:
         check_types(self)  # also turns init into an Init and init_labels into a tuple
@@ -95,45 +110,144 @@ class PromptConfig:
             raise ConfigError("init=file needs init_file (an adapter directory)")
         if not 0 <= self.reparam_hidden <= MAX_REPARAM_HIDDEN:
             raise ConfigError(f"reparam_hidden must be between 0 and {MAX_REPARAM_HIDDEN}, got {shown(self.reparam_hidden)}")
+        if self.reparam_hidden and self.form is Form.KV:
+            raise ConfigError("reparam_hidden produces vectors; a kv prompt trains its keys and values directly")
+        if self.entry_layer < 0:
+            raise ConfigError(f"entry_layer must be >= 0 (0 is the input), got {shown(self.entry_layer)}")
+
+    def check_depth(self, base: BaseModel) -> None:
+        """The entry layer exists in this model (the config alone cannot know its depth)."""
+        if self.entry_layer >= base.num_layers:
+            raise ConfigError(
+                f"--entry-layer {self.entry_layer} is outside {base.name!r}, whose decoder layers are "
+                f"0 .. {base.num_layers - 1}"
+            )
 
 
 class SoftPrompt(nn.Module):
-    """The trainable prompt: vectors [P, H], optionally produced by a residual MLP while training.
+    """The trainable prompt: its weights, optionally produced by a residual MLP while training.
 
-    With ``reparam_hidden`` the prompt is ``e + MLP(e)`` (Liu et al., 2021, P-tuning; Razdaibiedina
-    et al., 2023, residual prompt tuning). The MLP's last layer starts at zero, so the prompt starts
-    exactly at its initialisation. It depends on nothing but its own parameters, so inference needs
-    only its output: :meth:`folded`, which is what adapters store. Parameters are fp32 always and
-    cast to the model's dtype where they are injected.
+    ``vectors`` [P, H] or ``kv`` [layers - entry, 2, kv_heads, P, head_dim] weights, entering at
+    layer ``entry`` (:mod:`softprompt.core.forms`); ``below`` [P, H] holds what the prompt slots
+    see under that layer, a frozen buffer. With ``reparam_hidden`` the vectors are
+    ``e + MLP(e)`` (Liu et al., 2021, P-tuning; Razdaibiedina et al., 2023, residual prompt
+    tuning). The MLP's last layer starts at zero, so the prompt starts exactly at its
+    initialisation. It depends on nothing but its own parameters, so inference needs only its
+    output: :meth:`frozen`, which is what adapters store. Parameters are fp32 always and cast to
+    the model's dtype where they are used.
     """
 
-    def __init__(self, embedding: torch.Tensor, reparam_hidden: int = 0) -> None:
+    def __init__(
+        self,
+        embedding: torch.Tensor,
+        reparam_hidden: int = 0,
+        *,
+        form: Form = Form.VECTORS,
+        entry: int = 0,
+        below: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
-        if embedding.ndim != 2:
-            raise ConfigError(f"a soft prompt is [num_virtual_tokens, hidden], got shape {tuple(embedding.shape)}")
+        value = Prompt(Form(form), embedding.detach(), entry, None if below is None else below.detach())  # checks shapes
+        self.form, self.entry = value.form, entry
         self.embedding = nn.Parameter(embedding.detach().clone().float())
+        self.register_buffer("below", None if below is None else below.detach().clone().float(), persistent=False)
         self.mlp: nn.Sequential | None = None
         if reparam_hidden:
+            if self.form is not Form.VECTORS:
+                raise ConfigError("a residual MLP produces vectors; a kv prompt trains its keys and values directly")
             width = embedding.shape[1]
             last = nn.Linear(reparam_hidden, width)
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
             self.mlp = nn.Sequential(nn.Linear(width, reparam_hidden), nn.ReLU(), last).to(embedding.device)
 
+    @classmethod
+    def of(cls, prompt: Prompt | torch.Tensor) -> SoftPrompt:
+        """A trainable copy of a prompt (a bare [P, H] tensor: vectors at the input)."""
+        value = as_prompt(prompt)
+        return cls(value.weights, form=value.form, entry=value.entry, below=value.below)
+
     @property
     def num_virtual_tokens(self) -> int:
-        return int(self.embedding.shape[0])
+        return value_length(self.form, self.embedding)
 
     def forward(self) -> torch.Tensor:
-        """The prompt [P, H] that goes in front of the tokens."""
+        """The weights as they are used: the vectors [P, H] that enter (through the MLP, if any), or the keys/values."""
         if self.mlp is None:
             return self.embedding
         return self.embedding + self.mlp(self.embedding)
 
-    def folded(self) -> torch.Tensor:
-        """The current prompt as a plain detached tensor [P, H]: what an adapter stores."""
+    def value(self) -> Prompt:
+        """The prompt as the core takes it, differentiable in the weights."""
+        below = self.below
+        assert below is None or isinstance(below, torch.Tensor)  # a buffer; narrows nn.Module's typing
+        return Prompt(self.form, self(), self.entry, below)
+
+    def frozen(self) -> Prompt:
+        """The current prompt as plain detached tensors: what an adapter stores."""
         with torch.no_grad():
-            return self().detach().clone()
+            return self.value().detach()
+
+    def folded(self) -> torch.Tensor:
+        """The current weights as a plain detached tensor (for vectors at the input: the whole prompt)."""
+        return self.frozen().weights.clone()
+
+
+def value_length(form: Form, weights: torch.Tensor) -> int:
+    return int(weights.shape[0] if form is Form.VECTORS else weights.shape[3])
+
+
+def initial_prompt(config: PromptConfig, base: BaseModel, generator: torch.Generator) -> Prompt:
+    """The starting prompt of ``config``'s form and entry layer, as its init says.
+
+    The init gives P input vectors (a text's embeddings, sampled tokens, an earlier prompt). For
+    vectors at layer 0 they are the prompt. Otherwise the prompt starts as those vectors would
+    be inside the model: their states entering the entry layer, or their keys/values in the
+    layers from it up, and below the entry the slots keep them. So every form starts exactly
+    where its init as a hard prompt (or as the earlier prompt) is; only ``peft-random`` keeps
+    PEFT's N(0, 1) keys/values, for comparisons.
+    """
+    config.check_depth(base)
+    entry = config.entry_layer
+    resumed = _same_kind_file(config, base)
+    if resumed is not None:
+        return resumed
+    inputs = initial_embedding(config, base, generator)  # [P, H]
+    below = inputs if entry else None
+    if config.form is Form.VECTORS:
+        if entry == 0:
+            return Prompt(Form.VECTORS, inputs)
+        with torch.no_grad():
+            states = run_slots(base, [inputs], 0, entry)[0][0]  # [P, H] entering the entry layer
+        return Prompt(Form.VECTORS, states.float().cpu(), entry, below)
+    if config.init is Init.PEFT_RANDOM:
+        heads, dim = base.kv_shape
+        shape = (base.num_layers - entry, 2, heads, config.num_virtual_tokens, dim)
+        return Prompt(Form.KV, torch.randn(*shape, generator=generator), entry, below)
+    with torch.no_grad():
+        layers = run_slots(base, [inputs], 0, base.num_layers)[1][0]  # per layer (keys, values) [kv, P, d]
+    weights = torch.stack([torch.stack([k, v]) for k, v in layers[entry:]]).float().cpu()
+    return Prompt(Form.KV, weights, entry, below)
+
+
+def _same_kind_file(config: PromptConfig, base: BaseModel) -> Prompt | None:
+    """init=file with an adapter of this very form and entry layer: continue from it as it is."""
+    if config.init is not Init.FILE:
+        return None
+    loaded = load_adapter(Path(str(config.init_file))).prompt
+    if loaded.form is Form.VECTORS and loaded.entry == 0 and not (config.form is Form.VECTORS and config.entry_layer == 0):
+        return None  # a prompt-tuning adapter: its vectors are the inputs every other form starts from
+    if (loaded.form, loaded.entry) != (config.form, config.entry_layer):
+        raise ConfigError(
+            f"init_file {config.init_file} is a {loaded.form.value} prompt entering at layer {loaded.entry}; start "
+            f"a {config.form.value} prompt at layer {config.entry_layer} from a prompt-tuning adapter or one like it"
+        )
+    if loaded.num_virtual_tokens != config.num_virtual_tokens:
+        raise ConfigError(
+            f"init_file {config.init_file} holds {loaded.num_virtual_tokens} virtual tokens: "
+            f"set num_virtual_tokens to {loaded.num_virtual_tokens}"
+        )
+    return loaded
 
 
 def initial_embedding(config: PromptConfig, base: BaseModel, generator: torch.Generator) -> torch.Tensor:
@@ -150,7 +264,10 @@ def initial_embedding(config: PromptConfig, base: BaseModel, generator: torch.Ge
         return embed_ids(base, _sample_vocab(base, n, generator))
     if config.init is Init.LABELS:
         return embed_ids(base, _label_ids(config, base, generator))
-    loaded = load_adapter(Path(str(config.init_file))).embedding
+    prompt = load_adapter(Path(str(config.init_file))).prompt
+    if not prompt.is_input:
+        raise ConfigError(f"init_file {config.init_file} is a {prompt.name}; its inputs are not plain vectors")
+    loaded = prompt.weights
     if loaded.shape != (n, hidden):
         raise ConfigError(
             f"init_file {config.init_file} holds a prompt of shape {tuple(loaded.shape)}, "

@@ -19,6 +19,7 @@ from softprompt.core.base import BaseModel
 from softprompt.core.checks import check_types, shown
 from softprompt.core.data import encode_input, encode_text
 from softprompt.core.errors import ConfigError, RequestError
+from softprompt.core.forms import Prompt, as_prompt
 from softprompt.inference.engine import Engine, EngineConfig, SamplingParams
 
 MAX_TOKENS = 1 << 30  # token counts become int64 tensors; this bound keeps them far from overflow
@@ -71,11 +72,12 @@ class Completion:
 def generate(
     base: BaseModel,
     texts: Sequence[str],
-    prompts: Sequence[torch.Tensor | None] | torch.Tensor | None = None,
+    prompts: Sequence[Prompt | torch.Tensor | None] | Prompt | torch.Tensor | None = None,
     config: GenerateConfig | None = None,
 ) -> list[str]:
-    """Continuations of ``texts``: ``prompts`` gives each row its soft prompt [P, H], or one for all, or none."""
-    if prompts is None or isinstance(prompts, torch.Tensor):
+    """Continuations of ``texts``: ``prompts`` gives each row its soft prompt (any form; a [P, H] tensor is
+    vectors at the input), or one for all, or none."""
+    if prompts is None or isinstance(prompts, (torch.Tensor, Prompt)):
         prompts = [prompts] * len(texts)
     return [c.text for c in complete(base, texts, prompts, config or GenerateConfig())]
 
@@ -98,10 +100,10 @@ def format_inputs(base: BaseModel, texts: Sequence[str], chat_template: bool) ->
 def complete(
     base: BaseModel,
     texts: Sequence[str],
-    prompts: Sequence[torch.Tensor | None],
+    prompts: Sequence[Prompt | torch.Tensor | None],
     config: GenerateConfig,
 ) -> list[Completion]:
-    """Generate for each text with its own prompt [P, H] (or None), through the one engine decode loop."""
+    """Generate for each text with its own prompt (or None), through the one engine decode loop."""
     if len(prompts) != len(texts):
         raise RequestError(f"got {len(prompts)} prompts for {len(texts)} texts")
     if not texts:
@@ -138,14 +140,15 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, text: str, chat_template: 
     return encode_text(tokenizer, text) if chat_template else encode_input(tokenizer, text)
 
 
-def _check_finite(prompts: Sequence[torch.Tensor | None]) -> None:
-    """Refuse NaN/inf soft prompts; each distinct tensor is checked once (batches often repeat one)."""
+def _check_finite(prompts: Sequence[Prompt | torch.Tensor | None]) -> None:
+    """Refuse NaN/inf soft prompts; each distinct prompt is checked once (batches often repeat one)."""
     checked: set[int] = set()
     for row, prompt in enumerate(prompts):
         if prompt is None or id(prompt) in checked:
             continue
         checked.add(id(prompt))
-        if not bool(torch.isfinite(prompt).all()):
+        value = as_prompt(prompt)
+        if not all(bool(torch.isfinite(t).all()) for t in (value.weights, value.below) if t is not None):
             raise RequestError(f"soft prompt for row {row + 1} contains NaN or infinite values")
 
 

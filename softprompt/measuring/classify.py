@@ -25,8 +25,9 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from softprompt.core.base import BaseModel
 from softprompt.core.data import encode_input, encode_text, left_pad
 from softprompt.core.errors import ConfigError
+from softprompt.core.forms import Prompt, as_prompt
 from softprompt.core.model import SoftPromptModel
-from softprompt.core.prompt import SoftPrompt, embed_ids
+from softprompt.core.prompt import SoftPrompt
 from softprompt.inference.engine.runner import ModelRunner
 
 # (input_ids [B, T] left-padded, attention_mask [B, T], keep) -> logits [members * B, keep, vocab]
@@ -44,21 +45,17 @@ class Scorer:
     device: torch.device = torch.device("cpu")  # where the scorer takes its ids: the model's device
 
 
-def engine_scorer(base: BaseModel, prompts: Sequence[torch.Tensor | None], context: str = "") -> Scorer:
+def engine_scorer(base: BaseModel, prompts: Sequence[Prompt | torch.Tensor | None], context: str = "") -> Scorer:
     """Score through the engine's runner: each member's prefix keys/values computed once, then reused.
 
-    A member's prefix is its soft prompt followed by ``context`` (an instruction or k-shot
-    examples, as token embeddings); under causal attention it never sees the rows after it, so
-    its keys/values are computed once per member and every batch attends to them, exactly as
-    ``softprompt serve`` does for an adapter. A 4-shot context costs one forward pass in total.
+    A member's prefix is its soft prompt (any form) followed by ``context`` (an instruction or
+    k-shot examples); under causal attention it never sees the rows after it, so its keys/values
+    are computed once per member and every batch attends to them, exactly as ``softprompt serve``
+    does for an adapter. A 4-shot context costs one forward pass in total.
     """
     runner = ModelRunner(base)
     context_ids = encode_input(base.tokenizer, context) if context else []
-    context_embeds = embed_ids(base, context_ids) if context_ids else None
-    kvs = []
-    for prompt in list(prompts) or [None]:
-        parts = [p.detach().float().cpu() for p in (prompt, context_embeds) if p is not None]
-        kvs.append(runner.prompt_kv(torch.cat(parts)) if parts else None)
+    kvs = [runner.prefix_kv(None if p is None else as_prompt(p).detach(), context_ids) for p in list(prompts) or [None]]
     span = base.family.max_span
     longest_prefix = max((kv.length for kv in kvs if kv is not None), default=0)
 
@@ -71,10 +68,11 @@ def engine_scorer(base: BaseModel, prompts: Sequence[torch.Tensor | None], conte
     return Scorer(logits, base.pad_id, len(kvs), limit, prefix_starts=bool(context_ids), device=base.device)
 
 
-def model_scorer(base: BaseModel, prompts: Sequence[torch.Tensor | None]) -> Scorer:
+def model_scorer(base: BaseModel, prompts: Sequence[Prompt | torch.Tensor | None]) -> Scorer:
     """The reference path: each member's prompt injected into every row (:meth:`SoftPromptModel.forward`)."""
     models = [
-        SoftPromptModel(base, None if p is None else SoftPrompt(p.to(base.device))) for p in list(prompts) or [None]
+        SoftPromptModel(base, None if p is None else SoftPrompt.of(as_prompt(p).to(base.device)))
+        for p in list(prompts) or [None]
     ]
 
     def logits(ids: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:

@@ -22,6 +22,7 @@ from softprompt.core.adapter import atomic_path, check_compatible
 from softprompt.core.base import BaseModel
 from softprompt.core.data import DataConfig, encode_input, encode_text, left_pad, read_rows, tokenize_rows
 from softprompt.core.errors import ConfigError
+from softprompt.core.forms import Prompt
 from softprompt.core.model import SoftPromptModel
 from softprompt.measuring.classify import Scorer, classify, engine_scorer, hf_scorer, metrics, vote
 from softprompt.measuring.presets import few_shot_context, load_preset, load_task
@@ -57,7 +58,7 @@ class EvalConfig:
             raise ConfigError("shots must be >= 0, batch_size and rows >= 1")
 
 
-def load_model(base: BaseModel, config: EvalConfig, context: str = "") -> tuple[Scorer, list[torch.Tensor], Any]:
+def load_model(base: BaseModel, config: EvalConfig, context: str = "") -> tuple[Scorer, list[Prompt], Any]:
     """The scorer (holding ``context`` unless PEFT), the soft prompts (possibly none), the PEFT model."""
     from softprompt.core.adapter import load_adapter
 
@@ -65,7 +66,7 @@ def load_model(base: BaseModel, config: EvalConfig, context: str = "") -> tuple[
     for path in config.adapter:
         loaded = load_adapter(path)
         check_compatible(base, loaded.config, Path(path), allow_mismatch=False)
-        prompts.append(loaded.embedding.to(base.device))
+        prompts.append(loaded.prompt.to(base.device))
     if config.peft_adapter:
         from peft import PeftModel
 
@@ -126,7 +127,7 @@ def _write_predictions(
 
 
 def _exact_match(
-    base: BaseModel, texts: list[str], words: list[str], gold: list[int], prompts: list[torch.Tensor],
+    base: BaseModel, texts: list[str], words: list[str], gold: list[int], prompts: list[Prompt],
     peft_model: Any, batch_size: int,
 ) -> float:  # fmt: skip
     """Greedy generation (first soft prompt, if any) compared with the gold label word."""
@@ -149,7 +150,7 @@ def _exact_match(
     return hits / max(len(gold), 1)
 
 
-def _text_metrics(base: BaseModel, config: EvalConfig, prompts: list[torch.Tensor], peft_model: Any) -> dict[str, Any]:
+def _text_metrics(base: BaseModel, config: EvalConfig, prompts: list[Prompt], peft_model: Any) -> dict[str, Any]:
     from softprompt.core.prompt import SoftPrompt
     from softprompt.training.heldout import mean_token_loss, without_first_token
 
@@ -169,7 +170,7 @@ def _text_metrics(base: BaseModel, config: EvalConfig, prompts: list[torch.Tenso
                 total, count = total + float(loss), count + n
         ce = total / count if count else math.nan
     else:
-        model = SoftPromptModel(base, SoftPrompt(prompts[0]) if prompts else None)
+        model = SoftPromptModel(base, SoftPrompt.of(prompts[0]) if prompts else None)
         ce = mean_token_loss(model, examples, config.batch_size)
     return {"rows": len(examples), "mean_token_ce": ce, "perplexity": math.exp(ce) if ce == ce else math.nan,
             "seconds": time.perf_counter() - started}  # fmt: skip

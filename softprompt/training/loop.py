@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,9 @@ class TrainingLoop:
     next_batch: int = 0
     records: list[dict[str, Any]] = field(default_factory=list)
     best_prompt: dict[str, torch.Tensor] | None = None  # the prompt's state at its best held-out loss
+    # More numbers per held-out evaluation (e.g. compare's validation accuracy), recorded beside the
+    # loss; their time counts as evaluation, not training.
+    measure: Callable[[TrainingLoop], dict[str, float]] | None = None
     # the open epoch (None between epochs): its batches, the next one to backpropagate, its bar
     _batches: list[Batch] | None = field(default=None, repr=False)
     _cursor: int = 0
@@ -101,7 +105,7 @@ class TrainingLoop:
         loss = mean_token_loss(self.model, self.eval_set, self.config.eval_batch_size) if loss is None else loss
         self.progress.heldout_loss_before = self.progress.best_loss = loss
         self.best_prompt = self.prompt_state()
-        self._record({"step": 0, "epoch": 0, "eval_loss": loss})
+        self._record({"step": 0, "epoch": 0, "eval_loss": loss, "elapsed": 0.0, **self._measured()})
         log.info(
             "held-out loss before training: %.4f (%d rows), batch size %d",
             loss,
@@ -127,7 +131,12 @@ class TrainingLoop:
         return self._batches is not None or self._more_epochs()
 
     def _more_epochs(self) -> bool:
-        return bool(self.config.max_steps or self.epoch <= self.config.epochs) and not self.done
+        return self._epoch_limit(self.epoch) and not self.done
+
+    def _epoch_limit(self, epoch: int) -> bool:
+        """Epoch ``epoch`` may run: a step budget or no epoch limit (0) lets epochs go on."""
+        config = self.config
+        return bool(config.max_steps or not config.epochs or epoch <= config.epochs)
 
     def take_batch(self) -> Batch | None:
         """This epoch's next batch, or None when an evaluation is due (call :meth:`observe`). Idempotent."""
@@ -143,7 +152,7 @@ class TrainingLoop:
                 return self._batches[self._cursor]
             # The epoch is over, or the budget ran out in it: evaluate per epoch, or once at the end
             # when evaluating every N steps (unless this step was just evaluated).
-            last = self.done or not (self.config.max_steps or self.epoch < self.config.epochs)
+            last = self.done or not self._epoch_limit(self.epoch + 1)
             if not self.config.eval_every or (last and self.progress.evaluated_step != self.step):
                 self._eval_due = True
                 return None
@@ -155,7 +164,7 @@ class TrainingLoop:
         self._bar = tqdm(
             total=len(self._batches),
             initial=self.next_batch,
-            desc=f"epoch {self.epoch}/{self.config.epochs}",
+            desc=f"epoch {self.epoch}/{self.config.epochs or '-'}",
             disable=not self.config.progress or not distributed.is_main(),
             leave=False,
         )
@@ -222,7 +231,8 @@ class TrainingLoop:
 
     def observe(self, loss: float) -> None:
         """Take the held-out loss due (see :meth:`take_batch`): keep the best prompt, stop early, end the epoch."""
-        self._record({"step": self.step, "epoch": self.epoch, "eval_loss": loss, "elapsed": self.progress.train_seconds})
+        record = {"step": self.step, "epoch": self.epoch, "eval_loss": loss, "elapsed": self.progress.train_seconds}
+        self._record({**record, **self._measured()})
         log.info("epoch %d, step %d: held-out loss %.4f", self.epoch, self.step, loss)
         progress = self.progress
         if loss < progress.best_loss:
@@ -238,6 +248,14 @@ class TrainingLoop:
             self._close_epoch()
         else:
             self.checkpoint()
+
+    def _measured(self) -> dict[str, float]:
+        if self.measure is None:
+            return {}
+        started = time.perf_counter()
+        found = self.measure(self)
+        self.add_eval_seconds(time.perf_counter() - started)
+        return found
 
     def _backward(self, batch: Batch) -> float:
         """Backpropagate this process's rows of a global batch; returns the global mean token loss.

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
+from softprompt.core.forms import Form
 from softprompt.core.inject import IGNORE_INDEX
 from softprompt.core.layouts import choose_layout
 from softprompt.core.model import SoftPromptModel, joint_loss
@@ -127,8 +128,10 @@ def backward_joint_loss(
     and the token slots its rows took in the passes.
     """
     lengths = attention_mask.sum(dim=1).tolist()
-    longest = max(model.require_prompt().num_virtual_tokens for model in models)
-    packed = (models[0].layout or choose_layout(models[0].base, longest, max(lengths))) == "packed"
+    prompts = [model.require_prompt() for model in models]
+    longest = max(prompt.num_virtual_tokens for prompt in prompts)
+    form = Form.KV if any(prompt.form is Form.KV for prompt in prompts) else Form.VECTORS
+    packed = (models[0].layout or choose_layout(models[0].base, longest, max(lengths), form)) == "packed"
     totals, slot_counts = [0.0] * len(models), [0] * len(models)
     for rows in row_slices(lengths, max_tokens, packed):
         width = max(lengths[i] for i in rows)

@@ -34,6 +34,7 @@ from softprompt.training import distributed, sharding
 from softprompt.training.heldout import mean_token_losses
 from softprompt.training.loop import TrainingLoop
 from softprompt.training.passes import backward_joint_loss
+from softprompt.training.reuse import FrozenRows
 from softprompt.training.train import TrainConfig, TrainResult, finish, keep_best, make_loop
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,8 @@ def train_sweep(candidates: list[Candidate], train_set: list[Example], eval_set:
     """Train every candidate on the same rows, in shared passes; each result equals its run alone."""
     _check(candidates)
     started = time.perf_counter()
-    loops = [make_loop(c.model, train_set, eval_set, c.config, c.run_info) for c in candidates]
+    stores = _frozen_rows(candidates)
+    loops = [make_loop(c.model, train_set, eval_set, c.config, c.run_info, frozen_rows=s) for c, s in stores]
     for loop, loss in zip(loops, _heldout(loops), strict=True):
         loop.evaluate_before(loss)
     failed: dict[int, TrainingError] = {}
@@ -88,6 +90,22 @@ def train_sweep(candidates: list[Candidate], train_set: list[Example], eval_set:
     return SweepResult(results, time.perf_counter() - started, tokens)
 
 
+def _frozen_rows(candidates: list[Candidate]) -> list[tuple[Candidate, FrozenRows | None]]:
+    """Late prompts with the same frozen layers (entry layer and frozen slots) share their rows' states."""
+    stores: dict[str, FrozenRows] = {}
+    out: list[tuple[Candidate, FrozenRows | None]] = []
+    for candidate in candidates:
+        prompt = candidate.model.require_prompt().frozen()
+        if not prompt.entry or not candidate.config.reuse_frozen:
+            out.append((candidate, None))
+            continue
+        key = FrozenRows.key(prompt)
+        if key not in stores:
+            stores[key] = FrozenRows(candidate.model.base, prompt, candidate.config.frozen_cache_mb << 20)
+        out.append((candidate, stores[key]))
+    return out
+
+
 def _check(candidates: list[Candidate]) -> None:
     if not candidates:
         raise ConfigError("a sweep needs at least one candidate")
@@ -102,7 +120,12 @@ def _check(candidates: list[Candidate]) -> None:
 
 
 def _turn(loops: list[TrainingLoop], indices: list[int], failed: dict[int, TrainingError]) -> None:
-    """One turn: the evaluations that are due (together), else one batch of every running loop (together)."""
+    """One turn: the evaluations that are due (together), else one batch of every running loop (together).
+
+    Loops whose prompts enter at the same layer share passes. Each is charged, as training time,
+    its share of a shared pass (its rows' token slots over all of them), so a time budget is
+    machine time per candidate whether candidates train alone or together.
+    """
     wanted = [loop.take_batch() for loop in loops]
     due = [loop for loop, batch in zip(loops, wanted, strict=True) if batch is None]
     if due:
@@ -118,14 +141,33 @@ def _turn(loops: list[TrainingLoop], indices: list[int], failed: dict[int, Train
         for loop, loss in zip(due, losses, strict=True):
             loop.observe(loss)
         return
-    batches = [batch for batch in wanted if batch is not None]
-    means, slots = _joint_backward(loops, batches)
-    for index, loop, batch, mean, slot in zip(indices, loops, batches, means, slots, strict=True):
+    results: dict[int, tuple[float, int]] = {}
+    for group in _by_entry(loops):
+        started = time.perf_counter()
+        means, slots = _joint_backward([loops[i] for i in group], [wanted[i] for i in group])  # type: ignore[misc]
+        elapsed = time.perf_counter() - started
+        total = max(sum(slots), 1)
+        for j, loop in enumerate(loops):
+            mine = slots[group.index(j)] if j in group else 0
+            loop.pause(elapsed * (1 - mine / total))  # the rest of the pass trained the others
+        results.update({i: (mean, slot) for i, mean, slot in zip(group, means, slots, strict=True)})
+    for j, (index, loop) in enumerate(zip(indices, loops, strict=True)):
+        batch = wanted[j]
+        assert batch is not None
+        mean, slot = results[j]
         try:
             loop.after_backward(loop.account(mean, batch.real_tokens, slot))
         except TrainingError as exc:  # this candidate alone stops, as its run alone would
             log.warning("sweep candidate %d (%s) failed: %s", index, loop.output, exc)
             failed[index] = exc
+
+
+def _by_entry(loops: list[TrainingLoop]) -> list[list[int]]:
+    """Indices of loops whose prompts enter at the same layer: one pass runs one span of layers."""
+    groups: dict[int, list[int]] = {}
+    for i, loop in enumerate(loops):
+        groups.setdefault(loop.prompt.entry, []).append(i)
+    return list(groups.values())
 
 
 def _joint_backward(loops: list[TrainingLoop], batches: list[Batch]) -> tuple[list[float], list[int]]:
@@ -155,11 +197,11 @@ def _joint_backward(loops: list[TrainingLoop], batches: list[Batch]) -> tuple[li
 
 def _heldout(loops: list[TrainingLoop]) -> list[float]:
     """Every loop's held-out loss in shared passes (they share the held-out rows and the batch size)."""
-    by_size: dict[int, list[int]] = {}
+    by_size: dict[tuple[int, int], list[int]] = {}
     for i, loop in enumerate(loops):
-        by_size.setdefault(loop.config.eval_batch_size, []).append(i)
+        by_size.setdefault((loop.config.eval_batch_size, loop.prompt.entry), []).append(i)
     losses = [0.0] * len(loops)
-    for size, members in by_size.items():
+    for (size, _), members in by_size.items():
         scored = mean_token_losses([loops[i].model for i in members], loops[members[0]].eval_set, size)
         for i, loss in zip(members, scored, strict=True):
             losses[i] = loss

@@ -32,6 +32,7 @@ from softprompt.training.checkpoint import Checkpoint, load_checkpoint
 from softprompt.training.heldout import mean_token_loss
 from softprompt.training.loop import Progress, TrainingLoop
 from softprompt.training.plots import save_loss_curve
+from softprompt.training.reuse import FrozenRows
 from softprompt.training.sharding import SHARD_MODES
 
 log = logging.getLogger(__name__)
@@ -44,12 +45,19 @@ MODEL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16":
 class TrainConfig:
     output: str = field(default="softprompt-out", metadata={"help": "directory for the adapter, metrics and plot"})
     lr: float = field(default=0.03, metadata={"help": "AdamW learning rate for the prompt"})
-    epochs: int = field(default=5, metadata={"help": "passes over the training rows"})
+    epochs: int = field(
+        default=5,
+        metadata={"help": "passes over the training rows (0: no limit; max_steps or max_seconds must then end the run)"},
+    )
     max_steps: int = field(
         default=0, metadata={"help": "stop after this many optimizer steps; the schedule spans them (0: epochs decide)"}
     )
     max_seconds: float = field(
-        default=0.0, metadata={"help": "stop after this much training time, keeping what was learned (0: no limit)"}
+        default=0.0,
+        metadata={
+            "help": "stop after this much training time, keeping what was learned (0: no limit); with epochs 0 and "
+            "no max_steps, the learning-rate schedule spans this time instead of a number of steps"
+        },
     )
     batch_size: int = field(default=0, metadata={"help": "rows per batch; 0 picks one that fits memory"})
     grad_accum: int = field(default=1, metadata={"help": "batches per optimizer step"})
@@ -88,6 +96,17 @@ class TrainConfig:
         default="float32",
         metadata={"help": "dtype of the frozen base model: float32, bfloat16 or float16 (the prompt stays float32)"},
     )
+    reuse_frozen: bool = field(
+        default=True,
+        metadata={
+            "help": "a late prompt (entry layer > 0): run the frozen layers below it once per row and reuse their "
+            "output at every step and evaluation (off: every layer at every step, the reference)"
+        },
+    )
+    frozen_cache_mb: int = field(
+        default=2048,
+        metadata={"help": "memory for the reused rows' states (rows beyond it are recomputed whenever they return)"},
+    )
     shard: str = field(
         default="none",
         metadata={
@@ -100,8 +119,12 @@ class TrainConfig:
         check_types(self)
         if not self.lr > 0 or not math.isfinite(self.lr):
             raise ConfigError(f"lr must be a positive number, got {self.lr}")
-        if self.epochs < 1 or self.grad_accum < 1 or self.batch_size < 0 or self.eval_batch_size < 1:
-            raise ConfigError("epochs, grad_accum and eval_batch_size must be >= 1 and batch_size >= 0")
+        if self.epochs < 0 or self.grad_accum < 1 or self.batch_size < 0 or self.eval_batch_size < 1:
+            raise ConfigError("grad_accum and eval_batch_size must be >= 1, epochs and batch_size >= 0")
+        if not (self.epochs or self.max_steps or self.max_seconds):
+            raise ConfigError("epochs 0 (no limit) needs max_steps or max_seconds to end the run")
+        if self.frozen_cache_mb < 0:
+            raise ConfigError(f"frozen_cache_mb must be >= 0, got {self.frozen_cache_mb}")
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         if not 0 <= self.warmup_ratio < 1 or min(self.early_stopping, self.checkpoint_every, self.eval_every) < 0:
@@ -197,10 +220,12 @@ def make_loop(
     config: TrainConfig,
     run_info: dict[str, Any] | None = None,
     resume: Checkpoint | None = None,
+    frozen_rows: FrozenRows | None = None,
 ) -> TrainingLoop:
     """One run's loop, ready to start (or restored): output checked, batch size, AdamW and schedule set.
 
-    :func:`train` runs one; :func:`softprompt.training.sweep.train_sweep` drives several at once.
+    :func:`train` runs one; :func:`softprompt.training.sweep.train_sweep` drives several at once
+    (and hands candidates with the same frozen layers one ``frozen_rows``).
     """
     prompt = model.require_prompt()
     output = Path(config.output)
@@ -208,17 +233,43 @@ def make_loop(
     torch.manual_seed(config.seed)
     batch_size = resume.progress["batch_size"] if resume else config.batch_size or _auto_global_batch(model, train_set)
     steps_per_epoch = math.ceil(math.ceil(len(train_set) / batch_size) / config.grad_accum)
-    total_steps = config.max_steps or steps_per_epoch * config.epochs
     optimizer = torch.optim.AdamW(prompt.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = get_scheduler(config.scheduler, optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    clock = TimeSchedule(config.scheduler, config.warmup_ratio, config.max_seconds)
+    total_steps = config.max_steps or steps_per_epoch * config.epochs
+    if total_steps:
+        scheduler = get_scheduler(config.scheduler, optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    else:  # a time budget alone: the schedule runs on training seconds
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: clock.factor())
     loop = TrainingLoop(
         model, train_set, eval_set, config, output, optimizer, scheduler, Progress(batch_size), dict(run_info or {})
     )
+    clock.progress = loop.progress
+    if prompt.entry and config.reuse_frozen:
+        model.entry_states = frozen_rows or FrozenRows(model.base, prompt.frozen(), config.frozen_cache_mb << 20)
     if resume:
         loop.restore(resume)
     elif distributed.is_main():
         (output / "metrics.jsonl").unlink(missing_ok=True)
     return loop
+
+
+@dataclass
+class TimeSchedule:
+    """A learning-rate schedule over training time: the fraction of ``max_seconds`` spent plays the step's part."""
+
+    name: str
+    warmup: float
+    seconds: float
+    progress: Progress | None = None
+
+    def factor(self) -> float:
+        done = 0.0 if self.progress is None else min(self.progress.train_seconds / self.seconds, 1.0)
+        if done < self.warmup:
+            return done / self.warmup
+        if self.name in ("constant", "constant_with_warmup"):
+            return 1.0
+        rest = (done - self.warmup) / max(1.0 - self.warmup, 1e-9)
+        return max(0.0, 1.0 - rest) if self.name == "linear" else 0.5 * (1.0 + math.cos(math.pi * rest))
 
 
 def _auto_global_batch(model: SoftPromptModel, examples: list[Example]) -> int:
@@ -239,10 +290,15 @@ def finish(loop: TrainingLoop, after: float | None = None) -> TrainResult:
     model, config, progress = loop.model, loop.config, loop.progress
     keep_best(loop)
     after = mean_token_loss(model, loop.eval_set, config.eval_batch_size) if after is None else after
+    reused = model.entry_states
+    model.entry_states = None  # the kept rows' states go once the run is scored
     seconds = max(progress.train_seconds, 1e-9)
     metrics = {
         "base_model": model.base.name,
         "num_virtual_tokens": loop.prompt.num_virtual_tokens,
+        "form": loop.prompt.form.value,
+        "entry_layer": loop.prompt.entry,
+        "trainable_params": sum(p.numel() for p in loop.prompt.parameters()),
         "init": model.prompt_config.init.value if model.prompt_config else None,
         "heldout_loss_before": progress.heldout_loss_before,
         "heldout_loss_after": after,
@@ -259,6 +315,8 @@ def finish(loop: TrainingLoop, after: float | None = None) -> TrainResult:
         "stopped_early": progress.stopped_early,
         "batch_size": progress.batch_size,
         "processes": distributed.world_size(),
+        "frozen_rows_computed": getattr(reused, "computed_rows", 0),
+        "frozen_rows_reused": getattr(reused, "reused_rows", 0),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "config": asdict(config),
     }

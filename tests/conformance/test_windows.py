@@ -66,7 +66,7 @@ def test_engine_keeps_every_sequence_inside_the_window(windowed):
     texts, adapters = ["abcdefghi", "a", "abcd"], ["p", None, "p"]
     params = SamplingParams(max_new_tokens=3, stop_at_eos=False)
     batched = engine.generate(texts, adapters, params)  # 3 + 9 + 3 = 15 slots: the limit
-    prompt = engine.registry._entries["p"].embedding
+    prompt = engine.registry._entries["p"].prompt.weights
     for text, name, row in zip(texts, adapters, batched, strict=True):
         assert reference_greedy(windowed, text, prompt if name else None, 3) == row.output_ids
 
@@ -102,6 +102,6 @@ def test_engine_prefills_apart_rows_that_would_not_fit_together(windowed):
     engine.step()
     assert seqs[0].finished and list(engine.scheduler.waiting) == [seqs[1]]  # admitted only after the first
     engine.run(seqs)
-    prompt = engine.registry._entries["p"].embedding
+    prompt = engine.registry._entries["p"].prompt.weights
     for (text, name, n), seq in zip(rows, seqs, strict=True):
         assert reference_greedy(windowed, text, prompt if name else None, n) == seq.output_ids

@@ -24,7 +24,7 @@ def _engine(base, **config) -> Engine:
 
 
 def _embedding(engine, name):
-    return None if name is None else engine.registry._entries[name].embedding
+    return None if name is None else engine.registry._entries[name].prompt.weights
 
 
 def test_mixed_batch_equals_alone_and_no_cache_reference(tiny):
@@ -58,7 +58,7 @@ def test_prompt_kv_is_computed_once_per_adapter(llama, monkeypatch):
     engine = _engine(llama)
     calls = []
     original = engine.runner.prompt_kv
-    monkeypatch.setattr(engine.runner, "prompt_kv", lambda e: calls.append(e.shape[0]) or original(e))
+    monkeypatch.setattr(engine.runner, "prompt_kv", lambda e: calls.append(e.num_virtual_tokens) or original(e))
     engine.generate(TEXTS, ADAPTERS, GREEDY)
     engine.generate(TEXTS, ADAPTERS, GREEDY)
     assert sorted(calls) == [3, 5, 7]

@@ -90,7 +90,7 @@ def test_completion_logprobs_are_the_models(client, server):
 
 
 def _prompt(server, name):
-    return server[1].registry._entries[name].embedding
+    return server[1].registry._entries[name].prompt.weights
 
 
 def test_echo_with_max_tokens_0_scores_the_prompt(client, server):

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PretrainedConfig
 
+from softprompt.core.decoder import cache_of, layers_of
+
 # Per layer: (keys, values), each [B, kv_heads, S, head_dim].
 Layers = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -51,16 +53,6 @@ class BatchKV:
 
     def __len__(self) -> int:
         return len(self.seq_ids)
-
-
-def layers_from_cache(cache: DynamicCache) -> Layers:
-    return [(layer.keys, layer.values) for layer in cache.layers]  # type: ignore[union-attr,misc]
-
-
-def cache_from_layers(layers: Layers, config: PretrainedConfig) -> DynamicCache:
-    if not layers or layers[0][0].shape[-2] == 0:
-        return DynamicCache(config=config)
-    return DynamicCache(ddp_cache_data=layers, config=config)
 
 
 def prompt_prefix(prompts: list[PromptKV | None], device: torch.device) -> tuple[Layers, torch.Tensor]:
@@ -104,12 +96,12 @@ def merge(a: BatchKV | None, b: BatchKV, config: PretrainedConfig) -> BatchKV:
     if a is None or len(a) == 0:
         return b
     length = max(a.mask.shape[1], b.mask.shape[1])
-    a_layers, a_mask = _left_pad(layers_from_cache(a.cache), a.mask, length - a.mask.shape[1])
-    b_layers, b_mask = _left_pad(layers_from_cache(b.cache), b.mask, length - b.mask.shape[1])
+    a_layers, a_mask = _left_pad(layers_of(a.cache), a.mask, length - a.mask.shape[1])
+    b_layers, b_mask = _left_pad(layers_of(b.cache), b.mask, length - b.mask.shape[1])
     layers = [(torch.cat([ka, kb]), torch.cat([va, vb])) for (ka, va), (kb, vb) in zip(a_layers, b_layers)]
     return BatchKV(
         seq_ids=a.seq_ids + b.seq_ids,
-        cache=cache_from_layers(layers, config),
+        cache=cache_of(layers, config),
         mask=torch.cat([a_mask, b_mask]),
         next_position=torch.cat([a.next_position, b.next_position]),
         last_token=torch.cat([a.last_token, b.last_token]),
@@ -119,13 +111,13 @@ def merge(a: BatchKV | None, b: BatchKV, config: PretrainedConfig) -> BatchKV:
 def select(batch: BatchKV, keep: list[int], config: PretrainedConfig) -> BatchKV:
     """Keep only rows ``keep`` (in that order), then drop leading slots no remaining row attends to."""
     index = torch.tensor(keep, dtype=torch.long, device=batch.mask.device)
-    layers = layers_from_cache(batch.cache)
+    layers = layers_of(batch.cache)
     mask = batch.mask.index_select(0, index)
     used = mask.any(dim=0).nonzero()
     start = int(used[0]) if used.numel() else mask.shape[1]
     return BatchKV(
         seq_ids=[batch.seq_ids[i] for i in keep],
-        cache=cache_from_layers(
+        cache=cache_of(
             [(k.index_select(0, index)[:, :, start:], v.index_select(0, index)[:, :, start:]) for k, v in layers],
             config,
         ),

@@ -22,6 +22,7 @@ import torch
 from softprompt.core.adapter import CONFIG_NAME, check_compatible, load_adapter
 from softprompt.core.base import BaseModel
 from softprompt.core.errors import AdapterError, ConfigError, SoftPromptError
+from softprompt.core.forms import Form, Prompt, as_prompt
 from softprompt.inference.engine.kv import PromptKV
 
 log = logging.getLogger(__name__)
@@ -56,16 +57,16 @@ class Entry:
     name: str
     path: Path | None  # None: given in memory, so it can never be evicted
     num_virtual_tokens: int
-    embedding: torch.Tensor | None = None  # [P, H] while loaded
-    kv: dict[str, PromptKV] = field(default_factory=dict)  # per dtype@device
+    prompt: Prompt | None = None  # while loaded: vectors, or per-layer keys/values, at any entry layer
+    kv: dict[str, PromptKV] = field(default_factory=dict)  # per dtype@device: every layer's keys/values, once
 
     @property
     def nbytes(self) -> int:
-        held = 0 if self.embedding is None else self.embedding.numel() * self.embedding.element_size()
+        held = 0 if self.prompt is None else self.prompt.nbytes
         return held + sum(kv.nbytes for kv in self.kv.values())
 
     def unload(self) -> None:
-        self.embedding, self.kv = None, {}
+        self.prompt, self.kv = None, {}
 
 
 def check_name(name: object) -> str:
@@ -109,19 +110,22 @@ class AdapterRegistry:
         directory = self._confine(Path(path) if path is not None else None, name)
         adapter = load_adapter(directory)
         check_compatible(self.base, adapter.config, directory, allow_mismatch=False)
-        entry = Entry(name, directory, adapter.config.num_virtual_tokens, adapter.embedding)
+        entry = Entry(name, directory, adapter.config.num_virtual_tokens, adapter.prompt)
         self._insert(entry)
         with self._lock:
             self.stats.loads += 1
 
-    def add_embedding(self, name: str, embedding: torch.Tensor) -> None:
-        """Serve an in-memory prompt [P, H]; it is pinned, since there is no file to reload it from."""
+    def add_embedding(self, name: str, embedding: torch.Tensor | Prompt) -> None:
+        """Serve an in-memory prompt (a [P, H] tensor: vectors at the input); pinned, with no file to reload it from."""
         check_name(name)
-        if embedding.ndim != 2 or embedding.shape[1] != self.base.hidden_size:
+        prompt = as_prompt(embedding)
+        if prompt.form is Form.VECTORS and prompt.weights.shape[1] != self.base.hidden_size:
             raise AdapterError(
-                f"prompt {name!r} must be [tokens, {self.base.hidden_size}], got {tuple(embedding.shape)}"
+                f"prompt {name!r} must be [tokens, {self.base.hidden_size}], got {tuple(prompt.weights.shape)}"
             )
-        self._insert(Entry(name, None, int(embedding.shape[0]), embedding.detach().float().cpu()))
+        if prompt.entry >= self.base.num_layers:
+            raise AdapterError(f"prompt {name!r} enters at layer {prompt.entry}, beyond the model's {self.base.num_layers}")
+        self._insert(Entry(name, None, prompt.num_virtual_tokens, prompt.detach().to("cpu")))
 
     def remove(self, name: str) -> None:
         with self._lock:
@@ -158,18 +162,18 @@ class AdapterRegistry:
         with self._lock:
             return name in self._entries
 
-    def prompt_kv(self, name: str, key: str, compute: Callable[[torch.Tensor], PromptKV]) -> PromptKV:
+    def prompt_kv(self, name: str, key: str, compute: Callable[[Prompt], PromptKV]) -> PromptKV:
         """The adapter's prompt KV for ``key`` (dtype@device), computed on first use and then cached."""
         with self._lock:
             entry = self._entries.get(name)
             if entry is None:
                 raise AdapterError(f"unknown adapter {name!r}")
-            if entry.embedding is None and entry.path is not None:
-                entry.embedding = load_adapter(entry.path).embedding
+            if entry.prompt is None and entry.path is not None:
+                entry.prompt = load_adapter(entry.path).prompt
                 self.stats.loads += 1
             if key not in entry.kv:
-                assert entry.embedding is not None  # pinned entries always hold their embedding
-                entry.kv[key] = compute(entry.embedding)
+                assert entry.prompt is not None  # pinned entries always hold their prompt
+                entry.kv[key] = compute(entry.prompt)
                 self.stats.misses += 1
             else:
                 self.stats.hits += 1

@@ -13,16 +13,17 @@ import torch
 
 from softprompt.core.base import BaseModel
 from softprompt.core.data import left_pad
-from softprompt.core.decoder import embed_tokens, lm_logits, prompt_cache, run_after_prefix, run_decoder
-from softprompt.inference.engine.kv import (
-    BatchKV,
-    PromptKV,
-    cache_from_layers,
-    layers_from_cache,
-    merge,
-    prompt_prefix,
-    select,
+from softprompt.core.decoder import (
+    cache_of,
+    embed_tokens,
+    layers_of,
+    lm_logits,
+    prompt_cache,
+    run_after_prefix,
+    run_decoder,
 )
+from softprompt.core.forms import Prompt
+from softprompt.inference.engine.kv import BatchKV, PromptKV, merge, prompt_prefix, select
 from softprompt.inference.engine.sampler import new_generator, prompt_logprobs, sample
 from softprompt.inference.engine.sequence import Sequence
 
@@ -41,10 +42,20 @@ class ModelRunner:
         return f"{self.base.dtype}@{self.base.device}"
 
     @torch.no_grad()
-    def prompt_kv(self, embedding: torch.Tensor) -> PromptKV:
-        """Run the virtual tokens [P, H] alone from position 0 and keep every layer's keys/values."""
-        prefix = prompt_cache(self.base, embedding)
-        return PromptKV(tuple((k[0].clone(), v[0].clone()) for k, v in layers_from_cache(prefix.cache)))
+    def prompt_kv(self, prompt: Prompt | torch.Tensor) -> PromptKV:
+        """Every layer's keys/values of a prompt of any form (vectors [P, H] run alone from position 0)."""
+        prefix = prompt_cache(self.base, [prompt])
+        return PromptKV(tuple((k[0].clone(), v[0].clone()) for k, v in layers_of(prefix.cache)))
+
+    @torch.no_grad()
+    def prefix_kv(self, prompt: Prompt | None, context_ids: list[int]) -> PromptKV | None:
+        """Keys/values of a prompt (or none) followed by context tokens: a member of a scorer's ensemble."""
+        kv = None if prompt is None else self.prompt_kv(prompt)
+        if not context_ids:
+            return kv
+        ids = torch.tensor([context_ids], device=self.base.device)
+        _, batch = self._forward(ids, torch.ones_like(ids), [kv])
+        return PromptKV(tuple((k[0].clone(), v[0].clone()) for k, v in layers_of(batch.cache)))
 
     def _forward(
         self, ids: torch.Tensor, token_mask: torch.Tensor, prompts: list[PromptKV | None]
@@ -52,7 +63,7 @@ class ModelRunner:
         """Left-padded rows [B, T] after their prompt KV: hidden states [B, T, H] and the batch cache."""
         device = self.base.device
         prefix, prefix_mask = prompt_prefix(prompts, device)  # per layer [B, h, Pmax, d]; [B, Pmax]
-        cache = cache_from_layers(prefix, self.config)
+        cache = cache_of(prefix, self.config)
         hidden, cache = run_after_prefix(self.base, cache, prefix_mask, embed_tokens(self.base, ids), token_mask)
         batch = BatchKV(
             seq_ids=[],

@@ -119,7 +119,7 @@ def _prompt_tuning(spec: MethodSpec, base: BaseModel, preset: Preset, seed: int)
     return Tuned(
         run,
         sum(p.numel() for p in prompt.parameters()),
-        lambda: engine_scorer(base, [prompt.folded()]),
+        lambda: engine_scorer(base, [prompt.frozen()]),
         lambda directory: model.save_pretrained(directory),
         stored_params=spec.num_virtual_tokens * base.hidden_size,
     )
@@ -175,7 +175,7 @@ def saved_scorer(kind: Kind, base: BaseModel, directory: Path) -> Scorer:
     if kind in (Kind.ZERO_SHOT, Kind.FEW_SHOT):
         return engine_scorer(base, [None], (directory / CONTEXT_FILE).read_text(encoding="utf-8"))
     if kind in (Kind.PROMPT_TUNING, Kind.P_TUNING):
-        return engine_scorer(base, [load_adapter(directory).embedding.to(base.device)])
+        return engine_scorer(base, [load_adapter(directory).prompt.to(base.device)])
     if kind is Kind.FULL:
         from transformers import AutoModelForCausalLM
 

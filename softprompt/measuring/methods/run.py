@@ -98,7 +98,7 @@ def score_test(selection: dict[str, Any], setup: RunSetup, limit: int | None) ->
 
     if kind in (Kind.PROMPT_TUNING, Kind.P_TUNING):  # every seed's prompt in one batched pass, a member each
         base = load_base_model(setup.model, device=setup.device)
-        prompts = [load_adapter(run["artifact"]).embedding.to(base.device) for run in runs]
+        prompts = [load_adapter(run["artifact"]).prompt.to(base.device) for run in runs]
         scores = scored(engine_scorer(base, prompts), base)
     else:
         shared = load_base_model(setup.model, device=setup.device) if kind in (Kind.ZERO_SHOT, Kind.FEW_SHOT) else None

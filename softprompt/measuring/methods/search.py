@@ -173,7 +173,7 @@ def _prompt_tuning(job: SearchJob, task: Task, directory: Path) -> dict[str, Any
         from softprompt.measuring.classify import engine_scorer
 
         trained = [i for i, r in enumerate(result.results) if not isinstance(r, Exception)]
-        prompts = [models[i].require_prompt().folded() for i in trained]
+        prompts = [models[i].require_prompt().frozen() for i in trained]
         by_run = dict(zip(trained, task.validate(engine_scorer(base, prompts), base) if prompts else [], strict=True))
         records = []
         for i, ((spec, seed), outcome) in enumerate(zip(runs, result.results, strict=True)):
