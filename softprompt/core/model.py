@@ -34,6 +34,27 @@ class EntryStates(Protocol):
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor: ...
 
 
+class Tunable(Protocol):
+    """What the training loop trains: a soft prompt over a frozen model (:class:`SoftPromptModel`) or
+    a model's own weights (:class:`softprompt.core.weights.WeightsModel`)."""
+
+    base: BaseModel
+    entry_states: EntryStates | None
+
+    @property
+    def trained(self) -> nn.Module: ...
+
+    def loss(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, int]: ...
+
+    def layout_for(self, width: int) -> Layout: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def save_pretrained(self, directory: str | Path, metrics: dict[str, Any] | None = None) -> Path: ...
+
+
 class SoftPromptModel(nn.Module):
     """The frozen base model and a trainable (or loaded) soft prompt."""
 
@@ -114,6 +135,23 @@ class SoftPromptModel(nn.Module):
         labels = torch.full_like(input_ids, IGNORE_INDEX)
         hidden, _ = layout_hidden(self.base, self.prompt.value(), input_ids, attention_mask, labels, "shared")
         return lm_logits(self.base, hidden[:, -keep:])
+
+    @property
+    def trained(self) -> SoftPrompt:
+        """What training updates: the prompt."""
+        return self.require_prompt()
+
+    def describe(self) -> dict[str, Any]:
+        """The prompt's facts for a run's metrics."""
+        prompt = self.require_prompt()
+        return {
+            "method": prompt.frozen().name,
+            "num_virtual_tokens": prompt.num_virtual_tokens,
+            "form": prompt.form.value,
+            "entry_layer": prompt.entry,
+            "trainable_params": sum(p.numel() for p in prompt.parameters()),
+            "init": self.prompt_config.init.value if self.prompt_config else None,
+        }
 
     def require_prompt(self) -> SoftPrompt:
         if self.prompt is None:

@@ -34,7 +34,7 @@ import torch
 
 from softprompt.core.adapter import write_json
 from softprompt.core.errors import ConfigError
-from softprompt.measuring.methods import TRAINED, Kind, MethodSpec
+from softprompt.measuring.methods import PROMPTS, TRAINED, Kind, MethodSpec
 from softprompt.measuring.methods.run import RunSetup, run_phase
 from softprompt.measuring.methods.search import SearchJob
 from softprompt.measuring.presets import Preset, load_preset, load_test_rows, load_train_rows
@@ -43,7 +43,7 @@ from softprompt.measuring.selection import Split, design, split_validation
 log = logging.getLogger(__name__)
 
 INITS = ("random", "vocab", "text", "labels")
-DEFAULT_METHODS = (Kind.ZERO_SHOT, Kind.FEW_SHOT, Kind.PROMPT_TUNING, Kind.LORA)
+DEFAULT_METHODS = (Kind.ZERO_SHOT, Kind.FEW_SHOT, Kind.PROMPT_TUNING, Kind.PREFIX_TUNING, Kind.LATE_PROMPT, Kind.LORA)
 
 
 def _help(text: str) -> dict[str, str]:
@@ -59,7 +59,9 @@ class CompareConfig:
     val_fraction: float = field(default=0.2, metadata=_help("share of the training rows that validate every choice"))
     val_max_rows: int = field(default=300, metadata=_help("at most this many validation rows"))
     split_seed: int = field(default=0, metadata=_help("seed of the validation split and of the candidate design"))
-    eval_every: int = field(default=25, metadata=_help("steps between validation-loss scores (early stopping)"))
+    eval_every: int = field(default=25, metadata=_help("steps between validation scores, under a step --budget"))
+    eval_every_seconds: float = field(default=30.0, metadata=_help("training seconds between validation scores, "
+                                                                   "under a time budget (--budget 0)"))  # fmt: skip
     patience: int = field(default=4, metadata=_help("stop after N validation scores without improvement"))
     schedules: tuple[str, ...] = field(default=("linear", "constant"), metadata=_help("learning-rate schedules to try"))
     pt_lrs: tuple[float, ...] = field(default=(0.3, 0.1, 0.03, 0.01), metadata=_help("prompt tuning: learning rates"))
@@ -70,6 +72,12 @@ class CompareConfig:
     lora_lrs: tuple[float, ...] = field(default=(1e-4, 3e-4, 1e-3, 3e-3), metadata=_help("LoRA: learning rates"))
     lora_ranks: tuple[int, ...] = field(default=(4, 8, 16), metadata=_help("LoRA: ranks to try"))
     prefix_lrs: tuple[float, ...] = field(default=(1e-3, 3e-3, 1e-2, 3e-2), metadata=_help("prefix tuning: lrs"))
+    prefix_inits: tuple[str, ...] = field(default=("text", "labels"), metadata=_help("prefix tuning, late prompts: "
+                                                                                   "inits to try"))  # fmt: skip
+    late_lrs: tuple[float, ...] = field(default=(0.3, 0.1, 0.03, 0.01), metadata=_help("late prompts: lrs"))
+    late_depths: tuple[float, ...] = field(default=(0.5, 0.67), metadata=_help("late prompts: entry layers to try, "
+                                                                             "as fractions of the depth"))  # fmt: skip
+    late_forms: tuple[str, ...] = field(default=("vectors", "kv"), metadata=_help("late prompts: vectors, kv or both"))
     full_lrs: tuple[float, ...] = field(default=(1e-5, 3e-5, 1e-4), metadata=_help("full fine-tuning: lrs"))
     pe_shots: tuple[int, ...] = field(default=(1, 2), metadata=_help("few-shot: examples per class to try"))
     pe_orders: int = field(default=2, metadata=_help("few-shot: seeded example orders to try"))
@@ -82,11 +90,19 @@ class CompareConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", tuple(Kind(m).value for m in self.methods))
         for name, kind in (("pt_lrs", float), ("lora_lrs", float), ("prefix_lrs", float), ("full_lrs", float),
-                           ("pt_lengths", int), ("pt_reparam", int), ("lora_ranks", int), ("pe_shots", int)):  # fmt: skip
+                           ("late_lrs", float), ("late_depths", float), ("pt_lengths", int), ("pt_reparam", int),
+                           ("lora_ranks", int), ("pe_shots", int)):  # fmt: skip
             object.__setattr__(self, name, _numbers(name, getattr(self, name), kind))
-        for init in self.pt_inits:
+        object.__setattr__(self, "late_forms", tuple(self.late_forms))
+        for init in (*self.pt_inits, *self.prefix_inits):
             if init not in INITS:
                 raise ConfigError(f"unknown init {init!r}: use {', '.join(INITS)}")
+        if not self.late_forms or any(form not in ("vectors", "kv") for form in self.late_forms):
+            raise ConfigError(f"late_forms must be vectors and/or kv, got {self.late_forms}")
+        if any(not 0 < depth < 1 for depth in self.late_depths):
+            raise ConfigError(f"late_depths are fractions of the depth, in (0, 1), got {self.late_depths}")
+        if not self.eval_every_seconds > 0:
+            raise ConfigError(f"eval_every_seconds must be positive, got {self.eval_every_seconds}")
         for schedule in self.schedules:
             if schedule not in ("linear", "cosine", "constant", "constant_with_warmup"):
                 raise ConfigError(f"unknown schedule {schedule!r}: use linear, cosine, constant, constant_with_warmup")
@@ -122,10 +138,14 @@ def method_candidates(kind: Kind, config: CompareConfig, labels: int) -> list[Me
         return [MethodSpec(kind, shots=k * labels, instruction=i, order=o, test_rows=slow)
                 for i in (True, False) for k in config.pe_shots for o in range(config.pe_orders)]  # fmt: skip
     space: dict[str, tuple[Any, ...]] = {"lr": _lrs(kind, config), "scheduler": config.schedules}
-    if kind in (Kind.PROMPT_TUNING, Kind.P_TUNING, Kind.PREFIX_TUNING):
+    if kind in PROMPTS:
         space["num_virtual_tokens"] = config.pt_lengths
     if kind in (Kind.PROMPT_TUNING, Kind.P_TUNING):
         space["init"] = config.pt_inits
+    if kind in (Kind.PREFIX_TUNING, Kind.LATE_PROMPT):
+        space["init"] = config.prefix_inits
+    if kind is Kind.LATE_PROMPT:
+        space["depth"], space["form"] = config.late_depths, config.late_forms
     if kind is Kind.PROMPT_TUNING:
         space["reparam_hidden"] = config.pt_reparam
     if kind is Kind.LORA:
@@ -137,7 +157,7 @@ def method_candidates(kind: Kind, config: CompareConfig, labels: int) -> list[Me
 
 def _lrs(kind: Kind, config: CompareConfig) -> tuple[float, ...]:
     return {Kind.PROMPT_TUNING: config.pt_lrs, Kind.P_TUNING: config.pt_lrs, Kind.PREFIX_TUNING: config.prefix_lrs,
-            Kind.LORA: config.lora_lrs, Kind.FULL: config.full_lrs}[kind]  # fmt: skip
+            Kind.LATE_PROMPT: config.late_lrs, Kind.LORA: config.lora_lrs, Kind.FULL: config.full_lrs}[kind]  # fmt: skip
 
 
 def plan(setup: RunSetup, config: CompareConfig) -> tuple[Preset, Split, list[SearchJob]]:
@@ -151,7 +171,9 @@ def plan(setup: RunSetup, config: CompareConfig) -> tuple[Preset, Split, list[Se
     for kind in (Kind(m) for m in config.methods):
         stopping = (config.eval_every, config.patience) if kind in TRAINED else (0, 0)  # nothing trains
         candidates = tuple(method_candidates(kind, config, len(preset.labels)))
-        jobs.append(SearchJob(kind, candidates, seeds, tuple(split.train), tuple(split.validation), *stopping))
+        every_seconds = config.eval_every_seconds if kind in TRAINED else 0.0
+        jobs.append(SearchJob(kind, candidates, seeds, tuple(split.train), tuple(split.validation), *stopping,
+                              every_seconds))  # fmt: skip
     return preset, split, jobs
 
 

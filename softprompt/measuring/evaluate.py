@@ -23,7 +23,7 @@ from softprompt.core.base import BaseModel
 from softprompt.core.data import DataConfig, encode_input, encode_text, left_pad, read_rows, tokenize_rows
 from softprompt.core.errors import ConfigError
 from softprompt.core.forms import Prompt
-from softprompt.core.model import SoftPromptModel
+from softprompt.core.model import SoftPromptModel, Tunable
 from softprompt.measuring.classify import Scorer, classify, engine_scorer, hf_scorer, metrics, vote
 from softprompt.measuring.presets import few_shot_context, load_preset, load_task
 
@@ -152,25 +152,17 @@ def _exact_match(
 
 def _text_metrics(base: BaseModel, config: EvalConfig, prompts: list[Prompt], peft_model: Any) -> dict[str, Any]:
     from softprompt.core.prompt import SoftPrompt
-    from softprompt.training.heldout import mean_token_loss, without_first_token
+    from softprompt.core.weights import WeightsModel
+    from softprompt.training.heldout import mean_token_loss
 
     data = DataConfig(data=config.data, text_column=config.text_column)
     examples = tokenize_rows(read_rows(config.data)[: config.rows], data, base.tokenizer, config.data)
     started = time.perf_counter()
+    model: Tunable
     if peft_model is not None:
-        from softprompt.core.data import batches
-        from softprompt.measuring.methods.fit import hf_loss
-
-        loss_fn, total, count = hf_loss(peft_model, base.accepts_position_ids), 0.0, 0
-        with torch.inference_mode():
-            for batch in batches(
-                [without_first_token(e) for e in examples], config.batch_size, base.tokenizer.pad_token_id
-            ):
-                loss, n = loss_fn(batch.to(base.device))
-                total, count = total + float(loss), count + n
-        ce = total / count if count else math.nan
+        model = WeightsModel(base, peft_model, "PEFT adapter")
     else:
         model = SoftPromptModel(base, SoftPrompt.of(prompts[0]) if prompts else None)
-        ce = mean_token_loss(model, examples, config.batch_size)
+    ce = mean_token_loss(model, examples, config.batch_size)
     return {"rows": len(examples), "mean_token_ce": ce, "perplexity": math.exp(ce) if ce == ce else math.nan,
             "seconds": time.perf_counter() - started}  # fmt: skip

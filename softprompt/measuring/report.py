@@ -17,6 +17,7 @@ COLORS = {
     "prompt engineering": "#9e9e9e",
     "prompt tuning": "#1f77b4",
     "prefix tuning": "#17becf",
+    "late prompt": "#2ca02c",
     "LoRA": "#ff7f0e",
     "full fine-tuning": "#d62728",
 }
@@ -53,9 +54,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"training file (stratified by label) for every choice; {report['test_rows']} test rows, read only after "
         f"every choice was made (methods marked * scored fewer); majority-class accuracy "
         f"{100 * report['majority_class_accuracy']:.1f}%. Every trained method tried {compare['search_budget']} "
-        f"candidates of at most {setup['budget']} steps of {setup['batch_size']} rows, validation loss every "
-        f"{compare['eval_every']} steps, stopping after {compare['patience']} scores without improvement; the best "
-        f"on validation accuracy was trained with {compare['seeds']} seeds.",
+        f"candidates of {_budget(setup, compare)}, stopping after {compare['patience']} validation scores without "
+        f"improvement; the best on validation accuracy was trained with {compare['seeds']} seeds.",
         "",
         "| method | chosen on validation | val acc | test acc (mean ± std) | 95% CI | macro-F1 | trainable params "
         "| train time | selection time | peak RSS | adapter | latency / example |",
@@ -97,6 +97,16 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(rows) + "\n"
 
 
+def _budget(setup: dict[str, Any], compare: dict[str, Any]) -> str:
+    """A candidate's budget in words: training seconds (steps unbounded) or steps."""
+    rows = f"{setup['batch_size']} rows a step"
+    if not setup["budget"]:
+        return (f"{setup['max_seconds']:g} s of training each ({rows}, as many steps as fit), validation loss and "
+                f"accuracy every {compare.get('eval_every_seconds', 0):g} s of training")  # fmt: skip
+    cap = f", at most {setup['max_seconds']:g} s" if setup.get("max_seconds") else ""
+    return f"at most {setup['budget']} steps of {rows}{cap}, validation loss every {compare['eval_every']} steps"
+
+
 def _candidates(report: dict[str, Any]) -> list[str]:
     out = ["| method | candidate | val acc | val label CE | steps (best) | train time |", "|---|---|---:|---:|---:|---:|"]
     for m in report["methods"]:
@@ -120,7 +130,7 @@ def chart(report: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     ok = [m for m in report["methods"] if "accuracy" in m]
-    fig, (acc_ax, curve_ax) = plt.subplots(1, 2, figsize=(13, 0.5 * max(len(ok), 4) + 2))
+    fig, (acc_ax, curve_ax) = plt.subplots(1, 2, figsize=(13, 0.5 * max(len(ok), 4) + 3))
     names = [f"{m['method']}\n({m['chosen']})" for m in ok]
     for y, m in enumerate(ok):
         color = COLORS[_family(m)]
@@ -134,15 +144,7 @@ def chart(report: dict[str, Any], path: Path) -> Path:
     acc_ax.set_xlim(0, 100)
     acc_ax.legend(loc="lower right")
     acc_ax.invert_yaxis()
-    for m in ok:
-        for run in m.get("seed_runs", []):
-            if run.get("curve"):
-                steps, losses = zip(*run["curve"])
-                curve_ax.plot(steps, losses, color=COLORS[_family(m)], alpha=0.7,
-                              label=m["method"] if run is m["seed_runs"][0] else None)  # fmt: skip
-    curve_ax.set_xlabel("optimizer step")
-    curve_ax.set_ylabel("validation loss (label tokens)")
-    curve_ax.set_title("learning curves of the chosen settings, every seed", fontsize=9)
+    _accuracy_curves(report["methods"], curve_ax)
     if curve_ax.lines:
         curve_ax.legend()
     fig.suptitle(f"{report['task']} on {report['model']}")
@@ -151,6 +153,26 @@ def chart(report: dict[str, Any], path: Path) -> Path:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     return path
+
+
+def _accuracy_curves(methods: list[dict[str, Any]], ax: Any) -> None:
+    """Validation accuracy against training seconds: every run of every trained method (the chosen ones bold)."""
+    for m in methods:
+        chosen = {id(r) for r in m.get("seed_runs", [])}
+        runs = [*m.get("candidates", []), *m.get("seed_runs", [])]
+        labelled = False
+        for run in runs:
+            points = [(p[1], 100 * p[3]) for p in run.get("curve") or [] if len(p) == 4 and p[3] is not None]
+            if not points:
+                continue
+            seconds, accuracy = zip(*points)
+            bold = id(run) in chosen
+            ax.plot(seconds, accuracy, color=COLORS[_family(m)], alpha=0.9 if bold else 0.35, lw=1.6 if bold else 0.8,
+                    label=None if labelled else m["method"])  # fmt: skip
+            labelled = True
+    ax.set_xlabel("training seconds")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title("validation accuracy while training: every candidate (thin) and chosen setting's seeds", fontsize=9)
 
 
 def write_report(report: dict[str, Any], output: Path) -> None:

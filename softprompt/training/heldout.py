@@ -14,7 +14,7 @@ import torch
 
 from softprompt.core.data import Example, batches
 from softprompt.core.inject import IGNORE_INDEX
-from softprompt.core.model import SoftPromptModel, joint_loss
+from softprompt.core.model import SoftPromptModel, Tunable, joint_loss
 from softprompt.training import distributed, sharding
 from softprompt.training.passes import keep_in_step
 
@@ -24,7 +24,7 @@ def without_first_token(example: Example) -> Example:
 
 
 @torch.no_grad()
-def mean_token_loss(model: SoftPromptModel, examples: list[Example], batch_size: int = 8) -> float:
+def mean_token_loss(model: Tunable, examples: list[Example], batch_size: int = 8) -> float:
     """Token-weighted mean cross-entropy over the labelled tokens; NaN when there are none."""
     if not examples:
         return math.nan

@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from softprompt.core.data import Batch, Example, batches
 from softprompt.core.errors import TrainingError
 from softprompt.core.inject import IGNORE_INDEX
-from softprompt.core.model import SoftPromptModel
-from softprompt.core.prompt import SoftPrompt
+from softprompt.core.model import Tunable
 from softprompt.training import distributed, sharding
 from softprompt.training.checkpoint import Checkpoint, save_checkpoint
 from softprompt.training.heldout import mean_token_loss
@@ -45,6 +45,7 @@ class Progress:
     best_step: int = 0
     stale_epochs: int = 0  # evaluations without improvement (one per epoch unless eval_every is set)
     evaluated_step: int = 0  # the optimizer step of the last held-out evaluation
+    evaluated_seconds: float = 0.0  # training seconds at the last held-out evaluation
     real_tokens: int = 0
     padded_tokens: int = 0
     train_seconds: float = 0.0
@@ -54,7 +55,7 @@ class Progress:
 
 @dataclass
 class TrainingLoop:
-    model: SoftPromptModel
+    model: Tunable
     train_set: list[Example]
     eval_set: list[Example]
     config: Any  # TrainConfig (imported lazily by train.py to avoid a cycle)
@@ -67,7 +68,7 @@ class TrainingLoop:
     epoch: int = 1
     next_batch: int = 0
     records: list[dict[str, Any]] = field(default_factory=list)
-    best_prompt: dict[str, torch.Tensor] | None = None  # the prompt's state at its best held-out loss
+    best_state: dict[str, torch.Tensor] | None = None  # the trained state at its best held-out loss
     # More numbers per held-out evaluation (e.g. compare's validation accuracy), recorded beside the
     # loss; their time counts as evaluation, not training.
     measure: Callable[[TrainingLoop], dict[str, float]] | None = None
@@ -83,12 +84,14 @@ class TrainingLoop:
         return sharding.is_sharded(self.model.base.model)
 
     @property
-    def prompt(self) -> SoftPrompt:
-        return self.model.require_prompt()
+    def trained(self) -> nn.Module:
+        """What the optimizer updates: the prompt (its vectors or keys/values, and the MLP when
+        reparameterised), or a model's trainable weights."""
+        return self.model.trained
 
-    def prompt_state(self) -> dict[str, torch.Tensor]:
-        """A detached copy of every prompt tensor (the vectors, and the MLP when reparameterised)."""
-        return {name: value.detach().clone() for name, value in self.prompt.state_dict().items()}
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        """A detached copy of every trained tensor."""
+        return {name: value.detach().clone() for name, value in self.trained.state_dict().items()}
 
     @property
     def done(self) -> bool:
@@ -104,7 +107,7 @@ class TrainingLoop:
         """Score the initial prompt (``loss``: already scored, by a sweep's joint pass)."""
         loss = mean_token_loss(self.model, self.eval_set, self.config.eval_batch_size) if loss is None else loss
         self.progress.heldout_loss_before = self.progress.best_loss = loss
-        self.best_prompt = self.prompt_state()
+        self.best_state = self.trained_state()
         self._record({"step": 0, "epoch": 0, "eval_loss": loss, "elapsed": 0.0, **self._measured()})
         log.info(
             "held-out loss before training: %.4f (%d rows), batch size %d",
@@ -153,7 +156,7 @@ class TrainingLoop:
             # The epoch is over, or the budget ran out in it: evaluate per epoch, or once at the end
             # when evaluating every N steps (unless this step was just evaluated).
             last = self.done or not self._epoch_limit(self.epoch + 1)
-            if not self.config.eval_every or (last and self.progress.evaluated_step != self.step):
+            if not self.periodic or (last and self.progress.evaluated_step != self.step):
                 self._eval_due = True
                 return None
             self._close_epoch()
@@ -212,7 +215,7 @@ class TrainingLoop:
             self._bar.set_postfix(loss=f"{loss:.3f}")
         if self.config.checkpoint_every and self.step % self.config.checkpoint_every == 0:
             self.checkpoint()
-        self._eval_due = self._eval_due or bool(self.config.eval_every and self.step % self.config.eval_every == 0)
+        self._eval_due = self._eval_due or self._evaluation_due()
 
     def evaluate(self) -> float:
         """Held-out loss of the current prompt, its time kept out of training time."""
@@ -238,16 +241,27 @@ class TrainingLoop:
         if loss < progress.best_loss:
             progress.best_loss, progress.best_epoch, progress.best_step = loss, self.epoch, self.step
             progress.stale_epochs = 0
-            self.best_prompt = self.prompt_state()
+            self.best_state = self.trained_state()
         else:
             progress.stale_epochs += 1
             progress.stopped_early = bool(self.config.early_stopping) and progress.stale_epochs >= self.config.early_stopping
-        progress.evaluated_step, self._eval_due = self.step, False
+        progress.evaluated_step, progress.evaluated_seconds, self._eval_due = self.step, progress.train_seconds, False
         batches = self._batches
-        if batches is None or self._cursor >= len(batches) or self.done or not self.config.eval_every:
+        if batches is None or self._cursor >= len(batches) or self.done or not self.periodic:
             self._close_epoch()
         else:
             self.checkpoint()
+
+    @property
+    def periodic(self) -> bool:
+        """Evaluations come every N steps or seconds, not at the end of each epoch."""
+        return bool(self.config.eval_every or self.config.eval_every_seconds)
+
+    def _evaluation_due(self) -> bool:
+        config, progress = self.config, self.progress
+        by_steps = bool(config.eval_every and self.step % config.eval_every == 0)
+        every = config.eval_every_seconds
+        return by_steps or bool(every and progress.train_seconds - progress.evaluated_seconds >= every)
 
     def _measured(self) -> dict[str, float]:
         if self.measure is None:
@@ -308,7 +322,7 @@ class TrainingLoop:
         return distributed.global_max(mine)
 
     def _optimizer_step(self) -> None:
-        params = list(self.prompt.parameters())
+        params = list(self.trained.parameters())
         distributed.all_reduce_grads(params)  # identical gradients, hence identical prompts, on every rank
         if self.config.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
@@ -327,10 +341,10 @@ class TrainingLoop:
 
     def checkpoint(self) -> Path | None:
         """Rank 0 saves; every rank holds the same prompt and optimizer state, so no gather is needed."""
-        if not distributed.is_main():
+        if not distributed.is_main() or not self.config.checkpoints:
             return None
-        prompt = self.prompt_state()
-        best = self.best_prompt if self.best_prompt is not None else prompt
+        prompt = self.trained_state()
+        best = self.best_state if self.best_state is not None else prompt
         return save_checkpoint(self.output, Checkpoint(
             step=self.step, epoch=self.epoch, next_batch=self.next_batch,
             prompt=prompt, best_prompt=best, optimizer=self.optimizer.state_dict(),
@@ -338,16 +352,16 @@ class TrainingLoop:
         ))  # fmt: skip
 
     def restore(self, ckpt: Checkpoint) -> None:
-        self.prompt.load_state_dict(ckpt.prompt)
+        self.trained.load_state_dict(ckpt.prompt)
         self.optimizer.load_state_dict(ckpt.optimizer)
         for _ in range(ckpt.step):  # schedules are pure functions of the step count
             self.scheduler.step()
         self.step, self.epoch, self.next_batch = ckpt.step, ckpt.epoch, ckpt.next_batch
         self.progress = Progress(**ckpt.progress)
-        self.best_prompt = ckpt.best_prompt
+        self.best_state = ckpt.best_prompt
         self.records = list(ckpt.records)
-        every = self.config.eval_every  # a checkpoint taken at an evaluation step, before that evaluation
-        self._eval_due = bool(every and self.step and self.step % every == 0 and self.progress.evaluated_step < self.step)
+        # a checkpoint taken at an evaluation step, before that evaluation
+        self._eval_due = bool(self.step and self.progress.evaluated_step < self.step and self._evaluation_due())
         if not distributed.is_main():
             return
         with open(

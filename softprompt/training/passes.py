@@ -17,7 +17,7 @@ import torch
 from softprompt.core.forms import Form
 from softprompt.core.inject import IGNORE_INDEX
 from softprompt.core.layouts import choose_layout
-from softprompt.core.model import SoftPromptModel, joint_loss
+from softprompt.core.model import SoftPromptModel, Tunable, joint_loss
 
 # Padded tokens per forward/backward slice in training: bounds activation memory while keeping
 # matmuls large enough to run near the machine's peak.
@@ -41,12 +41,12 @@ def row_slices(lengths: list[int], max_tokens: int, packed: bool = False) -> lis
     return slices
 
 
-def _packed(model: SoftPromptModel, lengths: list[int]) -> bool:
+def _packed(model: Tunable, lengths: list[int]) -> bool:
     return model.layout_for(max(lengths)) == "packed"
 
 
 def backward_mean_loss(
-    model: SoftPromptModel,
+    model: Tunable,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     labels: torch.Tensor,
@@ -62,7 +62,6 @@ def backward_mean_loss(
     :func:`keep_in_step`) and then every slice runs even after a non-finite loss, so no process
     leaves the others waiting; the caller sees the non-finite mean.
     """
-    model.require_prompt()
     count = int((labels != IGNORE_INDEX).sum())  # every labelled token is scored after a prompt
     lengths = attention_mask.sum(dim=1).tolist()
     packed = _packed(model, lengths)
@@ -81,14 +80,14 @@ def backward_mean_loss(
     return total / max(count, 1), count, computed
 
 
-def count_passes(model: SoftPromptModel, attention_mask: torch.Tensor, max_tokens: int | None = None) -> int:
+def count_passes(model: Tunable, attention_mask: torch.Tensor, max_tokens: int | None = None) -> int:
     """Forward/backward passes :func:`backward_mean_loss` runs for these rows (0 for none)."""
     lengths = attention_mask.sum(dim=1).tolist()
     return len(row_slices(lengths, max_tokens or MICRO_BATCH_TOKENS, _packed(model, lengths)))
 
 
 def keep_in_step(
-    model: SoftPromptModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, passes: int
+    model: Tunable, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, passes: int
 ) -> None:
     """Run ``passes`` zero-weighted passes over the shortest row (backward too while grads are on).
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,7 @@ class Candidate:
     model: SoftPromptModel
     config: TrainConfig
     run_info: dict[str, Any] = field(default_factory=dict)
+    measure: Callable[[TrainingLoop], dict[str, float]] | None = None  # more numbers per evaluation (see TrainingLoop)
 
 
 @dataclass
@@ -63,7 +65,8 @@ def train_sweep(candidates: list[Candidate], train_set: list[Example], eval_set:
     _check(candidates)
     started = time.perf_counter()
     stores = _frozen_rows(candidates)
-    loops = [make_loop(c.model, train_set, eval_set, c.config, c.run_info, frozen_rows=s) for c, s in stores]
+    loops = [make_loop(c.model, train_set, eval_set, c.config, c.run_info, frozen_rows=s, measure=c.measure)
+             for c, s in stores]  # fmt: skip
     for loop, loss in zip(loops, _heldout(loops), strict=True):
         loop.evaluate_before(loss)
     failed: dict[int, TrainingError] = {}
@@ -162,11 +165,17 @@ def _turn(loops: list[TrainingLoop], indices: list[int], failed: dict[int, Train
             failed[index] = exc
 
 
+def _prompted(loop: TrainingLoop) -> SoftPromptModel:
+    """A sweep's loops train prompts (checked when it starts)."""
+    assert isinstance(loop.model, SoftPromptModel)
+    return loop.model
+
+
 def _by_entry(loops: list[TrainingLoop]) -> list[list[int]]:
     """Indices of loops whose prompts enter at the same layer: one pass runs one span of layers."""
     groups: dict[int, list[int]] = {}
     for i, loop in enumerate(loops):
-        groups.setdefault(loop.prompt.entry, []).append(i)
+        groups.setdefault(_prompted(loop).require_prompt().entry, []).append(i)
     return list(groups.values())
 
 
@@ -184,7 +193,7 @@ def _joint_backward(loops: list[TrainingLoop], batches: list[Batch]) -> tuple[li
     labels = torch.cat([left_pad(b.labels, IGNORE_INDEX) for b in batches]).to(device)
     owners = [k for k, batch in enumerate(batches) for _ in range(batch.input_ids.shape[0])]
     return backward_joint_loss(
-        [loop.model for loop in loops],
+        [_prompted(loop) for loop in loops],
         owners,
         ids,
         mask,
@@ -199,10 +208,10 @@ def _heldout(loops: list[TrainingLoop]) -> list[float]:
     """Every loop's held-out loss in shared passes (they share the held-out rows and the batch size)."""
     by_size: dict[tuple[int, int], list[int]] = {}
     for i, loop in enumerate(loops):
-        by_size.setdefault((loop.config.eval_batch_size, loop.prompt.entry), []).append(i)
+        by_size.setdefault((loop.config.eval_batch_size, _prompted(loop).require_prompt().entry), []).append(i)
     losses = [0.0] * len(loops)
     for (size, _), members in by_size.items():
-        scored = mean_token_losses([loops[i].model for i in members], loops[members[0]].eval_set, size)
+        scored = mean_token_losses([_prompted(loops[i]) for i in members], loops[members[0]].eval_set, size)
         for i, loss in zip(members, scored, strict=True):
             losses[i] = loss
     return losses

@@ -11,6 +11,7 @@ import logging
 import math
 import resource
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from softprompt.core.card import write_model_card
 from softprompt.core.checks import check_types
 from softprompt.core.data import DataConfig, Example, label_words, load_examples
 from softprompt.core.errors import ConfigError, TrainingError, TrainingInterrupted
-from softprompt.core.model import SoftPromptModel
+from softprompt.core.model import SoftPromptModel, Tunable
 from softprompt.core.models import load_base_model
 from softprompt.core.prompt import Init, PromptConfig
 from softprompt.training import distributed, sharding
@@ -77,8 +78,18 @@ class TrainConfig:
         default=0,
         metadata={"help": "score the held-out rows every N optimizer steps and at the end, not per epoch (0: per epoch)"},
     )
+    eval_every_seconds: float = field(
+        default=0.0,
+        metadata={
+            "help": "score the held-out rows every this many seconds of training and at the end, not per epoch "
+            "(0: off); for budgets in time, where methods take steps at different speeds"
+        },
+    )
     group_by_length: bool = field(default=True, metadata={"help": "batch rows of similar length to cut padding"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    checkpoints: bool = field(
+        default=True, metadata={"help": "write resumable checkpoints (off: only the results are written)"}
+    )
     checkpoint_every: int = field(
         default=20,
         metadata={"help": "save a resumable checkpoint every N optimizer steps (and every epoch); 0: epochs only"},
@@ -129,6 +140,8 @@ class TrainConfig:
             raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         if not 0 <= self.warmup_ratio < 1 or min(self.early_stopping, self.checkpoint_every, self.eval_every) < 0:
             raise ConfigError("warmup_ratio must be in [0, 1), early_stopping, eval_every and checkpoint_every >= 0")
+        if not self.eval_every_seconds >= 0:
+            raise ConfigError(f"eval_every_seconds must be >= 0, got {self.eval_every_seconds}")
         if self.max_steps < 0 or not self.max_seconds >= 0:
             raise ConfigError(f"max_steps and max_seconds must be >= 0, got {self.max_steps} and {self.max_seconds}")
         if self.micro_batch_tokens < 1:
@@ -146,7 +159,7 @@ class TrainResult:
     records: list[dict[str, Any]] = field(default_factory=list)  # the metrics.jsonl lines: per step and epoch
 
 
-def auto_batch_size(model: SoftPromptModel, examples: list[Example], budget_bytes: int | None = None) -> int:
+def auto_batch_size(model: Tunable, examples: list[Example], budget_bytes: int | None = None) -> int:
     """Largest power of two (<= 32) whose estimated activation memory fits the budget.
 
     Backpropagating to the prompt keeps roughly 16 floats per hidden unit per layer per token
@@ -162,7 +175,7 @@ def auto_batch_size(model: SoftPromptModel, examples: list[Example], budget_byte
             budget_bytes = torch.cuda.mem_get_info(model.base.device)[0] // 2
         else:
             budget_bytes = min(psutil.virtual_memory().available // 4, 1 << 30)
-    longest = max(len(e.input_ids) for e in examples) + model.require_prompt().num_virtual_tokens
+    longest = max(len(e.input_ids) for e in examples) + int(model.describe().get("num_virtual_tokens", 0))
     size = 32
     while size > 1 and size * longest * bytes_per_token > budget_bytes:
         size //= 2
@@ -188,19 +201,20 @@ def prepare_output(output: Path) -> None:
 
 
 def train(
-    model: SoftPromptModel,
+    model: Tunable,
     train_set: list[Example],
     eval_set: list[Example],
     config: TrainConfig,
     *,
     resume: Checkpoint | None = None,
     run_info: dict[str, Any] | None = None,
+    measure: Callable[[TrainingLoop], dict[str, float]] | None = None,
 ) -> TrainResult:
     """Train the prompt; with ``resume``, continue exactly where that checkpoint stopped.
 
     Ctrl-C saves a checkpoint at the last completed optimizer step before exiting.
     """
-    loop = make_loop(model, train_set, eval_set, config, run_info, resume)
+    loop = make_loop(model, train_set, eval_set, config, run_info, resume, measure=measure)
     if not resume:
         loop.evaluate_before()
     try:
@@ -214,26 +228,27 @@ def train(
 
 
 def make_loop(
-    model: SoftPromptModel,
+    model: Tunable,
     train_set: list[Example],
     eval_set: list[Example],
     config: TrainConfig,
     run_info: dict[str, Any] | None = None,
     resume: Checkpoint | None = None,
     frozen_rows: FrozenRows | None = None,
+    measure: Callable[[TrainingLoop], dict[str, float]] | None = None,
 ) -> TrainingLoop:
     """One run's loop, ready to start (or restored): output checked, batch size, AdamW and schedule set.
 
     :func:`train` runs one; :func:`softprompt.training.sweep.train_sweep` drives several at once
     (and hands candidates with the same frozen layers one ``frozen_rows``).
     """
-    prompt = model.require_prompt()
+    trained = model.trained
     output = Path(config.output)
     distributed.on_main(lambda: prepare_output(output))
     torch.manual_seed(config.seed)
     batch_size = resume.progress["batch_size"] if resume else config.batch_size or _auto_global_batch(model, train_set)
     steps_per_epoch = math.ceil(math.ceil(len(train_set) / batch_size) / config.grad_accum)
-    optimizer = torch.optim.AdamW(prompt.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(trained.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     clock = TimeSchedule(config.scheduler, config.warmup_ratio, config.max_seconds)
     total_steps = config.max_steps or steps_per_epoch * config.epochs
     if total_steps:
@@ -243,9 +258,11 @@ def make_loop(
     loop = TrainingLoop(
         model, train_set, eval_set, config, output, optimizer, scheduler, Progress(batch_size), dict(run_info or {})
     )
-    clock.progress = loop.progress
-    if prompt.entry and config.reuse_frozen:
-        model.entry_states = frozen_rows or FrozenRows(model.base, prompt.frozen(), config.frozen_cache_mb << 20)
+    loop.measure = measure
+    clock.elapsed = lambda: loop.progress.train_seconds  # the loop's progress, also once a resume replaces it
+    if isinstance(model, SoftPromptModel) and model.require_prompt().entry and config.reuse_frozen:
+        prompt = model.require_prompt().frozen()
+        model.entry_states = frozen_rows or FrozenRows(model.base, prompt, config.frozen_cache_mb << 20)
     if resume:
         loop.restore(resume)
     elif distributed.is_main():
@@ -260,10 +277,10 @@ class TimeSchedule:
     name: str
     warmup: float
     seconds: float
-    progress: Progress | None = None
+    elapsed: Callable[[], float] = lambda: 0.0
 
     def factor(self) -> float:
-        done = 0.0 if self.progress is None else min(self.progress.train_seconds / self.seconds, 1.0)
+        done = min(self.elapsed() / self.seconds, 1.0)
         if done < self.warmup:
             return done / self.warmup
         if self.name in ("constant", "constant_with_warmup"):
@@ -272,7 +289,7 @@ class TimeSchedule:
         return max(0.0, 1.0 - rest) if self.name == "linear" else 0.5 * (1.0 + math.cos(math.pi * rest))
 
 
-def _auto_global_batch(model: SoftPromptModel, examples: list[Example]) -> int:
+def _auto_global_batch(model: Tunable, examples: list[Example]) -> int:
     """Rows per step over all processes: what fits the smallest device, times the process count."""
     return distributed.global_min(auto_batch_size(model, examples)) * distributed.world_size()
 
@@ -281,8 +298,8 @@ def keep_best(loop: TrainingLoop) -> None:
     """With early stopping, the run ends holding its best held-out prompt, not its last (the initial one
     when no evaluation improved on it)."""
     scored = math.isfinite(loop.progress.best_loss)  # no held-out rows: nothing to call best
-    if loop.config.early_stopping and scored and loop.best_prompt is not None:
-        loop.prompt.load_state_dict(loop.best_prompt)
+    if loop.config.early_stopping and scored and loop.best_state is not None:
+        loop.trained.load_state_dict(loop.best_state)
 
 
 def finish(loop: TrainingLoop, after: float | None = None) -> TrainResult:
@@ -295,11 +312,7 @@ def finish(loop: TrainingLoop, after: float | None = None) -> TrainResult:
     seconds = max(progress.train_seconds, 1e-9)
     metrics = {
         "base_model": model.base.name,
-        "num_virtual_tokens": loop.prompt.num_virtual_tokens,
-        "form": loop.prompt.form.value,
-        "entry_layer": loop.prompt.entry,
-        "trainable_params": sum(p.numel() for p in loop.prompt.parameters()),
-        "init": model.prompt_config.init.value if model.prompt_config else None,
+        **model.describe(),
         "heldout_loss_before": progress.heldout_loss_before,
         "heldout_loss_after": after,
         "train_seconds": progress.train_seconds,
@@ -323,9 +336,12 @@ def finish(loop: TrainingLoop, after: float | None = None) -> TrainResult:
     if distributed.is_main():
         model.save_pretrained(loop.output, metrics={k: v for k, v in metrics.items() if k != "config"})
         write_json(loop.output / "metrics.json", metrics)
-        title = f"{model.base.name}: {loop.prompt.num_virtual_tokens} virtual tokens"
-        save_loss_curve(loop.records, loop.output / "loss_curve.png", title=title)
-        write_model_card(loop.output, metrics, loop.records, loop.run_info, device=str(model.base.device))
+        what = metrics.get("method", "")
+        if "num_virtual_tokens" in metrics:
+            what += f", {metrics['num_virtual_tokens']} virtual tokens"
+        save_loss_curve(loop.records, loop.output / "loss_curve.png", title=f"{model.base.name}: {what}")
+        if isinstance(model, SoftPromptModel):  # PEFT writes its own card beside its adapter
+            write_model_card(loop.output, metrics, loop.records, loop.run_info, device=str(model.base.device))
     distributed.barrier()  # the adapter exists for every rank once train() returns
     return TrainResult(output=loop.output, metrics=metrics, records=loop.records)
 

@@ -8,7 +8,7 @@ import pytest
 from huggingface_hub import ModelCard
 
 from softprompt.core.errors import DataError
-from softprompt.measuring.compare import CompareConfig, compare, method_candidates, plan
+from softprompt.measuring.compare import DEFAULT_METHODS, CompareConfig, compare, method_candidates, plan
 from softprompt.measuring.methods import TRAINED, Kind, MethodSpec
 from softprompt.measuring.methods.run import RunSetup
 from tests.measuring.compare_helpers import tiny_task_dir
@@ -53,8 +53,9 @@ def test_compare_end_to_end(tiny_dirs, tmp_path):
     assert len(by_kind["zero-shot"]["test_runs"]) == 1  # deterministic: one run
     assert by_kind["few-shot"]["eval_rows"] == 6 and by_kind["full-ft"]["eval_rows"] == 6
     assert by_kind["p-tuning"]["trainable_params"] > by_kind["p-tuning"]["stored_params"] == 2 * 32
-    assert [g["goal"].split(" >=")[0].split(" (")[0] for g in report["goals"]][:2] == [
-        "prompt tuning - best prompt engineering", "prompt tuning - LoRA"]  # fmt: skip
+    goals = [g["goal"] for g in report["goals"]]
+    assert [g.split(" (")[0] for g in goals] == ["best soft prompt"] * 2 + ["best soft prompt's trainable parameters <= LoRA rank 4's"]
+    assert [g.split(") - ")[1].split(" (")[0].split(" >=")[0] for g in goals[:2]] == ["best prompt engineering", "LoRA"]
     out = tmp_path / "out"
     for name in ("report.md", "report.json", "report.png", "selection.json", "split.json"):
         assert (out / name).stat().st_size > 0
@@ -89,7 +90,7 @@ def test_the_test_file_is_opened_only_after_every_choice_is_made(tiny_dirs, tmp_
             path = str(Path(args[0]).resolve()) if str(args[0]).endswith(".jsonl") else None
             if path in (test_file, train_file):
                 selection = Path(setup.output) / "selection.json"
-                ready = selection.is_file() and len(json.loads(selection.read_text())["methods"]) == 4
+                ready = selection.is_file() and len(json.loads(selection.read_text())["methods"]) == len(DEFAULT_METHODS)
                 seen.append((path, ready))
 
     sys.addaudithook(hook)  # audit hooks cannot be removed: this one switches itself off below

@@ -3,9 +3,14 @@
 prompt engineering   zero-shot (instruction or not), k-shot in-context examples (nothing trained)
 prompt tuning        a soft prompt [n, H] (Lester et al., 2021), optionally through a residual MLP
 P-tuning             prompt tuning with the residual MLP always on, folded away on export
-prefix tuning        per-layer keys and values (Li & Liang, 2021), through peft
+prefix tuning        a deep prompt: keys and values in every layer (Li & Liang, 2021; Liu et al., 2022,
+                     P-tuning v2), initialised from the model's own keys/values of a text
+late prompt          vectors or keys/values entering at a layer k > 0 (Liu et al., 2022, Late Prompt
+                     Tuning), the frozen layers below k computed once per row
 LoRA                 low-rank updates of attention weights (Hu et al., 2021), through peft
 full fine-tuning     every weight of the base model
+
+Every trained method runs through softprompt's one training loop (:mod:`softprompt.training`).
 """
 
 from __future__ import annotations
@@ -22,17 +27,20 @@ class Kind(str, Enum):
     PROMPT_TUNING = "prompt-tuning"
     P_TUNING = "p-tuning"
     PREFIX_TUNING = "prefix-tuning"
+    LATE_PROMPT = "late-prompt"
     LORA = "lora"
     FULL = "full-ft"
 
 
-TRAINED = {Kind.PROMPT_TUNING, Kind.P_TUNING, Kind.PREFIX_TUNING, Kind.LORA, Kind.FULL}
+PROMPTS = {Kind.PROMPT_TUNING, Kind.P_TUNING, Kind.PREFIX_TUNING, Kind.LATE_PROMPT}  # soft prompts of some form
+TRAINED = PROMPTS | {Kind.LORA, Kind.FULL}
 FAMILY = {
     Kind.ZERO_SHOT: "prompt engineering",
     Kind.FEW_SHOT: "prompt engineering",
     Kind.PROMPT_TUNING: "prompt tuning",
     Kind.P_TUNING: "prompt tuning",
     Kind.PREFIX_TUNING: "prefix tuning",
+    Kind.LATE_PROMPT: "late prompt",
     Kind.LORA: "LoRA",
     Kind.FULL: "full fine-tuning",
 }
@@ -44,6 +52,7 @@ METHOD_NAMES = {
     Kind.PROMPT_TUNING: "prompt tuning",
     Kind.P_TUNING: "P-tuning",
     Kind.PREFIX_TUNING: "prefix tuning",
+    Kind.LATE_PROMPT: "late prompt",
     Kind.LORA: "LoRA",
     Kind.FULL: "full fine-tuning",
 }
@@ -62,17 +71,34 @@ class MethodSpec:
     reparam_hidden: int = field(default=0, metadata={"help": "residual MLP width over the prompt (0: none)"})
     instruction: bool = field(default=True, metadata={"help": "put the preset's instruction first (prompt engineering)"})
     order: int = field(default=0, metadata={"help": "which seeded order of the in-context examples (few-shot)"})
+    form: str = field(default="vectors", metadata={"help": "late prompt: vectors or kv (keys/values per layer)"})
+    depth: float = field(default=0.0, metadata={"help": "late prompt: entry layer as a fraction of the model's depth"})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", Kind(self.kind))
         if self.kind in TRAINED and not self.lr > 0:
             raise ConfigError(f"{self.kind.value} needs a positive learning rate")
-        if self.kind in (Kind.PROMPT_TUNING, Kind.P_TUNING, Kind.PREFIX_TUNING) and self.num_virtual_tokens < 1:
+        if self.kind in PROMPTS and self.num_virtual_tokens < 1:
             raise ConfigError(f"{self.kind.value} needs num_virtual_tokens >= 1")
         if self.kind is Kind.FEW_SHOT and self.shots < 1:
             raise ConfigError("few-shot needs shots >= 1")
         if self.reparam_hidden < 0 or self.order < 0:
             raise ConfigError("reparam_hidden and order must be >= 0")
+        if self.kind is Kind.LATE_PROMPT and not 0 < self.depth < 1:
+            raise ConfigError(f"a late prompt enters inside the model: depth must be in (0, 1), got {self.depth}")
+        if self.form not in ("vectors", "kv"):
+            raise ConfigError(f"form must be vectors or kv, got {self.form!r}")
+
+    def entry_layer(self, layers: int) -> int:
+        """The layer a late prompt enters at in a model of ``layers`` layers (0 for every other method)."""
+        if self.kind is not Kind.LATE_PROMPT:
+            return 0
+        return min(max(1, round(self.depth * layers)), layers - 1)
+
+    @property
+    def prompt_form(self) -> str:
+        """What the method trains: vectors, or keys/values in every layer from its entry up."""
+        return "kv" if self.kind is Kind.PREFIX_TUNING else self.form
 
     @property
     def method(self) -> str:
@@ -93,7 +119,9 @@ class MethodSpec:
             if self.reparam_hidden:
                 shown.append(f"MLP {self.reparam_hidden}")
         elif self.kind is Kind.PREFIX_TUNING:
-            shown.append(f"{self.num_virtual_tokens} tokens")
+            shown += [f"{self.init} init", f"{self.num_virtual_tokens} tokens"]
+        elif self.kind is Kind.LATE_PROMPT:
+            shown += [f"{self.form} at {self.depth:g} depth", f"{self.init} init", f"{self.num_virtual_tokens} tokens"]
         elif self.kind is Kind.LORA:
             shown.append(f"rank {self.rank}")
         return ", ".join(shown)
@@ -109,7 +137,9 @@ class MethodSpec:
         if self.kind is Kind.P_TUNING:
             return f"P-tuning ({self.init}, {self.num_virtual_tokens})"
         if self.kind is Kind.PREFIX_TUNING:
-            return f"prefix tuning ({self.num_virtual_tokens})"
+            return f"prefix tuning ({self.init}, {self.num_virtual_tokens})"
+        if self.kind is Kind.LATE_PROMPT:
+            return f"late prompt ({self.form} at {self.depth:g}, {self.num_virtual_tokens})"
         if self.kind is Kind.LORA:
             return f"LoRA (r={self.rank})"
         return "full fine-tuning"

@@ -24,7 +24,7 @@ from softprompt.core.card import write_model_card
 from softprompt.core.errors import ConfigError
 from softprompt.core.models import load_base_model
 from softprompt.measuring.classify import Scorer, classify, engine_scorer, metrics
-from softprompt.measuring.methods import Kind, MethodSpec
+from softprompt.measuring.methods import PROMPTS, Kind, MethodSpec
 from softprompt.measuring.methods.build import saved_scorer
 from softprompt.measuring.methods.search import SearchJob, run_info, search
 from softprompt.measuring.presets import Preset, load_preset, load_test_rows
@@ -42,9 +42,11 @@ class RunSetup:
     preset: str = field(metadata={"help": "task preset name or JSON file"})
     data: str = field(metadata={"help": "directory with the preset's data files"})
     output: str = field(metadata={"help": "directory for adapters and results"})
-    budget: int = field(default=200, metadata={"help": "most optimizer steps per trained candidate (early stopping may stop sooner)"})
+    budget: int = field(default=0, metadata={"help": "optimizer steps per trained candidate (0: the time budget "
+                                                     "--max-seconds alone decides, steps unbounded inside it)"})
     batch_size: int = field(default=8, metadata={"help": "training rows per step"})
-    max_seconds: float = field(default=0.0, metadata={"help": "training time cap per candidate (0: none)"})
+    max_seconds: float = field(default=120.0, metadata={"help": "training seconds per candidate: every method gets "
+                                                              "the same time of this machine (0: none)"})
     train_rows: int | None = field(default=None, metadata={"help": "use the first N training rows"})
     test_rows: int | None = field(default=None, metadata={"help": "evaluate on the first N test rows"})
     eval_batch_size: int = field(default=16, metadata={"help": "rows per scoring batch"})
@@ -56,8 +58,10 @@ class RunSetup:
     def __post_init__(self) -> None:
         if not self.preset or not self.data:
             raise ConfigError("compare needs --preset and --data (the directory holding the preset's files)")
-        if self.budget < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ConfigError("budget, batch_size and eval_batch_size must be >= 1")
+        if self.budget < 0 or self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ConfigError("budget must be >= 0, batch_size and eval_batch_size >= 1")
+        if not (self.budget or self.max_seconds > 0):
+            raise ConfigError("give every candidate a budget: --max-seconds, or --budget in steps")
 
 
 def run_phase(job: dict[str, Any]) -> dict[str, Any]:
@@ -73,6 +77,7 @@ def run_phase(job: dict[str, Any]) -> dict[str, Any]:
             validation_index=tuple(raw["validation_index"]),
             eval_every=raw["eval_every"],
             patience=raw["patience"],
+            eval_every_seconds=raw.get("eval_every_seconds", 0.0),
         )
         return search(spec_job, setup)
     if job["phase"] == "test":
@@ -96,7 +101,7 @@ def score_test(selection: dict[str, Any], setup: RunSetup, limit: int | None) ->
             result = classify(scorer, base.tokenizer, texts, preset.words, setup.eval_batch_size, base.device)
         return [*result.scores]  # one [N, K] per member
 
-    if kind in (Kind.PROMPT_TUNING, Kind.P_TUNING):  # every seed's prompt in one batched pass, a member each
+    if kind in PROMPTS:  # every seed's prompt in one batched pass, a member each
         base = load_base_model(setup.model, device=setup.device)
         prompts = [load_adapter(run["artifact"]).prompt.to(base.device) for run in runs]
         scores = scored(engine_scorer(base, prompts), base)
@@ -114,7 +119,7 @@ def score_test(selection: dict[str, Any], setup: RunSetup, limit: int | None) ->
         for run in runs:
             shutil.rmtree(run["artifact"], ignore_errors=True)
     found = [metrics(s.argmax(-1).tolist(), gold, len(preset.labels)) for s in scores]
-    if kind in (Kind.PROMPT_TUNING, Kind.P_TUNING):
+    if kind in PROMPTS:
         for run, scored_run in zip(runs, found, strict=True):
             _card_with_scores(Path(run["artifact"]), scored_run, setup, preset)
     return {

@@ -29,20 +29,13 @@ from softprompt.core.base import BaseModel
 from softprompt.core.data import DataConfig, Example, Row, tokenize_rows
 from softprompt.core.model import SoftPromptModel
 from softprompt.core.models import load_base_model
-from softprompt.measuring.classify import Scorer, classify, metrics
-from softprompt.measuring.methods import Kind, MethodSpec
-from softprompt.measuring.methods.build import (
-    build,
-    context_for,
-    fit_result,
-    prompt_config,
-    save_context,
-    trainer_config,
-)
-from softprompt.measuring.methods.fit import FitConfig
+from softprompt.measuring.classify import Scorer, classify, engine_scorer, metrics
+from softprompt.measuring.methods import PROMPTS, Kind, MethodSpec
+from softprompt.measuring.methods.build import context_for, prompt_config, save_context, scorer_of, weights_model
 from softprompt.measuring.presets import TARGET_COLUMN, Preset, load_preset, load_train_rows
 from softprompt.measuring.selection import best
 from softprompt.training.sweep import Candidate, train_sweep
+from softprompt.training.train import TrainConfig, TrainResult, train
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +51,7 @@ class SearchJob:
     validation_index: tuple[int, ...]  # rows of the training file that validate
     eval_every: int
     patience: int
+    eval_every_seconds: float = 0.0
 
 
 @dataclass
@@ -111,8 +105,8 @@ def search(job: SearchJob, setup: Any) -> dict[str, Any]:
     started = time.perf_counter()
     if job.kind in (Kind.ZERO_SHOT, Kind.FEW_SHOT):
         found = _prompt_engineering(job, task, directory)
-    elif job.kind in (Kind.PROMPT_TUNING, Kind.P_TUNING):
-        found = _prompt_tuning(job, task, directory)
+    elif job.kind in PROMPTS:
+        found = _prompts(job, task, directory)
     else:
         found = _weights(job, task, directory)
     return {"kind": job.kind.value, "method": job.candidates[0].method, "train_rows": len(task.train),
@@ -127,9 +121,14 @@ def _prompt_engineering(job: SearchJob, task: Task, directory: Path) -> dict[str
     base = _load(task.setup)
 
     def tried(specs: Sequence[MethodSpec], seed: int) -> list[dict[str, Any]]:
-        records = []
+        """Each distinct context once: settings that give the same text (one shot per class in a
+        different "order") would only repeat its validation numbers."""
+        records, seen = [], set()
         for spec in specs:
             context = context_for(spec, task.preset, task.train, seed)
+            if context in seen:
+                continue
+            seen.add(context)
             (scores,) = task.validate(_engine(base, context), base)
             records.append(_record(spec, seed, scores, context=context, context_chars=len(context)))
         return records
@@ -137,7 +136,7 @@ def _prompt_engineering(job: SearchJob, task: Task, directory: Path) -> dict[str
     candidates = tried(job.candidates, job.seeds[0])
     chosen = _best(candidates)
     runs = [candidates[chosen]]
-    spec = job.candidates[chosen]
+    spec = MethodSpec(**candidates[chosen]["spec"])
     orders = sorted({c.order for c in job.candidates if replace(c, order=0) == replace(spec, order=0)})
     for seed in job.seeds[1:] if spec.kind is Kind.FEW_SHOT else ():  # zero-shot is one deterministic run
         variants = tried([replace(spec, order=order) for order in orders], seed)
@@ -154,24 +153,68 @@ def _engine(base: BaseModel, context: str) -> Scorer:
     return engine_scorer(base, [None], context)
 
 
-def _fit_config(spec: MethodSpec, job: SearchJob, setup: Any, seed: int) -> FitConfig:
-    return FitConfig(steps=setup.budget, lr=spec.lr, batch_size=setup.batch_size, seed=seed,
-                     max_seconds=setup.max_seconds, scheduler=spec.scheduler, eval_every=job.eval_every,
-                     patience=job.patience)  # fmt: skip
+def _train_config(job: SearchJob, setup: Any, spec: MethodSpec, seed: int, output: Path) -> TrainConfig:
+    """``softprompt train``'s settings for one run of a comparison: its budget, in steps or training seconds.
+
+    ``budget`` 0 makes the budget time alone (``max_seconds``): steps are unbounded inside it, the
+    schedule spans it and validation comes every ``eval_every_seconds``, so every method gets the
+    same seconds of this machine whatever its speed per step.
+    """
+    by_time = not setup.budget
+    return TrainConfig(
+        output=str(output),
+        lr=spec.lr,
+        epochs=0,
+        max_steps=setup.budget,
+        max_seconds=setup.max_seconds,
+        batch_size=setup.batch_size,
+        seed=seed,
+        scheduler=spec.scheduler,
+        eval_every=0 if by_time else job.eval_every or setup.budget,  # at least once, at the end
+        eval_every_seconds=job.eval_every_seconds if by_time else 0.0,
+        early_stopping=job.patience,
+        eval_batch_size=setup.eval_batch_size,
+        group_by_length=False,
+        progress=False,
+        checkpoints=False,
+    )
 
 
-def _prompt_tuning(job: SearchJob, task: Task, directory: Path) -> dict[str, Any]:
+def _validation_measure(task: Task) -> Any:
+    """The loop's hook at each validation: accuracy of what the run holds then (the curve compare plots)."""
+
+    def measure(loop: Any) -> dict[str, float]:
+        (scores,) = task.validate(scorer_of(loop.model), loop.model.base)
+        return scores
+
+    return measure
+
+
+def _run_record(spec: MethodSpec, seed: int, scores: dict[str, float], result: TrainResult) -> dict[str, Any]:
+    """What a search keeps of a trained run: validation scores, budget spent, and its validation curve."""
+    records = result.records
+    steps = [r for r in records if "loss" in r]
+    curve = [[r["step"], r.get("elapsed", 0.0), r["eval_loss"], r.get("val_accuracy")] for r in records
+             if r.get("eval_loss") is not None]  # fmt: skip
+    return _record(spec, seed, scores, artifact=str(result.output), steps=len(steps),
+                   best_step=int(result.metrics["best_step"]), train_seconds=float(result.metrics["train_seconds"]),
+                   curve=curve, stopped_early=bool(result.metrics["stopped_early"]))  # fmt: skip
+
+
+def _prompts(job: SearchJob, task: Task, directory: Path) -> dict[str, Any]:
+    """Prompt tuning, P-tuning, prefix tuning, late prompts: every candidate a soft prompt, trained together."""
     base = _load(task.setup)
     train_set, validation = task.examples(task.train, base), task.examples(task.validation, base)
+    measure = _validation_measure(task)
 
     def sweep(runs: list[tuple[MethodSpec, int]], names: list[str]) -> list[dict[str, Any]]:
-        models = [SoftPromptModel.with_new_prompt(base, prompt_config(s, task.preset), seed=seed) for s, seed in runs]
-        configs = [trainer_config(_fit_config(s, job, task.setup, seed), directory / name, task.setup.eval_batch_size)
+        models = [SoftPromptModel.with_new_prompt(base, prompt_config(s, task.preset, base), seed=seed)
+                  for s, seed in runs]  # fmt: skip
+        configs = [_train_config(job, task.setup, s, seed, directory / name)
                    for (s, seed), name in zip(runs, names, strict=True)]  # fmt: skip
         info = run_info(task.setup, task.preset)
-        result = train_sweep([Candidate(m, c, info) for m, c in zip(models, configs, strict=True)], train_set, validation)
-        from softprompt.measuring.classify import engine_scorer
-
+        candidates = [Candidate(m, c, info, measure) for m, c in zip(models, configs, strict=True)]
+        result = train_sweep(candidates, train_set, validation)
         trained = [i for i, r in enumerate(result.results) if not isinstance(r, Exception)]
         prompts = [models[i].require_prompt().frozen() for i in trained]
         by_run = dict(zip(trained, task.validate(engine_scorer(base, prompts), base) if prompts else [], strict=True))
@@ -179,49 +222,49 @@ def _prompt_tuning(job: SearchJob, task: Task, directory: Path) -> dict[str, Any
         for i, ((spec, seed), outcome) in enumerate(zip(runs, result.results, strict=True)):
             if isinstance(outcome, Exception):
                 records.append(_record(spec, seed, {}, error=str(outcome)))
-                continue
-            fitted = fit_result(outcome.records)
-            records.append(_record(spec, seed, by_run[i], artifact=str(outcome.output), steps=fitted.steps,
-                                   best_step=fitted.best_step, train_seconds=fitted.seconds,
-                                   curve=fitted.curve, stopped_early=bool(outcome.metrics["stopped_early"])))  # fmt: skip
+            else:
+                records.append(_run_record(spec, seed, by_run[i], outcome))
         log.info("sweep of %d: %.0f s, %d tokens", len(runs), result.seconds, result.train_tokens)
         return records
 
-    candidates = sweep([(spec, job.seeds[0]) for spec in job.candidates], [f"candidate{i}" for i in range(len(job.candidates))])
+    first = [(spec, job.seeds[0]) for spec in job.candidates]
+    candidates = sweep(first, [f"candidate{i}" for i in range(len(job.candidates))])
     chosen = _best(candidates)
     spec = job.candidates[chosen]
     again = sweep([(spec, seed) for seed in job.seeds[1:]], [f"seed{seed}" for seed in job.seeds[1:]]) if len(job.seeds) > 1 else []
-    model = SoftPromptModel.with_new_prompt(base, prompt_config(spec, task.preset))
-    trainable = sum(p.numel() for p in model.require_prompt().parameters())
+    model = SoftPromptModel.with_new_prompt(base, prompt_config(spec, task.preset, base))
+    prompt = model.require_prompt()
+    trainable = sum(p.numel() for p in prompt.parameters())
+    frozen = prompt.frozen()
+    stored = frozen.weights.numel() + (0 if frozen.below is None else frozen.below.numel())
     return {"candidates": candidates, "chosen": chosen, "runs": [candidates[chosen], *again],
-            "trainable_params": trainable, "stored_params": spec.num_virtual_tokens * base.hidden_size,
-            "base_params": _params(base)}  # fmt: skip
+            "trainable_params": trainable, "stored_params": stored, "base_params": _params(base)}  # fmt: skip
 
 
 def _weights(job: SearchJob, task: Task, directory: Path) -> dict[str, Any]:
-    """Prefix tuning, LoRA, full fine-tuning: each run on a freshly loaded base (PEFT wraps it in place)."""
+    """LoRA, full fine-tuning: each run on a freshly loaded base (PEFT wraps it in place), in the same loop."""
     facts: dict[str, int] = {}
+    measure = _validation_measure(task)
 
     def run(spec: MethodSpec, seed: int, output: Path) -> dict[str, Any]:
         base = _load(task.setup)
         total = _params(base)
         try:
-            tuned = build(spec, base, task.preset, task.train, seed)
-            assert tuned.fit is not None
-            fitted = tuned.fit(task.examples(task.train, base), _fit_config(spec, job, task.setup, seed), output,
-                               task.examples(task.validation, base))  # fmt: skip
+            model = weights_model(spec, base, seed)
+            config = _train_config(job, task.setup, spec, seed, output)
+            examples, validation = task.examples(task.train, base), task.examples(task.validation, base)
+            result = train(model, examples, validation, config, run_info=run_info(task.setup, task.preset),
+                           measure=measure)  # fmt: skip
             base.model.requires_grad_(False)
-            (scores,) = task.validate(tuned.scorer(), base)
-            tuned.save(output)
+            (scores,) = task.validate(scorer_of(model), base)
         except Exception as exc:  # noqa: BLE001 - one candidate's failure is a result, not the end of the search
             log.warning("%s (%s) failed: %s", spec.method, spec.settings, exc)
             return _record(spec, seed, {}, error=f"{type(exc).__name__}: {exc}")
-        facts.update(trainable_params=tuned.trainable, base_params=total)
-        facts["stored_params"] = tuned.stored_params if tuned.stored_params is not None else tuned.trainable
-        del base, tuned
+        trainable = int(result.metrics["trainable_params"])
+        facts.update(trainable_params=trainable, base_params=total, stored_params=trainable)
+        del base, model
         gc.collect()
-        return _record(spec, seed, scores, artifact=str(output), steps=fitted.steps, best_step=fitted.best_step,
-                       train_seconds=fitted.seconds, curve=fitted.curve, stopped_early=fitted.stopped_early)  # fmt: skip
+        return _run_record(spec, seed, scores, result)
 
     first = job.seeds[0]
     candidates = [run(spec, first, directory / f"candidate{i}") for i, spec in enumerate(job.candidates)]
