@@ -14,7 +14,7 @@ shared-prefix layout of :mod:`softprompt.core.layouts`.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,25 +140,9 @@ def packed_hidden(
     n_prompts = [prompt.num_virtual_tokens for prompt in prompts]
     width = base.hidden_size
     start = entry if row_states is not None else 0
-    slots = [_slot_inputs(base, prompt, at_entry=start == entry) for prompt in prompts]
-    if row_states is None:
-        tokens = embed_tokens(base, torch.cat(rows))
-    else:
-        tokens = torch.cat(row_states)
-    embeds = torch.cat([*(s.to(tokens.dtype) for s in slots), tokens])[None]  # [1, N, H]
-    edit = None
-    if start < entry and any(p.form is Form.VECTORS for p in prompts):  # vectors replace their frozen slots
-        edit = (entry, lambda states: _enter_vectors(prompts, states))
+    tokens = embed_tokens(base, torch.cat(rows)) if row_states is None else torch.cat(row_states)
     lengths = [len(row) for row in rows]
-    positions = [torch.arange(n) for n in n_prompts]
-    positions += [torch.arange(n_prompts[o], n_prompts[o] + n) for o, n in zip(owners, lengths, strict=True)]
-    position_ids = torch.cat(positions).to(embeds.device)[None]
-    external = [prompt.weights if prompt.form is Form.KV else None for prompt in prompts]
-    packing = Packing(n_prompts, lengths, owners, external, entry)
-    span = layer_span(base, start, base.num_layers, embeds if start else None, edit) if start or edit else nullcontext()
-    with _packed_attention(base), span:
-        out = base.model.base_model(inputs_embeds=embeds, position_ids=position_ids, use_cache=False, packing=packing)
-    states = out.last_hidden_state[0].split([*n_prompts, *lengths])
+    states = packed_states(base, prompts, owners, tokens, lengths, start, base.num_layers)
     lasts = [
         prompt_states[-1:] if prompt.form is Form.VECTORS else prompt_states.new_zeros(1, width)
         for prompt, prompt_states in zip(prompts, states[: len(n_prompts)], strict=True)
@@ -167,6 +151,43 @@ def packed_hidden(
     ignore = row_labels[0].new_full((1,), IGNORE_INDEX)
     labels = torch.cat([piece for row in row_labels for piece in (ignore, row)])
     return torch.cat(pieces)[None], labels[None]
+
+
+def packed_states(
+    base: BaseModel,
+    prompts: Sequence[Prompt],
+    owners: list[int],
+    tokens: torch.Tensor,
+    lengths: list[int],
+    start: int,
+    stop: int,
+) -> tuple[torch.Tensor, ...]:
+    """One padding-free pass over layers ``start`` .. ``stop`` - 1: prompts' slots, then rows of ``lengths``.
+
+    ``tokens`` [sum(lengths), H] are the rows' states entering layer ``start``. Returns the states
+    after the span (the last hidden state when ``stop`` is the depth; else those entering ``stop``),
+    split per prompt, then per row.
+    """
+    entry = prompts[0].entry
+    n_prompts = [prompt.num_virtual_tokens for prompt in prompts]
+    slots = [_slot_inputs(base, prompt, at_entry=start == entry) for prompt in prompts]
+    embeds = torch.cat([*(s.to(tokens.dtype) for s in slots), tokens])[None]  # [1, N, H]
+    edit = None
+    if start < entry < stop and any(p.form is Form.VECTORS for p in prompts):  # vectors replace their frozen slots
+        edit = (entry, lambda states: _enter_vectors(prompts, states))
+    positions = [torch.arange(n) for n in n_prompts]
+    positions += [torch.arange(n_prompts[o], n_prompts[o] + n) for o, n in zip(owners, lengths, strict=True)]
+    position_ids = torch.cat(positions).to(embeds.device)[None]
+    external = [prompt.weights if prompt.form is Form.KV else None for prompt in prompts]
+    packing = Packing(n_prompts, lengths, owners, external, entry)
+    partial = bool(start or edit or stop < base.num_layers)
+    span: AbstractContextManager[list[torch.Tensor]] = (
+        layer_span(base, start, stop, embeds if start else None, edit) if partial else nullcontext([])
+    )
+    with _packed_attention(base), span as captured:
+        out = base.model.base_model(inputs_embeds=embeds, position_ids=position_ids, use_cache=False, packing=packing)
+    hidden = out.last_hidden_state if stop == base.num_layers else captured[0]
+    return hidden[0].split([*n_prompts, *lengths])
 
 
 def _enter_vectors(prompts: Sequence[Prompt], states: torch.Tensor) -> torch.Tensor:

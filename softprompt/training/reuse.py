@@ -22,6 +22,7 @@ import torch
 from softprompt.core.base import BaseModel
 from softprompt.core.decoder import cache_of, embed_tokens, layers_of, prompt_cache, run_after_prefix
 from softprompt.core.forms import Form, Prompt
+from softprompt.core.packed import packed_states
 
 
 class FrozenRows:
@@ -32,6 +33,7 @@ class FrozenRows:
             raise ValueError("only a late prompt (entry layer > 0) has frozen layers to reuse")
         self.base, self.entry, self.budget = base, prompt.entry, budget_bytes
         self.slots = prompt.num_virtual_tokens
+        self.below_inputs = prompt.below.to(base.device)
         with torch.no_grad():  # the frozen slots' keys/values in the layers below the entry
             below = prompt_cache(base, [Prompt(Form.VECTORS, prompt.below)])
         self._below = layers_of(below.cache)[: self.entry]  # per layer (keys, values) [1, kv, P, d]
@@ -69,7 +71,12 @@ class FrozenRows:
         return out
 
     def _compute(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Run these rows through layers 0 .. entry-1 after the frozen slots: [b, t, H], trimmed to the longest."""
+        """Run these rows through layers 0 .. entry-1 after the frozen slots: [b, t, H], trimmed to the longest.
+
+        Padding-free where the family packs (most do), else after the slots' cached keys/values.
+        """
+        if self.base.family.packable:
+            return self._packed(input_ids, attention_mask)
         width = int(attention_mask.sum(dim=1).max())
         ids, mask = input_ids[:, -width:], attention_mask[:, -width:]
         rows = ids.shape[0]
@@ -80,6 +87,18 @@ class FrozenRows:
         )
         self.computed_rows += rows
         return states
+
+    def _packed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        lengths = attention_mask.sum(dim=1).tolist()
+        rows = [ids[ids.shape[0] - n :] for ids, n in zip(input_ids, lengths, strict=True)]
+        slots = Prompt(Form.VECTORS, self.below_inputs)
+        tokens = embed_tokens(self.base, torch.cat(rows))
+        states = packed_states(self.base, [slots], [0] * len(rows), tokens, lengths, 0, self.entry)[1:]
+        out = tokens.new_zeros(len(rows), max(lengths), tokens.shape[-1])
+        for row, found in enumerate(states):
+            out[row, out.shape[1] - found.shape[0] :] = found
+        self.computed_rows += len(rows)
+        return out
 
     def _keep(self, key: tuple[int, ...], states: torch.Tensor) -> None:
         size = states.numel() * states.element_size()
