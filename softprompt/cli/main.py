@@ -93,10 +93,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from softprompt.inference.export import ExportConfig, export_prompt_embeds
+    from softprompt.core.errors import ConfigError
+    from softprompt.inference.export import ExportConfig, export_peft_prefix, export_prompt_embeds
 
     config = config_from_args(ExportConfig, args)  # validate before loading anything
+    if config.to == "vllm-prompt-embeds" and args.prompt is None:
+        raise ConfigError("--to vllm-prompt-embeds needs the request text (the file holds prompt + its tokens)")
     model = _load_with_adapter(args)
+    if config.to == "peft-prefix":
+        path = export_peft_prefix(model, config.output)
+        console.print(f"{args.adapter} as a PEFT prefix-tuning adapter saved to [bold]{path}[/bold]")
+        return 0
     path = export_prompt_embeds(model, args.prompt, config)
     console.print(f"{config.to} for {args.prompt!r} saved to [bold]{path}[/bold]")
     return 0
@@ -185,9 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(gen, GenerateConfig)
     gen.set_defaults(func=cmd_generate)
 
-    export = sub.add_parser("export", help="write the embeddings a serving engine needs (vLLM prompt_embeds)")
+    export = sub.add_parser(
+        "export", help="write what another tool needs: vLLM prompt_embeds, or any prompt as a PEFT prefix adapter"
+    )
     _model_args(export)
-    export.add_argument("prompt", help="the request text; the file holds soft prompt + its token embeddings")
+    export.add_argument(
+        "prompt", nargs="?", help="vllm-prompt-embeds: the request text; the file holds soft prompt + its embeddings"
+    )
     export.add_argument("--adapter", required=True, help="adapter directory (softprompt or PEFT format)")
     export.add_argument("--allow-base-mismatch", action="store_true", help="load an adapter trained on another model")
     from softprompt.inference.export import ExportConfig

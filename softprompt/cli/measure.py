@@ -67,7 +67,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         return 0
     console.print(f"vocabulary embedding norm: {report.vocab_mean_norm:.3f} ± {report.vocab_norm_std:.3f}")
     for prompt in report.prompts:
-        table = Table(title=f"{prompt.adapter} (mean norm {prompt.mean_norm:.3f})")
+        table = Table(title=f"{prompt.adapter}: {prompt.kind} (mean norm {prompt.mean_norm:.3f})")
+        if prompt.layer_norms is not None:
+            shown = ", ".join(f"{n:.2f}" for n in prompt.layer_norms)
+            console.print(f"{prompt.adapter}: key/value norm per layer from its entry up: {shown}")
         table.add_column("#", justify="right")
         table.add_column("norm", justify="right")
         table.add_column(f"nearest {args.top_k} tokens (cosine)")

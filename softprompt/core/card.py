@@ -100,26 +100,52 @@ def data_source(data: dict | None) -> str:
 
 
 def _about(name: str, config: dict[str, Any]) -> str:
-    tokens, width = config.get("num_virtual_tokens"), config.get("token_dim")
+    tokens = config.get("num_virtual_tokens")
     base = config.get("base_model_name_or_path")
     hub = hub_base_model(str(base))
     origin = f" (softprompt's built-in `{base}`: {hub}, dequantized from its GGUF file)" if hub != base else ""
     init = str(config.get("prompt_tuning_init", "RANDOM")).lower()
     init_text = config.get("prompt_tuning_init_text")
-    started = f"the token embeddings of {init_text!r}" if init_text else f"`{init}` initialisation"
-    numbers = tokens * width if isinstance(tokens, int) and isinstance(width, int) else "?"
+    started = f"the model's own view of {init_text!r}" if init_text else f"`{init}` initialisation"
     return "\n".join([
         f"# {name}",
         "",
-        f"A soft prompt for **{hub}**{origin}: {tokens} virtual tokens of width {width} "
-        f"({numbers} trained numbers) that are prepended to the input embeddings while the base model "
-        "stays frozen and unchanged (prompt tuning, Lester et al., 2021). Trained with softprompt, "
-        f"starting from {started}.",
+        f"A soft prompt for **{hub}**{origin}: {_what(config)}. The base model stays frozen and unchanged. "
+        f"Trained with softprompt, starting from {started}.",
         "",
-        "Files: `adapter_config.json` and `adapter_model.safetensors` in PEFT's `PROMPT_TUNING` format "
-        "(one fp32 tensor `prompt_embeddings`), `metrics.json` (summary), `metrics.jsonl` (every step) "
-        f"and `{CURVE_NAME}`.",
+        f"Files: `adapter_config.json` and `adapter_model.safetensors` ({_format(config)}), `metrics.json` "
+        f"(summary), `metrics.jsonl` (every step) and `{CURVE_NAME}`. {tokens} virtual tokens.",
     ])  # fmt: skip
+
+
+def _what(config: dict[str, Any]) -> str:
+    """The prompt's form and entry layer, in words (softprompt.core.forms)."""
+    tokens, width = config.get("num_virtual_tokens"), config.get("token_dim")
+    layers, entry = config.get("num_layers"), int(config.get("softprompt_entry_layer") or 0)
+    numbers = tokens * width if isinstance(tokens, int) and isinstance(width, int) else "?"
+    if config.get("softprompt_form", "vectors") == "kv":
+        held = (layers - entry) if isinstance(layers, int) else "?"
+        total = numbers * 2 * held if isinstance(numbers, int) and isinstance(held, int) else "?"
+        where = "every layer (a deep prompt: prefix tuning, Li & Liang, 2021)" if not entry else (
+            f"layers {entry} to {held + entry - 1} (a late deep prompt)" if isinstance(held, int) else "its layers")
+        return f"keys and values of {tokens} virtual tokens in {where}, {total} trained numbers"  # fmt: skip
+    if not entry:
+        return (f"{tokens} virtual tokens of width {width} ({numbers} trained numbers) prepended to the input "
+                "embeddings (prompt tuning, Lester et al., 2021)")  # fmt: skip
+    return (f"{tokens} vectors ({numbers} trained numbers) that take the place of its virtual tokens' states where "
+            f"they enter layer {entry} (a late prompt, Liu et al., 2022); below that layer the virtual tokens are the "
+            "frozen inputs it started from")  # fmt: skip
+
+
+def _format(config: dict[str, Any]) -> str:
+    peft_type = config.get("peft_type", "PROMPT_TUNING")
+    if peft_type == "SOFTPROMPT_LATE":
+        return (
+            "softprompt's `SOFTPROMPT_LATE` format: PEFT has none for a prompt that enters above the input, so PEFT "
+            "refuses to load it. `softprompt export --to peft-prefix` writes its keys and values in every layer as "
+            "a PEFT prefix-tuning adapter, equal to it at inference"
+        )
+    return f"PEFT's `{peft_type}` format (one fp32 tensor `prompt_embeddings`)"
 
 
 def _data_section(data: dict | None, metrics: dict[str, Any]) -> str:
@@ -196,6 +222,8 @@ def _usage_section(name: str, config: dict[str, Any]) -> str:
         f'base = AutoModelForCausalLM.from_pretrained("{hub}")',
         f'tokenizer = AutoTokenizer.from_pretrained("{hub}")',
         f'model = PeftModel.from_pretrained(base, "{name}")  # this directory, or its Hub repo id', "```", "",
+        *(["This adapter is a late prompt: load its `softprompt export --to peft-prefix` copy in PEFT instead.", ""]
+          if config.get("peft_type") == "SOFTPROMPT_LATE" else []),
         "PEFT 0.21.2 with transformers 5.24 re-inserts the virtual tokens at every cached decoding step, so "
         "its `generate()` drifts from the trained behaviour; scoring (a forward pass, as lm-evaluation-harness does "
         f"with `--model hf --model_args pretrained={hub},peft={name}`) is exact.", "",

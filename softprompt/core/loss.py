@@ -33,6 +33,8 @@ def token_nll(base: BaseModel, hidden: torch.Tensor, labels: torch.Tensor) -> tu
     keep = targets != IGNORE_INDEX
     selected = hidden[:, :-1][keep]  # [N, H]
     wanted = targets[keep]  # [N]
+    if not wanted.numel():  # nothing to predict here (a kv prompt's one-token rows): zero, still in the graph
+        return hidden.sum().float() * 0.0, 0
     head = base.model.get_output_embeddings()
     if _fusable(base, head):
         scale = base.family.logit_scale

@@ -1,4 +1,10 @@
-"""Export a soft prompt for serving engines that take embeddings instead of token ids.
+"""Export a soft prompt for tools that cannot read it as it is: vLLM's ``prompt_embeds``, PEFT's prefix format.
+
+``--to peft-prefix`` writes any prompt (vectors or keys/values, at any entry layer) as what it is at
+inference, its keys and values in every layer, in PEFT's ``PREFIX_TUNING`` format: PEFT, and tools
+built on it such as lm-evaluation-harness, then load a late prompt too, and give its logits. It is
+refused, with the reason, where PEFT provisions prefix keys/values of another shape than the
+model's cache holds.
 
 vLLM serves soft prompts through its ``prompt_embeds`` input: one ``[seq, hidden]`` tensor per
 request, fed to the decoder in place of the embedding lookup, with position ids counting from 0.
@@ -21,14 +27,16 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from softprompt.core.adapter import atomic_path
-from softprompt.core.decoder import embed_tokens
+from softprompt.core.adapter import adapter_config_for, atomic_path, save_adapter
+from softprompt.core.base import BaseModel
+from softprompt.core.decoder import embed_tokens, layers_of, prompt_cache
 from softprompt.core.errors import AdapterError, ConfigError
+from softprompt.core.forms import Form, Prompt
 from softprompt.core.inject import inject
 from softprompt.core.model import SoftPromptModel
 from softprompt.inference.generate import encode_prompt, format_inputs
 
-TARGETS = ("vllm-prompt-embeds",)
+TARGETS = ("vllm-prompt-embeds", "peft-prefix")
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TENSOR_KEY = "prompt_embeds"
 
@@ -36,7 +44,10 @@ TENSOR_KEY = "prompt_embeds"
 @dataclass(frozen=True)
 class ExportConfig:
     to: str = field(default="vllm-prompt-embeds", metadata={"help": "export format: " + ", ".join(TARGETS)})
-    output: str = field(default="prompt_embeds.safetensors", metadata={"help": "file to write (safetensors)"})
+    output: str = field(
+        default="prompt_embeds.safetensors",
+        metadata={"help": "file to write (vllm-prompt-embeds: safetensors) or directory (peft-prefix: an adapter)"},
+    )
     chat_template: bool = field(default=False, metadata={"help": "wrap the prompt in the tokenizer's chat template"})
     dtype: str = field(
         default="auto",
@@ -59,11 +70,16 @@ def build_prompt_embeds(model: SoftPromptModel, text: str, *, chat_template: boo
     (vLLM) or to a Hugging Face model as ``inputs_embeds[None]`` with default position ids.
     """
     base = model.base
+    prompt = model.require_prompt().frozen()
+    if not prompt.is_input:
+        raise ConfigError(
+            f"this adapter is a {prompt.name}, which does not enter as input embeddings, so vLLM's prompt_embeds "
+            "cannot carry it: export it with --to peft-prefix"
+        )
     formatted = format_inputs(base, [text], chat_template)
     ids = torch.tensor([encode_prompt(base.tokenizer, formatted[0], chat_template)], device=base.device)  # [1, n]
     token_embeds = embed_tokens(base, ids)  # [1, n, H]
-    prompt = model.require_prompt()()
-    return inject(token_embeds, torch.ones_like(ids), [prompt]).embeds[0]  # [P + n, H], no padding
+    return inject(token_embeds, torch.ones_like(ids), [prompt.weights]).embeds[0]  # [P + n, H], no padding
 
 
 def export_prompt_embeds(model: SoftPromptModel, text: str, config: ExportConfig) -> Path:
@@ -97,3 +113,32 @@ def load_prompt_embeds(path: str | Path) -> torch.Tensor:
             return handle.get_tensor(TENSOR_KEY)
     except (SafetensorError, OSError, KeyError) as exc:
         raise AdapterError(f"{path} is not a softprompt prompt-embeddings export: {exc}") from exc
+
+
+@torch.no_grad()
+def export_peft_prefix(model: SoftPromptModel, output: str | Path) -> Path:
+    """Write the prompt's keys/values in every layer as a PEFT prefix-tuning adapter in ``output``, atomically."""
+    base, prompt = model.base, model.require_prompt().frozen()
+    check_peft_prefix(base, prompt.num_virtual_tokens)
+    layers = layers_of(prompt_cache(base, [prompt]).cache)  # per layer [1, kv, P, d]
+    weights = torch.stack([torch.stack([k[0], v[0]]) for k, v in layers]).float().cpu()  # [L, 2, kv, P, d]
+    deep = Prompt(Form.KV, weights)
+    metrics = {"exported_from": {"form": prompt.form.value, "entry_layer": prompt.entry}}
+    return save_adapter(output, deep, adapter_config_for(base, deep, metrics=metrics))
+
+
+def check_peft_prefix(base: BaseModel, num_virtual_tokens: int) -> None:
+    """Refuse a model whose cache PEFT's prefix format does not match (PEFT provisions keys/values from its config)."""
+    from peft import PrefixTuningConfig
+    from peft.utils import _prepare_prompt_learning_config
+
+    config = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=num_virtual_tokens)
+    provisioned = _prepare_prompt_learning_config(config, base.model.config.to_dict())
+    heads, dim = base.kv_shape
+    peft_heads, width = int(provisioned.num_attention_heads), int(provisioned.token_dim)
+    if (peft_heads, width) != (heads, heads * dim) or provisioned.num_layers != base.num_layers:
+        raise ConfigError(
+            f"PEFT's prefix format for {base.family.model_type} provisions {provisioned.num_layers} layers of "
+            f"{peft_heads} heads x {width // max(peft_heads, 1)}, but the model caches {base.num_layers} layers of "
+            f"{heads} heads x {dim}: PEFT cannot hold this prompt's keys/values"
+        )

@@ -142,7 +142,12 @@ def _turn(loops: list[TrainingLoop], indices: list[int], failed: dict[int, Train
             else:
                 loop.pause(seconds)
         for loop, loss in zip(due, losses, strict=True):
-            loop.observe(loss)
+            started = time.perf_counter()
+            loop.observe(loss)  # its own measurements (e.g. validation accuracy) count as its evaluation time
+            spent = time.perf_counter() - started
+            for other in loops:
+                if other is not loop:
+                    other.pause(spent)
         return
     results: dict[int, tuple[float, int]] = {}
     for group in _by_entry(loops):

@@ -152,3 +152,88 @@ def test_training_lowers_the_loss_and_leaves_the_base_bit_identical(fbase, tmp_p
     assert result.metrics["heldout_loss_after"] < result.metrics["heldout_loss_before"]
     after = fbase.model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+# Deep and late prompts (softprompt.core.forms): every form, every entry layer, on every family.
+DEEP, LATE_VECTORS, LATE_KV = ("kv", 0), ("vectors", 1), ("kv", 1)
+
+
+def _form(base, form_entry: tuple[str, int], n=3, seed=0, init=Init.RANDOM) -> SoftPromptModel:
+    form, entry = form_entry
+    config = PromptConfig(num_virtual_tokens=n, init=init, init_text=INIT_TEXT, form=form, entry_layer=entry)
+    return SoftPromptModel.with_new_prompt(base, config, seed)
+
+
+def test_deep_and_late_text_inits_equal_the_text_as_a_hard_prompt(fbase):
+    ids = fbase.tokenizer(INIT_TEXT, add_special_tokens=False)["input_ids"]
+    x = _ids(fbase, ["hello world"]).input_ids
+    hard_ids = torch.tensor([ids + x[0].tolist()], device=fbase.device)
+    with torch.no_grad():
+        hard = SoftPromptModel(fbase)(hard_ids, torch.ones_like(hard_ids), keep=x.shape[1])
+        for form_entry in (DEEP, LATE_VECTORS, LATE_KV):
+            mine = _form(fbase, form_entry, n=len(ids), init=Init.TEXT)(x, torch.ones_like(x))
+            torch.testing.assert_close(mine, hard, atol=1e-4, rtol=1e-4, msg=lambda m, f=form_entry: f"{f}: {m}")
+
+
+def test_a_deep_prompt_equals_its_keys_and_values_given_by_hand_as_a_cache(fbase):
+    """The model's own forward with the prompt's keys/values in a cache it is handed, positions after them."""
+    from transformers import DynamicCache
+
+    model = _form(fbase, DEEP, n=4, seed=2)
+    weights = model.require_prompt().folded().to(fbase.device, fbase.dtype)  # [layers, 2, kv, P, d]
+    enc = _ids(fbase, ["the quick brown fox"])
+    n = enc.input_ids.shape[1]
+    cache = DynamicCache(ddp_cache_data=[(w[0][None], w[1][None]) for w in weights], config=fbase.model.config)
+    extra = {"position_ids": torch.arange(4, 4 + n, device=fbase.device)[None]} if fbase.accepts_position_ids else {}
+    mask = torch.ones(1, 4 + n, dtype=torch.long, device=fbase.device)
+    with torch.no_grad():
+        by_hand = fbase.model(input_ids=enc.input_ids, attention_mask=mask, cache=cache, use_cache=True, **extra).logits
+        torch.testing.assert_close(model(enc.input_ids, enc.attention_mask), by_hand, atol=1e-4, rtol=1e-4)
+
+
+def test_late_prompts_reusing_the_frozen_layers_equal_them_run_in_full(fbase):
+    """Loss and gradient in every layout, with the rows' states below the entry layer computed once and reused."""
+    from softprompt.training.reuse import FrozenRows
+
+    for form_entry in (LATE_VECTORS, LATE_KV):
+        model = _form(fbase, form_entry, seed=3)
+        full = _loss_and_grad(model, "plain")
+        model.entry_states = FrozenRows(fbase, model.require_prompt().frozen(), 1 << 30)
+        for layout in ["plain", "shared", "packed"] if fbase.family.packable else ["plain", "shared"]:
+            loss, grad = _loss_and_grad(model, layout)
+            assert loss == __import__("pytest").approx(full[0], rel=1e-5), (form_entry, layout)
+            torch.testing.assert_close(grad, full[1], atol=1e-4, rtol=1e-4)
+        assert model.entry_states.reused_rows > 0
+
+
+def test_engine_batch_mixing_every_form_equals_each_row_alone(fbase):
+    engine = Engine(fbase)
+    engine.registry.add_embedding("shallow", _prompt(fbase, 5, seed=5))
+    for name, form_entry in (("deep", DEEP), ("late", LATE_VECTORS), ("late-kv", LATE_KV)):
+        engine.registry.add_embedding(name, _form(fbase, form_entry, n=4, seed=7).require_prompt().frozen())
+    texts = [*TEXTS, "one more row"]
+    adapters = ["deep", None, "late", "shallow", "late-kv"][: len(texts)]
+    texts = (texts * 2)[: len(adapters)]
+    params = SamplingParams(max_new_tokens=6, stop_at_eos=False)
+    batched = engine.generate(texts, adapters, params)
+    for text, name, row in zip(texts, adapters, batched, strict=True):
+        assert engine.generate([text], [name], params)[0].output_ids == row.output_ids
+
+
+def test_peft_prefix_adapters_load_both_ways_with_equal_logits(fbase, family_dir, tmp_path):
+    from peft import PrefixTuningConfig
+
+    enc = _ids(fbase, ["the quick brown fox"])
+    ours = _form(fbase, DEEP, n=5, seed=4)
+    ours.save_pretrained(tmp_path / "ours")
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(family_dir), tmp_path / "ours").eval()
+    with torch.no_grad():
+        theirs = peft_model(input_ids=enc.input_ids.cpu(), attention_mask=enc.attention_mask.cpu()).logits
+        torch.testing.assert_close(ours(enc.input_ids, enc.attention_mask).cpu(), theirs, atol=1e-4, rtol=1e-4)
+    config = PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=6)
+    made_by_peft = get_peft_model(AutoModelForCausalLM.from_pretrained(family_dir), config).eval()
+    made_by_peft.save_pretrained(tmp_path / "peft")
+    loaded = SoftPromptModel.from_pretrained(fbase, tmp_path / "peft")
+    with torch.no_grad():
+        theirs = made_by_peft(input_ids=enc.input_ids.cpu(), attention_mask=enc.attention_mask.cpu()).logits
+        torch.testing.assert_close(loaded(enc.input_ids, enc.attention_mask).cpu(), theirs, atol=1e-4, rtol=1e-4)
