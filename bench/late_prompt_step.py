@@ -135,12 +135,16 @@ def main() -> None:
         print(name, json.dumps({k: round(v, 1) for k, v in results[name].items()}), flush=True)
     reference = next(iter(results.values()))["first_pass_ms_per_step"]
     print(f"\n{args.task}, batch {args.batch}, {args.tokens} virtual tokens, torch threads {torch.get_num_threads()}")
-    print("| method | trainable | ms/step, first pass | ms/step, rows reused | once-per-row ms/step | speed-up, first / reused |")
+    print(
+        "| method | trainable | ms/step, first pass | ms/step, rows reused | once-per-row ms/step | speed-up, first / reused |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for name, r in results.items():
         first, reused = reference / r["first_pass_ms_per_step"], reference / r["reuse_ms_per_step"]
-        print(f"| {name} | {r['trainable']:,} | {r['first_pass_ms_per_step']:.0f} | {r['reuse_ms_per_step']:.0f} | "
-              f"{r['frozen_ms_per_step']:.0f} | {first:.2f}x / {reused:.2f}x |")  # fmt: skip
+        print(
+            f"| {name} | {r['trainable']:,} | {r['first_pass_ms_per_step']:.0f} | {r['reuse_ms_per_step']:.0f} | "
+            f"{r['frozen_ms_per_step']:.0f} | {first:.2f}x / {reused:.2f}x |"
+        )
     if args.out:
         Path(args.out).write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
 

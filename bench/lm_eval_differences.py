@@ -42,8 +42,17 @@ def main() -> int:
         predictions = parity.softprompt_eval(model, task, adapter, case / "softprompt.jsonl")
         samples = parity.run_lm_eval(model, adapter, task, parity.TASK, case / "lm-eval", extra=extra)
         result = parity.compare(predictions, samples, list(parity.LABEL_WORDS))
-        print(json.dumps({"case": name, "rows": result.rows, "same_prediction": result.same_prediction,
-                          "max_abs_loglikelihood_difference": float(f"{result.worst:.3g}")}), flush=True)  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "case": name,
+                    "rows": result.rows,
+                    "same_prediction": result.same_prediction,
+                    "max_abs_loglikelihood_difference": float(f"{result.worst:.3g}"),
+                }
+            ),
+            flush=True,
+        )
     return 0
 
 

@@ -46,8 +46,23 @@ def main() -> int:
     adapter = args.adapter or train(args, preset, work)
     predictions = work / "softprompt.jsonl"
     started = time.perf_counter()
-    code = softprompt(["eval", "--model", args.model, "--preset", args.preset, "--data", str(args.data),
-                       "--adapter", str(adapter), "--rows", str(args.rows), "--predictions", str(predictions)])  # fmt: skip
+    code = softprompt(
+        [
+            "eval",
+            "--model",
+            args.model,
+            "--preset",
+            args.preset,
+            "--data",
+            str(args.data),
+            "--adapter",
+            str(adapter),
+            "--rows",
+            str(args.rows),
+            "--predictions",
+            str(predictions),
+        ]
+    )
     if code:
         return code
     ours = time.perf_counter() - started
@@ -58,9 +73,21 @@ def main() -> int:
     samples = run_lm_eval(model_dir, adapter, work / "task", task, work / "lm-eval", limit=args.rows)
     theirs = time.perf_counter() - started
     parity = compare(predictions, samples, list(preset.label_words))
-    print(json.dumps({"model": args.model, "preset": args.preset, "adapter": str(adapter), "rows": parity.rows,
-                      "same_prediction": parity.same_prediction, "max_abs_loglikelihood_difference": parity.worst,
-                      "softprompt_eval_seconds": round(ours, 1), "lm_eval_seconds": round(theirs, 1)}, indent=2))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "preset": args.preset,
+                "adapter": str(adapter),
+                "rows": parity.rows,
+                "same_prediction": parity.same_prediction,
+                "max_abs_loglikelihood_difference": parity.worst,
+                "softprompt_eval_seconds": round(ours, 1),
+                "lm_eval_seconds": round(theirs, 1),
+            },
+            indent=2,
+        )
+    )
     if parity.first_difference:
         print("first differing row:", parity.first_difference)
     return 0 if parity.same_prediction == parity.rows and parity.worst <= args.tolerance else 1
@@ -72,9 +99,28 @@ def train(args: argparse.Namespace, preset, work: Path) -> Path:
     data = work / "train.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     output = work / f"{preset.name}-prompt"
-    code = softprompt(["train", "--model", args.model, "--data", str(data), "--template", preset.template,
-                       "--target-column", TARGET_COLUMN, "--init", "labels", "--num-virtual-tokens", "8",
-                       "--epochs", str(args.epochs), "--output", str(output), "--no-progress"])  # fmt: skip
+    code = softprompt(
+        [
+            "train",
+            "--model",
+            args.model,
+            "--data",
+            str(data),
+            "--template",
+            preset.template,
+            "--target-column",
+            TARGET_COLUMN,
+            "--init",
+            "labels",
+            "--num-virtual-tokens",
+            "8",
+            "--epochs",
+            str(args.epochs),
+            "--output",
+            str(output),
+            "--no-progress",
+        ]
+    )
     if code:
         raise SystemExit(code)
     return output

@@ -128,14 +128,18 @@ async def _churn(url: str, stop: list[bool]) -> Counter:
 
 async def _limits(url: str, burst: int) -> dict[str, object]:
     async with httpx.AsyncClient(base_url=url, timeout=120) as client:
-        big = await client.post("/v1/completions", content=b"{" + b" " * (2 << 20) + b"}",
-                                headers={"content-type": "application/json"})
+        big = await client.post(
+            "/v1/completions", content=b"{" + b" " * (2 << 20) + b"}", headers={"content-type": "application/json"}
+        )
         bodies = [{"model": "alpha", "prompt": "burst", "max_tokens": 16} for _ in range(burst)]
         codes = [r.status_code for r in await asyncio.gather(*(client.post("/v1/completions", json=b) for b in bodies))]
         await asyncio.sleep(1.0)
         health = (await client.get("/health")).json()
-    return {"oversized_body": big.status_code, "burst_codes": {c: codes.count(c) for c in sorted(set(codes))},
-            "active_after": health["active_requests"]}  # fmt: skip
+    return {
+        "oversized_body": big.status_code,
+        "burst_codes": {c: codes.count(c) for c in sorted(set(codes))},
+        "active_after": health["active_requests"],
+    }
 
 
 def _wait_ready(url: str, server: subprocess.Popen, timeout: float = 300) -> None:
@@ -171,7 +175,9 @@ async def _faults(url: str, proc: subprocess.Popen, args: argparse.Namespace) ->
     rss_start = ps.memory_info().rss / 2**20
     rss: list[float] = []
     deadline = time.time() + args.seconds
-    clients = [asyncio.create_task(_client_loop(url, lambda: True, results, args, draining)) for _ in range(args.clients)]
+    clients = [
+        asyncio.create_task(_client_loop(url, lambda: True, results, args, draining)) for _ in range(args.clients)
+    ]
     churn = asyncio.create_task(_churn(url, stop_churn))
     sampler = asyncio.create_task(_rss(ps, rss, stop_churn, args.seconds / 10))
     await asyncio.sleep(max(0.0, deadline - time.time()))
@@ -189,29 +195,38 @@ async def _faults(url: str, proc: subprocess.Popen, args: argparse.Namespace) ->
     drain_s = time.perf_counter() - signalled
     await asyncio.wait_for(asyncio.gather(*clients), 60)
     return {
-        "outcomes": dict(Counter(o for o, _ in results)), "requests_before_signal": before,
-        "requests_during_drain": len(results) - before, "churn": dict(churn_codes),
+        "outcomes": dict(Counter(o for o, _ in results)),
+        "requests_before_signal": before,
+        "requests_during_drain": len(results) - before,
+        "churn": dict(churn_codes),
         "adapter_loads": _metric(metrics, "softprompt_adapter_loads_total"),
         "adapter_evictions": _metric(metrics, "softprompt_adapter_evictions_total"),
         "in_flight_at_signal": _metric(metrics, "softprompt_http_requests_in_flight"),
-        "exit_code": code, "drain_seconds": round(drain_s, 2),
-        "server_rss_mb_start": round(rss_start, 1), "server_rss_mb_at_signal": round(rss_signal, 1),
-        "server_rss_mb_every_tenth": rss, "latencies": sorted(s for o, s in results if o == "ok"),
-    }  # fmt: skip
+        "exit_code": code,
+        "drain_seconds": round(drain_s, 2),
+        "server_rss_mb_start": round(rss_start, 1),
+        "server_rss_mb_at_signal": round(rss_signal, 1),
+        "server_rss_mb_every_tenth": rss,
+        "latencies": sorted(s for o, s in results if o == "ok"),
+    }
 
 
 def _fault_failures(report: dict, args: argparse.Namespace, log: str) -> list[str]:
     outcomes = report["outcomes"]
     errors = {o.split(":", 1)[1] for o in outcomes if o.startswith("error:")}
-    return [f for f in [
-        outcomes.get("5xx", 0) and "5xx responses (other than 503 while draining)",
-        outcomes.get("truncated", 0) and "truncated streams",
-        errors - EXPECTED_ERRORS and f"unexpected error events: {sorted(errors - EXPECTED_ERRORS)}",
-        report["exit_code"] != 0 and f"exit code {report['exit_code']}",
-        report["drain_seconds"] > args.drain_seconds + 10 and "drain took too long",
-        any(k.endswith(" 500") for k in report["churn"]) and "adapter admin got 5xx",
-        KEY in log and "the API key is in the server log",
-    ] if f]  # fmt: skip
+    return [
+        f
+        for f in [
+            outcomes.get("5xx", 0) and "5xx responses (other than 503 while draining)",
+            outcomes.get("truncated", 0) and "truncated streams",
+            errors - EXPECTED_ERRORS and f"unexpected error events: {sorted(errors - EXPECTED_ERRORS)}",
+            report["exit_code"] != 0 and f"exit code {report['exit_code']}",
+            report["drain_seconds"] > args.drain_seconds + 10 and "drain took too long",
+            any(k.endswith(" 500") for k in report["churn"]) and "adapter admin got 5xx",
+            KEY in log and "the API key is in the server log",
+        ]
+        if f
+    ]
 
 
 def _soak(url: str, proc: subprocess.Popen, args: argparse.Namespace) -> tuple[dict, list[str]]:
@@ -228,15 +243,25 @@ def _soak(url: str, proc: subprocess.Popen, args: argparse.Namespace) -> tuple[d
     rss_end = ps.memory_info().rss / 2**20
     limits = asyncio.run(_limits(url, burst=args.clients * 2))
     outcomes = dict(Counter(o for o, _ in results))
-    report = {"outcomes": outcomes, "latencies": sorted(s for o, s in results if o == "ok"),
-              "server_rss_mb_start": round(rss_start, 1), "server_rss_mb_end": round(rss_end, 1), **limits}  # fmt: skip
-    failures = [f for f in [
-        outcomes.get("5xx", 0) and "5xx responses", outcomes.get("truncated", 0) and "truncated streams",
-        limits["oversized_body"] != 413 and "oversized body not 413",
-        429 not in limits["burst_codes"] and "burst got no 429",  # type: ignore[operator]
-        any(c >= 500 for c in limits["burst_codes"]) and "burst got 5xx",  # type: ignore[union-attr]
-        limits["active_after"] != 0 and "slots not freed",
-    ] if f]  # fmt: skip
+    report = {
+        "outcomes": outcomes,
+        "latencies": sorted(s for o, s in results if o == "ok"),
+        "server_rss_mb_start": round(rss_start, 1),
+        "server_rss_mb_end": round(rss_end, 1),
+        **limits,
+    }
+    failures = [
+        f
+        for f in [
+            outcomes.get("5xx", 0) and "5xx responses",
+            outcomes.get("truncated", 0) and "truncated streams",
+            limits["oversized_body"] != 413 and "oversized body not 413",
+            429 not in limits["burst_codes"] and "burst got no 429",  # type: ignore[operator]
+            any(c >= 500 for c in limits["burst_codes"]) and "burst got 5xx",  # type: ignore[union-attr]
+            limits["active_after"] != 0 and "slots not freed",
+        ]
+        if f
+    ]
     return report, failures
 
 
@@ -258,9 +283,28 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="softprompt-load-"))
     model_ref, adapters = _prepare(root, args.model)
     port = _free_port()
-    cmd = [sys.executable, "-m", "softprompt", "serve", "--model", model_ref, "--adapters", str(adapters),
-           "--port", str(port), "--served-model-name", "tiny", "--device", "cpu",
-           "--max-concurrent", str(args.clients), "--max-tokens", "64", "--default-max-tokens", "32"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "softprompt",
+        "serve",
+        "--model",
+        model_ref,
+        "--adapters",
+        str(adapters),
+        "--port",
+        str(port),
+        "--served-model-name",
+        "tiny",
+        "--device",
+        "cpu",
+        "--max-concurrent",
+        str(args.clients),
+        "--max-tokens",
+        "64",
+        "--default-max-tokens",
+        "32",
+    ]
     if args.faults:
         cmd += ["--enable-adapter-admin", "--drain-seconds", str(args.drain_seconds)]
     env = {**os.environ, "SOFTPROMPT_API_KEY": KEY} if args.faults else None
@@ -279,10 +323,15 @@ def main() -> int:
             server.terminate()
             server.wait(timeout=60)
     done = report.pop("latencies")
-    report = {"model": args.model, "clients": args.clients, "seconds": args.seconds,
-              "requests": sum(report["outcomes"].values()),  # type: ignore[union-attr]
-              "latency_p50_s": round(statistics.median(done), 3) if done else None,
-              "latency_p95_s": round(done[int(0.95 * (len(done) - 1))], 3) if done else None, **report}  # fmt: skip
+    report = {
+        "model": args.model,
+        "clients": args.clients,
+        "seconds": args.seconds,
+        "requests": sum(report["outcomes"].values()),  # type: ignore[union-attr]
+        "latency_p50_s": round(statistics.median(done), 3) if done else None,
+        "latency_p95_s": round(done[int(0.95 * (len(done) - 1))], 3) if done else None,
+        **report,
+    }
     print(json.dumps(report, indent=2))
     print("FAILED: " + ", ".join(failures) if failures else "all checks passed")
     return 1 if failures else 0

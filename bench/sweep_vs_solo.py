@@ -42,18 +42,38 @@ from softprompt.training.sweep import Candidate, train_sweep  # noqa: E402
 from softprompt.training.train import MODEL_DTYPES, TrainConfig, train  # noqa: E402
 
 SST2 = ROOT.parent / "shared" / "data" / "sst2"
-GRID = [(lr, init, reparam) for lr, init, reparam in
-        [(0.3, "labels", 0), (0.1, "labels", 0), (0.03, "labels", 0),
-         (0.1, "text", 0), (0.03, "text", 128), (0.01, "labels", 128)]]  # fmt: skip
+GRID = [
+    (lr, init, reparam)
+    for lr, init, reparam in [
+        (0.3, "labels", 0),
+        (0.1, "labels", 0),
+        (0.03, "labels", 0),
+        (0.1, "text", 0),
+        (0.03, "text", 128),
+        (0.01, "labels", 128),
+    ]
+]
 
 
 def candidates(base, preset, count: int, steps: int, batch: int, out: Path) -> list[Candidate]:
     made = []
     for i, (lr, init, reparam) in enumerate((GRID * (count // len(GRID) + 1))[:count]):
-        prompt = PromptConfig(num_virtual_tokens=20, init=Init(init), init_text=preset.instruction.strip(),
-                              init_labels=tuple(preset.words), reparam_hidden=reparam)  # fmt: skip
-        config = TrainConfig(output=str(out / f"c{i}"), lr=lr, max_steps=steps, batch_size=batch, seed=i,
-                             progress=False, checkpoint_every=0)  # fmt: skip
+        prompt = PromptConfig(
+            num_virtual_tokens=20,
+            init=Init(init),
+            init_text=preset.instruction.strip(),
+            init_labels=tuple(preset.words),
+            reparam_hidden=reparam,
+        )
+        config = TrainConfig(
+            output=str(out / f"c{i}"),
+            lr=lr,
+            max_steps=steps,
+            batch_size=batch,
+            seed=i,
+            progress=False,
+            checkpoint_every=0,
+        )
         made.append(Candidate(SoftPromptModel.with_new_prompt(base, prompt, seed=i), config))
     return made
 
@@ -93,11 +113,15 @@ def main() -> int:
     rows = load_train_rows(preset, SST2)[: args.rows]
     data = DataConfig(data=str(SST2), template=preset.template, target_column=TARGET_COLUMN, max_length=128)
     examples = tokenize_rows(preset.with_target(rows, str(SST2)), data, base.tokenizer)
-    warm = candidates(base, preset, 1, 2, args.batch_size, Path(tempfile.mkdtemp()))[0]  # weights paged in, kernels warm
+    warm = candidates(base, preset, 1, 2, args.batch_size, Path(tempfile.mkdtemp()))[
+        0
+    ]  # weights paged in, kernels warm
     train(warm.model, examples, [], warm.config)
     cpu = _cpu()
     print(f"{cpu}; torch {torch.__version__}, {torch.get_num_threads()} threads; load {os.getloadavg()}")
-    print(f"{args.candidates} candidates x {args.steps} steps x {args.batch_size} rows, {args.model} {args.model_dtype}")
+    print(
+        f"{args.candidates} candidates x {args.steps} steps x {args.batch_size} rows, {args.model} {args.model_dtype}"
+    )
     pairs = []
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(args.rounds):
@@ -109,16 +133,27 @@ def main() -> int:
             drift = max(abs(a - b) for s, t in zip(solo["losses"], sweep["losses"]) for a, b in zip(s, t))
             first = max(abs(s[0] - t[0]) for s, t in zip(solo["losses"], sweep["losses"]))  # before any update
             ratio = (sweep["tokens"] / sweep["seconds"]) / (solo["tokens"] / solo["seconds"])
-            pairs.append({"solo": solo, "sweep": sweep, "ratio": ratio, "max_loss_difference": drift,
-                          "first_step_loss_difference": first})  # fmt: skip
-            print(f"round {round_ + 1} ({started}, load {os.getloadavg()[0]:.1f}): "
-                  f"one after another {solo['tokens'] / solo['seconds']:.0f} tokens/s ({solo['seconds']:.1f} s), "
-                  f"together {sweep['tokens'] / sweep['seconds']:.0f} tokens/s ({sweep['seconds']:.1f} s), "
-                  f"ratio {ratio:.2f}x; loss difference at step 1 {first:.1e}, largest over the steps {drift:.1e}",
-                  flush=True)  # fmt: skip
+            pairs.append(
+                {
+                    "solo": solo,
+                    "sweep": sweep,
+                    "ratio": ratio,
+                    "max_loss_difference": drift,
+                    "first_step_loss_difference": first,
+                }
+            )
+            print(
+                f"round {round_ + 1} ({started}, load {os.getloadavg()[0]:.1f}): "
+                f"one after another {solo['tokens'] / solo['seconds']:.0f} tokens/s ({solo['seconds']:.1f} s), "
+                f"together {sweep['tokens'] / sweep['seconds']:.0f} tokens/s ({sweep['seconds']:.1f} s), "
+                f"ratio {ratio:.2f}x; loss difference at step 1 {first:.1e}, largest over the steps {drift:.1e}",
+                flush=True,
+            )
     ratios = [p["ratio"] for p in pairs]
-    print(f"sweep / one after another, training tokens/s: median {statistics.median(ratios):.2f}x "
-          f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)}); goal >= 1.4x")  # fmt: skip
+    print(
+        f"sweep / one after another, training tokens/s: median {statistics.median(ratios):.2f}x "
+        f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)}); goal >= 1.4x"
+    )
     if args.json:
         for p in pairs:
             for side in ("solo", "sweep"):

@@ -1,5 +1,8 @@
 """Prompt tuning speed and time to quality: softprompt vs PEFT ``PromptTuningConfig`` + ``Trainer``.
 
+The ``seed-deep`` case is the seed recipe with a deep prompt (keys and values in every layer):
+softprompt's ``--form kv`` against PEFT's ``PrefixTuningConfig`` + ``Trainer``.
+
 Both methods train on the same tokenized examples (softprompt's own readers, so the token ids
 are identical), each in its own subprocess so peak RSS is per method, back to back in one
 command; held-out cross-entropy is computed the same way for both (softprompt's
@@ -51,6 +54,7 @@ class Case:
     softprompt_defaults: bool = False  # time-to-quality: softprompt runs its own defaults instead
     extra: dict[str, Any] = field(default_factory=dict)  # more TrainConfig fields for softprompt
     peft_from: str | None = None  # reuse this case's PEFT run (same PEFT recipe)
+    form: str = "vectors"  # kv: a deep prompt (PEFT's prefix tuning)
 
 
 CASES = {
@@ -67,9 +71,19 @@ CASES = {
     ),
     "seed-lowmem": Case(
         "seed recipe, 320-token slices (--micro-batch-tokens 320)",
-        "seed", 4, "RANDOM", "peft-random", None, 0.005, 5,
-        extra={"micro_batch_tokens": 320}, peft_from="seed",
-    ),  # fmt: skip
+        "seed",
+        4,
+        "RANDOM",
+        "peft-random",
+        None,
+        0.005,
+        5,
+        extra={"micro_batch_tokens": 320},
+        peft_from="seed",
+    ),
+    "seed-deep": Case(
+        "seed recipe, deep prompt (PEFT prefix tuning)", "seed", 4, "RANDOM", "peft-random", None, 0.005, 5, form="kv"
+    ),
     "quality": Case(
         "time to held-out CE <= 3.01 (seed data)", "seed", 8, "TEXT", "text", ROLE_TEXT, 0.005, 20, 8, True
     ),
@@ -108,34 +122,50 @@ def peak_rss_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def heldout_ce(base: Any, embedding: Any, held_out: list) -> float:
+def heldout_ce(base: Any, prompt: Any, held_out: list) -> float:
+    """Held-out CE of a prompt: a [P, H] tensor, or any softprompt Prompt (a deep one from PEFT's prefix weights)."""
     from softprompt.core.model import SoftPromptModel
     from softprompt.core.prompt import SoftPrompt
     from softprompt.training.heldout import mean_token_loss
 
-    return mean_token_loss(SoftPromptModel(base, SoftPrompt(embedding.detach().float())), held_out, 16)
+    return mean_token_loss(SoftPromptModel(base, SoftPrompt.of(prompt)), held_out, 16)
+
+
+def peft_prompt(base: Any, model: Any, case: Case) -> Any:
+    """PEFT's trained prompt as softprompt reads it from PEFT's saved tensor (prefix: its keys/values)."""
+    from softprompt.core.adapter import Adapter, adapter_config_for
+    from softprompt.core.forms import Form, Prompt
+
+    weights = model.get_prompt_embedding_to_save("default").detach().float().cpu()
+    if case.form == "vectors":
+        return weights
+    heads, dim = base.kv_shape
+    shape = Prompt(Form.KV, weights.new_zeros(base.num_layers, 2, heads, case.num_virtual_tokens, dim))
+    return Adapter(weights, adapter_config_for(base, shape)).prompt
 
 
 def run_peft(case: Case, base: Any, train_set: list, held_out: list) -> dict[str, Any]:
     import torch
     from datasets import Dataset
-    from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
+    from peft import PrefixTuningConfig, PromptTuningConfig, PromptTuningInit, get_peft_model
     from transformers import DataCollatorForLanguageModeling, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     from softprompt.core.models import cache_root
 
     tokenizer = base.tokenizer
     tokenizer.padding_side = "right"  # as in PEFT's examples; the Trainer's collators pad on the right
-    config = PromptTuningConfig(
+    config: Any = PromptTuningConfig(
         task_type="CAUSAL_LM",
         num_virtual_tokens=case.num_virtual_tokens,
         prompt_tuning_init=PromptTuningInit[case.peft_init],
         prompt_tuning_init_text=case.init_text if case.peft_init == "TEXT" else None,
         tokenizer_name_or_path=str(cache_root() / "models" / MODEL),
     )
+    if case.form == "kv":
+        config = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=case.num_virtual_tokens)
     torch.manual_seed(0)
     model = get_peft_model(base.model, config)
-    before = heldout_ce(base, model.get_prompt_embedding_to_save("default"), held_out)
+    before = heldout_ce(base, peft_prompt(base, model, case), held_out)
     if case.data == "seed":  # the reference walkthrough: labels = input ids, padding masked
         rows = [{"input_ids": e.input_ids} for e in train_set]
         inner: Any = DataCollatorForLanguageModeling(tokenizer, mlm=False)
@@ -174,7 +204,7 @@ def run_peft(case: Case, base: Any, train_set: list, held_out: list) -> dict[str
     trainer.train()
     seconds = time.perf_counter() - started
     rss = peak_rss_mb()
-    after = heldout_ce(base, model.get_prompt_embedding_to_save("default"), held_out)
+    after = heldout_ce(base, peft_prompt(base, model, case), held_out)
     return {
         "train_seconds": seconds,
         "real_tokens": counts["real"],
@@ -200,6 +230,7 @@ def run_softprompt(case: Case, base: Any, train_set: list, held_out: list) -> di
             num_virtual_tokens=case.num_virtual_tokens,
             init=case.softprompt_init,  # type: ignore[arg-type]
             init_text=case.init_text or ROLE_TEXT,
+            form=case.form,  # type: ignore[arg-type]
         )
         training = TrainConfig(
             output=output, lr=case.lr, epochs=case.epochs, batch_size=case.batch_size, progress=False, **case.extra
@@ -343,7 +374,9 @@ def table(case: Case, peft: dict[str, Any], sp: dict[str, Any], ceiling: dict[st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", default="seed,seed-lowmem,twitter,quality", help="comma-separated: " + ", ".join(CASES))
+    parser.add_argument(
+        "--cases", default="seed,seed-lowmem,twitter,quality", help="comma-separated: " + ", ".join(CASES)
+    )
     parser.add_argument("--rerun-peft-quality", action="store_true", help="re-run PEFT's 20-epoch recipe (~10 min)")
     parser.add_argument("--out", default=None, help="directory for the JSON results (default: a temp dir)")
     parser.add_argument("--twitter-eval-rows", type=int, default=200, help="held-out rows of twitter test.jsonl")

@@ -64,8 +64,13 @@ def run_demo(
         train_set, held_out = load_examples(data, base.tokenizer)
     tuned_model = SoftPromptModel.with_new_prompt(base, prompt, seed=training.seed)
     with _timed(times, "prompt tuning", notify):
-        run_info = {"model": model, "trust_remote_code": False, "data": asdict(data), "prompt": asdict(prompt),
-                    "train": asdict(training)}  # fmt: skip
+        run_info = {
+            "model": model,
+            "trust_remote_code": False,
+            "data": asdict(data),
+            "prompt": asdict(prompt),
+            "train": asdict(training),
+        }
         result = train(tuned_model, train_set, held_out, training, run_info=run_info)
     with _timed(times, "tuned generation", notify):
         tuned = generate(base, [query], tuned_model.require_prompt().frozen(), generation)[0]

@@ -72,8 +72,14 @@ def interrupt_backward(monkeypatch: pytest.MonkeyPatch, at: int) -> Callable[[],
 
 def tiny_config(arch: str):
     common = dict(vocab_size=258, eos_token_id=256, bos_token_id=256, pad_token_id=256)
-    rope = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, max_position_embeddings=512)  # fmt: skip
+    rope = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
     if arch in ("llama", "qwen2"):
         return {"llama": LlamaConfig, "qwen2": Qwen2Config}[arch](**rope, **common)
     if arch == "gpt2":

@@ -68,7 +68,9 @@ def test_no_module_imports_an_upper_layer_or_a_sibling_it_must_not():
 
 
 def test_no_import_cycles():
-    graph = {m: {r for r in map(_resolve, _imports(p, top_level_only=True)) if r and r != m} for m, p in MODULES.items()}
+    graph = {
+        m: {r for r in map(_resolve, _imports(p, top_level_only=True)) if r and r != m} for m, p in MODULES.items()
+    }
     # __init__ modules re-export their package; importing a submodule imports its parents first
     state: dict[str, int] = {}
     cycle: list[str] = []

@@ -29,7 +29,10 @@ Command = Callable[[argparse.Namespace], int]
 
 def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", default=DEFAULT_MODEL, help=f"built-in name ({DEFAULT_MODEL}), hub id, model directory or .gguf file"
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"built-in name ({DEFAULT_MODEL}), hub id, model directory or .gguf file (a .gguf is dequantized once "
+        "and cached by its content in $SOFTPROMPT_CACHE or ~/.cache/softprompt; delete that folder to clear it)",
     )
     parser.add_argument("--trust-remote-code", action="store_true", help="allow the model's own Python code to run")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")

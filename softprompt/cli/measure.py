@@ -25,6 +25,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from softprompt.measuring.evaluate import EvalConfig, evaluate_task
 
     config = config_from_args(EvalConfig, args)
+    config.require_files()
     result = evaluate_task(_load_base(args), config)
     if args.json:
         console.print_json(json.dumps(result))
@@ -57,8 +58,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from softprompt.core.adapter import load_adapter
     from softprompt.measuring.inspect import inspect_prompts
 
+    for path in args.adapters:  # before the model loads
+        load_adapter(path)
     report = inspect_prompts(_load_base(args), args.adapters, top_k=args.top_k)
     if args.json:
         from dataclasses import asdict

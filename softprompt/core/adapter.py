@@ -22,12 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import os
-import secrets
-import stat
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +33,7 @@ from safetensors.torch import save_file
 from softprompt.core.base import BaseModel
 from softprompt.core.checks import shown
 from softprompt.core.errors import AdapterError, BaseModelMismatchError
+from softprompt.core.files import atomic_paths, json_text
 from softprompt.core.forms import Form, Prompt, as_prompt
 
 log = logging.getLogger(__name__)
@@ -179,7 +174,7 @@ def save_adapter(directory: str | Path, prompt: Prompt | torch.Tensor, config: A
     tensors = {TENSOR_KEY: tensor}
     if value.below is not None:
         tensors[BELOW_KEY] = value.below.detach().to("cpu", torch.float32).contiguous()
-    text = _json_text(config.to_json())
+    text = json_text(config.to_json())
     try:
         directory.mkdir(parents=True, exist_ok=True)
         with atomic_paths(directory / WEIGHTS_NAME, directory / CONFIG_NAME) as (weights_tmp, config_tmp):
@@ -325,73 +320,6 @@ def _check_layout(path: Path, peft_type: str, values: dict[str, Any]) -> None:
 
 def _positive_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 1 << 24
-
-
-def write_json(path: Path, payload: Any) -> None:
-    """Atomically write JSON; non-finite floats become null so every reader can parse it."""
-    text = _json_text(payload)
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
-def _json_text(payload: Any) -> str:
-    return json.dumps(_finite(payload), indent=2, sort_keys=False) + "\n"
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
-@contextmanager
-def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temp path beside ``target``; rename it over ``target`` only if the block succeeds."""
-    with atomic_paths(target) as (tmp,):
-        yield tmp
-
-
-def _new_temp_file(target: Path) -> Path:
-    """Create an empty temp file beside ``target`` with the mode a plain ``open`` would give.
-
-    ``tempfile.mkstemp`` creates files 0600, which made every adapter and report unreadable to
-    the other users of a shared machine (a server running under its own account, say).
-    """
-    while True:
-        path = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
-        try:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the umask applies
-            return path
-        except FileExistsError:
-            continue
-
-
-@contextmanager
-def atomic_paths(*targets: Path) -> Iterator[tuple[Path, ...]]:
-    """Yield temp paths beside ``targets``; if the block succeeds, sync all, then rename each in order.
-
-    Nothing is renamed until every file is complete, so a failure while writing leaves all
-    targets as they were; the temp files are removed whatever happens.
-    """
-    tmps: list[Path] = []
-    try:
-        for target in targets:
-            tmps.append(_new_temp_file(target))
-        modes = [stat.S_IMODE(tmp.stat().st_mode) for tmp in tmps]
-        yield tuple(tmps)
-        for tmp, mode in zip(tmps, modes):
-            os.chmod(tmp, mode)  # writers that replace the file (safetensors does) leave it 0600
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-        for tmp, target in zip(tmps, targets):
-            os.replace(tmp, target)
-    finally:
-        for tmp in tmps:
-            tmp.unlink(missing_ok=True)
 
 
 def check_compatible(base: BaseModel, config: AdapterConfig, where: Path, allow_mismatch: bool) -> None:

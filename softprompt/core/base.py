@@ -98,9 +98,7 @@ def decoder_layers(model: PreTrainedModel) -> tuple[nn.Module, str]:
     The outermost module list of that length: experts' lists sit inside the layers.
     """
     count = getattr(model.config, "num_hidden_layers", None)
-    found = [
-        name for name, m in model.base_model.named_modules() if isinstance(m, nn.ModuleList) and len(m) == count
-    ]
+    found = [name for name, m in model.base_model.named_modules() if isinstance(m, nn.ModuleList) and len(m) == count]
     top = min((name.count(".") for name in found), default=None)
     found = [name for name in found if name.count(".") == top]
     if len(found) != 1:

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from softprompt.core.adapter import CONFIG_NAME, atomic_path
+from softprompt.core.adapter import CONFIG_NAME
+from softprompt.core.files import atomic_path
 from softprompt.core.models import BUILTIN_MODELS
 
 CARD_NAME = "README.md"
@@ -75,10 +76,16 @@ def card_data(name: str, config: dict[str, Any], metrics: dict[str, Any], data: 
     ):
         if isinstance(metrics.get(key), (int, float)):
             results.append(
-                EvalResult(task_type="text-generation", dataset_type=source, dataset_name=source,
-                           dataset_split="held-out", metric_type=metric_type, metric_value=round(metrics[key], 6),
-                           metric_name=metric_name)
-            )  # fmt: skip
+                EvalResult(
+                    task_type="text-generation",
+                    dataset_type=source,
+                    dataset_name=source,
+                    dataset_split="held-out",
+                    metric_type=metric_type,
+                    metric_value=round(metrics[key], 6),
+                    metric_name=metric_name,
+                )
+            )
     hub_data = source if data and str(data.get("data", "")).startswith("hf:") else None
     return ModelCardData(
         library_name="peft",
@@ -107,15 +114,17 @@ def _about(name: str, config: dict[str, Any]) -> str:
     init = str(config.get("prompt_tuning_init", "RANDOM")).lower()
     init_text = config.get("prompt_tuning_init_text")
     started = f"the model's own view of {init_text!r}" if init_text else f"`{init}` initialisation"
-    return "\n".join([
-        f"# {name}",
-        "",
-        f"A soft prompt for **{hub}**{origin}: {_what(config)}. The base model stays frozen and unchanged. "
-        f"Trained with softprompt, starting from {started}.",
-        "",
-        f"Files: `adapter_config.json` and `adapter_model.safetensors` ({_format(config)}), `metrics.json` "
-        f"(summary), `metrics.jsonl` (every step) and `{CURVE_NAME}`. {tokens} virtual tokens.",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            f"# {name}",
+            "",
+            f"A soft prompt for **{hub}**{origin}: {_what(config)}. The base model stays frozen and unchanged. "
+            f"Trained with softprompt, starting from {started}.",
+            "",
+            f"Files: `adapter_config.json` and `adapter_model.safetensors` ({_format(config)}), `metrics.json` "
+            f"(summary), `metrics.jsonl` (every step) and `{CURVE_NAME}`. {tokens} virtual tokens.",
+        ]
+    )
 
 
 def _what(config: dict[str, Any]) -> str:
@@ -126,15 +135,24 @@ def _what(config: dict[str, Any]) -> str:
     if config.get("softprompt_form", "vectors") == "kv":
         held = (layers - entry) if isinstance(layers, int) else "?"
         total = numbers * 2 * held if isinstance(numbers, int) and isinstance(held, int) else "?"
-        where = "every layer (a deep prompt: prefix tuning, Li & Liang, 2021)" if not entry else (
-            f"layers {entry} to {held + entry - 1} (a late deep prompt)" if isinstance(held, int) else "its layers")
-        return f"keys and values of {tokens} virtual tokens in {where}, {total} trained numbers"  # fmt: skip
+        where = (
+            "every layer (a deep prompt: prefix tuning, Li & Liang, 2021)"
+            if not entry
+            else (
+                f"layers {entry} to {held + entry - 1} (a late deep prompt)" if isinstance(held, int) else "its layers"
+            )
+        )
+        return f"keys and values of {tokens} virtual tokens in {where}, {total} trained numbers"
     if not entry:
-        return (f"{tokens} virtual tokens of width {width} ({numbers} trained numbers) prepended to the input "
-                "embeddings (prompt tuning, Lester et al., 2021)")  # fmt: skip
-    return (f"{tokens} vectors ({numbers} trained numbers) that take the place of its virtual tokens' states where "
-            f"they enter layer {entry} (a late prompt, Liu et al., 2022); below that layer the virtual tokens are the "
-            "frozen inputs it started from")  # fmt: skip
+        return (
+            f"{tokens} virtual tokens of width {width} ({numbers} trained numbers) prepended to the input "
+            "embeddings (prompt tuning, Lester et al., 2021)"
+        )
+    return (
+        f"{tokens} vectors ({numbers} trained numbers) that take the place of its virtual tokens' states where "
+        f"they enter layer {entry} (a late prompt, Liu et al., 2022); below that layer the virtual tokens are the "
+        "frozen inputs it started from"
+    )
 
 
 def _format(config: dict[str, Any]) -> str:
@@ -157,53 +175,82 @@ def _data_section(data: dict | None, metrics: dict[str, Any]) -> str:
     if data.get("eval_data"):
         lines.append(f"- held-out rows from `{data_source({'data': data['eval_data']})}`")
     if data.get("target_column"):
-        lines.append(f"- supervised: template `{data.get('template')!r}`, target column `{data['target_column']}` "
-                     "(loss on the target tokens only)")  # fmt: skip
+        lines.append(
+            f"- supervised: template `{data.get('template')!r}`, target column `{data['target_column']}` "
+            "(loss on the target tokens only)"
+        )
     else:
         lines.append(f"- text column `{data.get('text_column')}` (loss on every token)")
-    lines.append(f"- at most {data.get('max_length')} tokens per row" + (
-        f", first {data['limit']} rows for training" if data.get("limit") else ""))  # fmt: skip
+    lines.append(
+        f"- at most {data.get('max_length')} tokens per row"
+        + (f", first {data['limit']} rows for training" if data.get("limit") else "")
+    )
     return "\n".join(lines)
 
 
 def _training_section(metrics: dict[str, Any], run: dict[str, Any], device: str) -> str:
     train = metrics.get("config") or run.get("train") or {}
     rows = [
-        ("learning rate", train.get("lr")), ("schedule", train.get("scheduler")),
-        ("warm-up ratio", train.get("warmup_ratio")), ("weight decay", train.get("weight_decay")),
-        ("max grad norm", train.get("max_grad_norm")), ("epochs run / asked", f"{_value(metrics.get('epochs_run'))} / "
-                                                        f"{_value(train.get('epochs'))}"),
-        ("optimizer steps", metrics.get("optimizer_steps")), ("batch size", metrics.get("batch_size")),
-        ("gradient accumulation", train.get("grad_accum")), ("early stopping", train.get("early_stopping")),
-        ("seed", train.get("seed")), ("base model dtype", train.get("model_dtype")),
+        ("learning rate", train.get("lr")),
+        ("schedule", train.get("scheduler")),
+        ("warm-up ratio", train.get("warmup_ratio")),
+        ("weight decay", train.get("weight_decay")),
+        ("max grad norm", train.get("max_grad_norm")),
+        ("epochs run / asked", f"{_value(metrics.get('epochs_run'))} / {_value(train.get('epochs'))}"),
+        ("optimizer steps", metrics.get("optimizer_steps")),
+        ("batch size", metrics.get("batch_size")),
+        ("gradient accumulation", train.get("grad_accum")),
+        ("early stopping", train.get("early_stopping")),
+        ("seed", train.get("seed")),
+        ("base model dtype", train.get("model_dtype")),
         ("processes", metrics.get("processes")),
-        ("training time", f"{_value(metrics.get('train_seconds'), '.1f')} s "
-                          f"(+{_value(metrics.get('eval_seconds'), '.1f')} s held-out scoring)"),
+        (
+            "training time",
+            f"{_value(metrics.get('train_seconds'), '.1f')} s "
+            f"(+{_value(metrics.get('eval_seconds'), '.1f')} s held-out scoring)",
+        ),
         ("throughput", f"{_value(metrics.get('train_tokens_per_second'), '.0f')} tokens/s"),
         ("peak memory (RSS)", f"{_value(metrics.get('peak_rss_mb'), '.0f')} MB"),
-        ("machine", machine(device)), ("software", software()),
+        ("machine", machine(device)),
+        ("software", software()),
         ("finished", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")),
-    ]  # fmt: skip
+    ]
     table = ["| setting | value |", "|---|---|"] + [f"| {k} | {_value(v)} |" for k, v in rows]
     configs = json.dumps(_configs(run, metrics), indent=2, default=str)
-    details = ["", "<details><summary>every option of the run</summary>", "", "```json", configs, "```", "",
-               "</details>"]  # fmt: skip
+    details = [
+        "",
+        "<details><summary>every option of the run</summary>",
+        "",
+        "```json",
+        configs,
+        "```",
+        "",
+        "</details>",
+    ]
     return "\n".join(["## Training", "", *table, *details])
 
 
 def _results_section(metrics: dict[str, Any], records: list[dict[str, Any]]) -> str:
     before, after = metrics.get("heldout_loss_before"), metrics.get("heldout_loss_after")
-    lines = ["## Results", "", "Held-out mean token cross-entropy (nats/token), the same computation before and "
-             "after training:", "", "| | held-out loss |", "|---|---|",
-             f"| base model alone (before) | {_value(before, '.4f')} |",
-             f"| with this prompt (after) | {_value(after, '.4f')} |"]  # fmt: skip
+    lines = [
+        "## Results",
+        "",
+        "Held-out mean token cross-entropy (nats/token), the same computation before and after training:",
+        "",
+        "| | held-out loss |",
+        "|---|---|",
+        f"| base model alone (before) | {_value(before, '.4f')} |",
+        f"| with this prompt (after) | {_value(after, '.4f')} |",
+    ]
     scores = [(key, metrics[key]) for key in SCORES if isinstance(metrics.get(key), (int, float))]
     if scores:
         lines += ["", "| metric | value |", "|---|---|"] + [f"| {k} | {v:.4f} |" for k, v in scores]
     evals = [r for r in records if "eval_loss" in r]
     if len(evals) > 1:
-        lines += ["", "Held-out loss by epoch: " + ", ".join(
-            f"{r['epoch']}: {_value(r['eval_loss'], '.4f')}" for r in evals)]  # fmt: skip
+        lines += [
+            "",
+            "Held-out loss by epoch: " + ", ".join(f"{r['epoch']}: {_value(r['eval_loss'], '.4f')}" for r in evals),
+        ]
     return "\n".join(lines)
 
 
@@ -216,23 +263,47 @@ def _curve_section(directory: Path) -> str:
 def _usage_section(name: str, config: dict[str, Any]) -> str:
     base = str(config.get("base_model_name_or_path"))
     hub = hub_base_model(base)
-    return "\n".join([
-        "## How to use", "", "With PEFT:", "", "```python",
-        "from peft import PeftModel", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-        f'base = AutoModelForCausalLM.from_pretrained("{hub}")',
-        f'tokenizer = AutoTokenizer.from_pretrained("{hub}")',
-        f'model = PeftModel.from_pretrained(base, "{name}")  # this directory, or its Hub repo id', "```", "",
-        *(["This adapter is a late prompt: load its `softprompt export --to peft-prefix` copy in PEFT instead.", ""]
-          if config.get("peft_type") == "SOFTPROMPT_LATE" else []),
-        "PEFT 0.21.2 with transformers 5.24 re-inserts the virtual tokens at every cached decoding step, so "
-        "its `generate()` drifts from the trained behaviour; scoring (a forward pass, as lm-evaluation-harness does "
-        f"with `--model hf --model_args pretrained={hub},peft={name}`) is exact.", "",
-        "With softprompt (its own decode loop, and an OpenAI-compatible server for many adapters at once):", "",
-        "```bash", f'softprompt generate --model {base} --adapter {name} "Your input here"',
-        f"softprompt serve --model {base} --adapters DIR_HOLDING_{name}", "```", "", "```python",
-        "from softprompt import SoftPromptModel", "",
-        f'model = SoftPromptModel.from_pretrained("{base}", "{name}")', "```",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            "## How to use",
+            "",
+            "With PEFT:",
+            "",
+            "```python",
+            "from peft import PeftModel",
+            "from transformers import AutoModelForCausalLM, AutoTokenizer",
+            "",
+            f'base = AutoModelForCausalLM.from_pretrained("{hub}")',
+            f'tokenizer = AutoTokenizer.from_pretrained("{hub}")',
+            f'model = PeftModel.from_pretrained(base, "{name}")  # this directory, or its Hub repo id',
+            "```",
+            "",
+            *(
+                [
+                    "This adapter is a late prompt: load its `softprompt export --to peft-prefix` copy in PEFT instead.",
+                    "",
+                ]
+                if config.get("peft_type") == "SOFTPROMPT_LATE"
+                else []
+            ),
+            "PEFT 0.21.2 with transformers 5.24 re-inserts the virtual tokens at every cached decoding step, so "
+            "its `generate()` drifts from the trained behaviour; scoring (a forward pass, as lm-evaluation-harness does "
+            f"with `--model hf --model_args pretrained={hub},peft={name}`) is exact.",
+            "",
+            "With softprompt (its own decode loop, and an OpenAI-compatible server for many adapters at once):",
+            "",
+            "```bash",
+            f'softprompt generate --model {base} --adapter {name} "Your input here"',
+            f"softprompt serve --model {base} --adapters DIR_HOLDING_{name}",
+            "```",
+            "",
+            "```python",
+            "from softprompt import SoftPromptModel",
+            "",
+            f'model = SoftPromptModel.from_pretrained("{base}", "{name}")',
+            "```",
+        ]
+    )
 
 
 def machine(device: str) -> str:

@@ -24,6 +24,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from softprompt.core.checks import check_types, shown
 from softprompt.core.errors import ConfigError, DataError, RequestError
+from softprompt.core.files import require_file
 from softprompt.core.inject import IGNORE_INDEX
 
 DEMO_DATA = Path(__file__).parents[1] / "assets" / "demo_roles.csv"
@@ -62,6 +63,12 @@ class DataConfig:
     @property
     def supervised(self) -> bool:
         return self.target_column is not None
+
+    def require_files(self) -> None:
+        """The data files named exist (``hf:`` datasets are fetched later): checked before a model loads."""
+        for option, ref in (("--data", self.data), ("--eval-data", self.eval_data)):
+            if ref is not None and not ref.startswith("hf:"):
+                require_file(ref, f"{option}: dataset file", DataError)
 
 
 @dataclass
@@ -258,7 +265,9 @@ def encode_text(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as exc:  # JSON's "\ud800" decodes to a lone surrogate, which tokenizers reject
-            raise RequestError(f"text is not valid Unicode: an unpaired surrogate at character {exc.start + 1}") from None
+            raise RequestError(
+                f"text is not valid Unicode: an unpaired surrogate at character {exc.start + 1}"
+            ) from None
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 

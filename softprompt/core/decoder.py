@@ -127,7 +127,9 @@ def _first(output: Any) -> torch.Tensor:
 def _replace(
     entering: torch.Tensor | None, fn: Callable[[torch.Tensor], torch.Tensor] | None
 ) -> Callable[..., tuple[tuple[Any, ...], dict[str, Any]]]:
-    def hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    def hook(
+        _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         states = args[0] if args else kwargs["hidden_states"]
         if entering is not None:
             states = entering.to(states.dtype)

@@ -20,23 +20,21 @@ from transformers import PreTrainedModel
 # Each one is checked against the plain layout in tests/conformance (packed == plain loss and
 # gradient); any other family trains with the shared-prefix layout, which uses the model's masks.
 PACKABLE = frozenset(
-    {
-        "llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "gemma", "gemma3_text",
-        "phi", "phi3", "gpt2", "gpt_neox", "gptj", "opt", "olmo2", "starcoder2", "granite", "cohere",
-        "smollm3",
-    }
-)  # fmt: skip
+    """
+        llama mistral mixtral qwen2 qwen3 qwen2_moe qwen3_moe gemma gemma3_text phi phi3 gpt2 gpt_neox gptj
+        opt olmo2 starcoder2 granite cohere smollm3
+    """.split()
+)
 
 
 # Families the conformance matrix (tests/conformance, docs/architectures.md) proves every invariant
 # for. Others load with a warning when the load-time probes (softprompt.core.support) pass.
 VERIFIED = frozenset(
-    {
-        "llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "gemma", "gemma2", "gemma3_text",
-        "phi", "phi3", "gpt2", "gpt_neox", "gptj", "bloom", "opt", "falcon", "olmo2", "stablelm", "starcoder2",
-        "granite", "cohere", "smollm3",
-    }
-)  # fmt: skip
+    """
+        llama mistral mixtral qwen2 qwen3 qwen2_moe qwen3_moe gemma gemma2 gemma3_text phi phi3 gpt2
+        gpt_neox gptj bloom opt falcon olmo2 stablelm starcoder2 granite cohere smollm3
+    """.split()
+)
 
 
 @dataclass(frozen=True)

@@ -177,7 +177,9 @@ def _injected(
     injected = inject(token_states, attention_mask, [None if p is None else _slots(p, late) for p in values])
     edit = None
     if late:
-        vectors = inject(torch.zeros_like(token_states), attention_mask, [None if p is None else p.weights for p in values])
+        vectors = inject(
+            torch.zeros_like(token_states), attention_mask, [None if p is None else p.weights for p in values]
+        )
         in_prompt = ((injected.source >= injected.num_tokens) & injected.attention_mask.bool())[..., None]  # [B, L, 1]
         edit = (entry, lambda states: torch.where(in_prompt, vectors.embeds.to(states.dtype), states))
     hidden, _ = run_decoder(

@@ -50,10 +50,7 @@ def token_nll(base: BaseModel, hidden: torch.Tensor, labels: torch.Tensor) -> tu
 def _fusable(base: BaseModel, head: Any) -> bool:
     """A frozen bias-free linear head with no soft-capping: what LinearCrossEntropy computes."""
     return (
-        isinstance(head, nn.Linear)
-        and head.bias is None
-        and not head.weight.requires_grad
-        and not base.family.softcap
+        isinstance(head, nn.Linear) and head.bias is None and not head.weight.requires_grad and not base.family.softcap
     )
 
 

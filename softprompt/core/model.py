@@ -75,11 +75,12 @@ class SoftPromptModel(nn.Module):
         allow_base_mismatch: bool = False,
         **load_kwargs: Any,
     ) -> SoftPromptModel:
-        """Load a base model (a reference or an already loaded one) and optionally an adapter."""
+        """Load a base model (a reference or an already loaded one) and optionally an adapter (read first:
+        a wrong path fails before a model loads)."""
+        loaded = None if adapter is None else load_adapter(adapter)
         base_model = load_base_model(base, **load_kwargs) if isinstance(base, str) else base
-        if adapter is None:
+        if adapter is None or loaded is None:
             return cls(base_model)
-        loaded = load_adapter(adapter)
         check_compatible(base_model, loaded.config, Path(adapter), allow_base_mismatch)
         return cls(base_model, SoftPrompt.of(loaded.prompt).to(base_model.device))
 
@@ -88,7 +89,9 @@ class SoftPromptModel(nn.Module):
         """A fresh, trainable prompt initialised as ``config`` says (same seed, same prompt)."""
         generator = torch.Generator().manual_seed(seed)
         start = initial_prompt(config, base, generator)
-        with torch.random.fork_rng(devices=[]):  # seeds the MLP's first layer, if any, without touching the caller's RNG
+        with torch.random.fork_rng(
+            devices=[]
+        ):  # seeds the MLP's first layer, if any, without touching the caller's RNG
             torch.manual_seed(seed)
             prompt = SoftPrompt(
                 start.weights, config.reparam_hidden, form=start.form, entry=start.entry, below=start.below
@@ -196,7 +199,9 @@ def _joint_entry_states(
     models: Sequence[SoftPromptModel], owners: list[int], input_ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> torch.Tensor | None:
     """Each row's reused states entering its own model's late prompt (every model reuses, or none does)."""
-    reusing = [model.prompt is not None and bool(model.prompt.entry) and model.entry_states is not None for model in models]
+    reusing = [
+        model.prompt is not None and bool(model.prompt.entry) and model.entry_states is not None for model in models
+    ]
     if not any(reusing):
         return None
     if not all(reusing):

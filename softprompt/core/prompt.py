@@ -27,6 +27,7 @@ from softprompt.core.base import BaseModel
 from softprompt.core.checks import check_types, shown
 from softprompt.core.decoder import embed_tokens, run_slots
 from softprompt.core.errors import ConfigError
+from softprompt.core.files import require_dir
 from softprompt.core.forms import Form, Prompt, as_prompt
 
 
@@ -109,11 +110,18 @@ class PromptConfig:
         if self.init is Init.FILE and not self.init_file:
             raise ConfigError("init=file needs init_file (an adapter directory)")
         if not 0 <= self.reparam_hidden <= MAX_REPARAM_HIDDEN:
-            raise ConfigError(f"reparam_hidden must be between 0 and {MAX_REPARAM_HIDDEN}, got {shown(self.reparam_hidden)}")
+            raise ConfigError(
+                f"reparam_hidden must be between 0 and {MAX_REPARAM_HIDDEN}, got {shown(self.reparam_hidden)}"
+            )
         if self.reparam_hidden and self.form is Form.KV:
             raise ConfigError("reparam_hidden produces vectors; a kv prompt trains its keys and values directly")
         if self.entry_layer < 0:
             raise ConfigError(f"entry_layer must be >= 0 (0 is the input), got {shown(self.entry_layer)}")
+
+    def require_files(self) -> None:
+        """The adapter to start from exists (init=file): checked before a model loads."""
+        if self.init is Init.FILE and self.init_file:
+            require_dir(self.init_file, "--init-file: adapter directory", ConfigError)
 
     def check_depth(self, base: BaseModel) -> None:
         """The entry layer exists in this model (the config alone cannot know its depth)."""
@@ -147,7 +155,9 @@ class SoftPrompt(nn.Module):
         below: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
-        value = Prompt(Form(form), embedding.detach(), entry, None if below is None else below.detach())  # checks shapes
+        value = Prompt(
+            Form(form), embedding.detach(), entry, None if below is None else below.detach()
+        )  # checks shapes
         self.form, self.entry = value.form, entry
         self.embedding = nn.Parameter(embedding.detach().clone().float())
         self.register_buffer("below", None if below is None else below.detach().clone().float(), persistent=False)
@@ -235,7 +245,11 @@ def _same_kind_file(config: PromptConfig, base: BaseModel) -> Prompt | None:
     if config.init is not Init.FILE:
         return None
     loaded = load_adapter(Path(str(config.init_file))).prompt
-    if loaded.form is Form.VECTORS and loaded.entry == 0 and not (config.form is Form.VECTORS and config.entry_layer == 0):
+    if (
+        loaded.form is Form.VECTORS
+        and loaded.entry == 0
+        and not (config.form is Form.VECTORS and config.entry_layer == 0)
+    ):
         return None  # a prompt-tuning adapter: its vectors are the inputs every other form starts from
     if (loaded.form, loaded.entry) != (config.form, config.entry_layer):
         raise ConfigError(

@@ -45,7 +45,9 @@ class WeightsModel(nn.Module):
         """Rows are padded: a slice of a batch costs rows x its longest row."""
         return "plain"
 
-    def loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    def loss(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, int]:
         """Summed cross-entropy of the labelled next tokens, and how many there were.
 
         Labels sit at the end of left-padded rows, so only the logits from the first label's

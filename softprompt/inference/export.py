@@ -27,10 +27,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from softprompt.core.adapter import adapter_config_for, atomic_path, save_adapter
+from softprompt.core.adapter import adapter_config_for, save_adapter
 from softprompt.core.base import BaseModel
 from softprompt.core.decoder import embed_tokens, layers_of, prompt_cache
 from softprompt.core.errors import AdapterError, ConfigError
+from softprompt.core.files import atomic_path
 from softprompt.core.forms import Form, Prompt
 from softprompt.core.inject import inject
 from softprompt.core.model import SoftPromptModel

@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
-from softprompt.core.adapter import write_json
 from softprompt.core.errors import ConfigError
+from softprompt.core.files import write_json
 from softprompt.measuring.methods import PROMPTS, TRAINED, Kind, MethodSpec
 from softprompt.measuring.methods.run import RunSetup, run_phase
 from softprompt.measuring.methods.search import SearchJob
@@ -52,31 +52,37 @@ def _help(text: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class CompareConfig:
-    methods: tuple[str, ...] = field(default=tuple(k.value for k in DEFAULT_METHODS),
-                                     metadata=_help("methods to run: " + ", ".join(k.value for k in Kind)))  # fmt: skip
+    methods: tuple[str, ...] = field(
+        default=tuple(k.value for k in DEFAULT_METHODS),
+        metadata=_help("methods to run: " + ", ".join(k.value for k in Kind)),
+    )
     seeds: int = field(default=3, metadata=_help("seeds per method (mean, standard deviation, interval over them)"))
     search_budget: int = field(default=6, metadata=_help("candidates every trained method tries on validation"))
     val_fraction: float = field(default=0.2, metadata=_help("share of the training rows that validate every choice"))
     val_max_rows: int = field(default=300, metadata=_help("at most this many validation rows"))
     split_seed: int = field(default=0, metadata=_help("seed of the validation split and of the candidate design"))
     eval_every: int = field(default=25, metadata=_help("steps between validation scores, under a step --budget"))
-    eval_every_seconds: float = field(default=30.0, metadata=_help("training seconds between validation scores, "
-                                                                   "under a time budget (--budget 0)"))  # fmt: skip
+    eval_every_seconds: float = field(
+        default=30.0, metadata=_help("training seconds between validation scores, under a time budget (--budget 0)")
+    )
     patience: int = field(default=4, metadata=_help("stop after N validation scores without improvement"))
     schedules: tuple[str, ...] = field(default=("linear", "constant"), metadata=_help("learning-rate schedules to try"))
     pt_lrs: tuple[float, ...] = field(default=(0.3, 0.1, 0.03, 0.01), metadata=_help("prompt tuning: learning rates"))
     pt_lengths: tuple[int, ...] = field(default=(20,), metadata=_help("prompt, P-tuning and prefix lengths to try"))
     pt_inits: tuple[str, ...] = field(default=("labels", "text"), metadata=_help("prompt-tuning inits to try"))
-    pt_reparam: tuple[int, ...] = field(default=(0, 128),
-                                        metadata=_help("prompt tuning: residual MLP widths to try (0: none)"))  # fmt: skip
+    pt_reparam: tuple[int, ...] = field(
+        default=(0, 128), metadata=_help("prompt tuning: residual MLP widths to try (0: none)")
+    )
     lora_lrs: tuple[float, ...] = field(default=(1e-4, 3e-4, 1e-3, 3e-3), metadata=_help("LoRA: learning rates"))
     lora_ranks: tuple[int, ...] = field(default=(4, 8, 16), metadata=_help("LoRA: ranks to try"))
     prefix_lrs: tuple[float, ...] = field(default=(1e-3, 3e-3, 1e-2, 3e-2), metadata=_help("prefix tuning: lrs"))
-    prefix_inits: tuple[str, ...] = field(default=("text", "labels"), metadata=_help("prefix tuning, late prompts: "
-                                                                                   "inits to try"))  # fmt: skip
+    prefix_inits: tuple[str, ...] = field(
+        default=("text", "labels"), metadata=_help("prefix tuning, late prompts: inits to try")
+    )
     late_lrs: tuple[float, ...] = field(default=(0.3, 0.1, 0.03, 0.01), metadata=_help("late prompts: lrs"))
-    late_depths: tuple[float, ...] = field(default=(0.5, 0.67), metadata=_help("late prompts: entry layers to try, "
-                                                                             "as fractions of the depth"))  # fmt: skip
+    late_depths: tuple[float, ...] = field(
+        default=(0.5, 0.67), metadata=_help("late prompts: entry layers to try, as fractions of the depth")
+    )
     late_forms: tuple[str, ...] = field(default=("vectors", "kv"), metadata=_help("late prompts: vectors, kv or both"))
     full_lrs: tuple[float, ...] = field(default=(1e-5, 3e-5, 1e-4), metadata=_help("full fine-tuning: lrs"))
     pe_shots: tuple[int, ...] = field(default=(1, 2), metadata=_help("few-shot: examples per class to try"))
@@ -89,9 +95,18 @@ class CompareConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", tuple(Kind(m).value for m in self.methods))
-        for name, kind in (("pt_lrs", float), ("lora_lrs", float), ("prefix_lrs", float), ("full_lrs", float),
-                           ("late_lrs", float), ("late_depths", float), ("pt_lengths", int), ("pt_reparam", int),
-                           ("lora_ranks", int), ("pe_shots", int)):  # fmt: skip
+        for name, kind in (
+            ("pt_lrs", float),
+            ("lora_lrs", float),
+            ("prefix_lrs", float),
+            ("full_lrs", float),
+            ("late_lrs", float),
+            ("late_depths", float),
+            ("pt_lengths", int),
+            ("pt_reparam", int),
+            ("lora_ranks", int),
+            ("pe_shots", int),
+        ):
             object.__setattr__(self, name, _numbers(name, getattr(self, name), kind))
         object.__setattr__(self, "late_forms", tuple(self.late_forms))
         for init in (*self.pt_inits, *self.prefix_inits):
@@ -135,8 +150,12 @@ def method_candidates(kind: Kind, config: CompareConfig, labels: int) -> list[Me
     if kind is Kind.ZERO_SHOT:
         return [MethodSpec(kind, instruction=i) for i in (True, False)]
     if kind is Kind.FEW_SHOT:
-        return [MethodSpec(kind, shots=k * labels, instruction=i, order=o, test_rows=slow)
-                for i in (True, False) for k in config.pe_shots for o in range(config.pe_orders)]  # fmt: skip
+        return [
+            MethodSpec(kind, shots=k * labels, instruction=i, order=o, test_rows=slow)
+            for i in (True, False)
+            for k in config.pe_shots
+            for o in range(config.pe_orders)
+        ]
     space: dict[str, tuple[Any, ...]] = {"lr": _lrs(kind, config), "scheduler": config.schedules}
     if kind in PROMPTS:
         space["num_virtual_tokens"] = config.pt_lengths
@@ -151,13 +170,21 @@ def method_candidates(kind: Kind, config: CompareConfig, labels: int) -> list[Me
     if kind is Kind.LORA:
         space["rank"] = config.lora_ranks
     test_rows = slow if kind is Kind.FULL else None
-    return [MethodSpec(kind, test_rows=test_rows, **values)
-            for values in design(space, config.search_budget, config.split_seed)]  # fmt: skip
+    return [
+        MethodSpec(kind, test_rows=test_rows, **values)
+        for values in design(space, config.search_budget, config.split_seed)
+    ]
 
 
 def _lrs(kind: Kind, config: CompareConfig) -> tuple[float, ...]:
-    return {Kind.PROMPT_TUNING: config.pt_lrs, Kind.P_TUNING: config.pt_lrs, Kind.PREFIX_TUNING: config.prefix_lrs,
-            Kind.LATE_PROMPT: config.late_lrs, Kind.LORA: config.lora_lrs, Kind.FULL: config.full_lrs}[kind]  # fmt: skip
+    return {
+        Kind.PROMPT_TUNING: config.pt_lrs,
+        Kind.P_TUNING: config.pt_lrs,
+        Kind.PREFIX_TUNING: config.prefix_lrs,
+        Kind.LATE_PROMPT: config.late_lrs,
+        Kind.LORA: config.lora_lrs,
+        Kind.FULL: config.full_lrs,
+    }[kind]
 
 
 def plan(setup: RunSetup, config: CompareConfig) -> tuple[Preset, Split, list[SearchJob]]:
@@ -172,8 +199,9 @@ def plan(setup: RunSetup, config: CompareConfig) -> tuple[Preset, Split, list[Se
         stopping = (config.eval_every, config.patience) if kind in TRAINED else (0, 0)  # nothing trains
         candidates = tuple(method_candidates(kind, config, len(preset.labels)))
         every_seconds = config.eval_every_seconds if kind in TRAINED else 0.0
-        jobs.append(SearchJob(kind, candidates, seeds, tuple(split.train), tuple(split.validation), *stopping,
-                              every_seconds))  # fmt: skip
+        jobs.append(
+            SearchJob(kind, candidates, seeds, tuple(split.train), tuple(split.validation), *stopping, every_seconds)
+        )
     return preset, split, jobs
 
 
@@ -192,8 +220,13 @@ def compare(setup: RunSetup, config: CompareConfig) -> dict[str, Any]:
         log.info("[%d/%d] selecting %s on %d validation rows", index, len(jobs), job.kind.value, len(split.validation))
         selections.append(_run_one("search", {"job": _job_json(job)}, setup, config.isolate, job.kind))
     # Every choice is made: written down before the test file is opened.
-    write_json(output / "selection.json", {"split": {"train_rows": len(split.train),
-               "validation_rows": len(split.validation)}, "methods": [_choices(s) for s in selections]})  # fmt: skip
+    write_json(
+        output / "selection.json",
+        {
+            "split": {"train_rows": len(split.train), "validation_rows": len(split.validation)},
+            "methods": [_choices(s) for s in selections],
+        },
+    )
     test_rows = load_test_rows(preset, setup.data, setup.test_rows)
     gold = [preset.label_index(row, f"test row {i + 1}") for i, row in enumerate(test_rows)]
     tests = []
@@ -205,8 +238,11 @@ def compare(setup: RunSetup, config: CompareConfig) -> dict[str, Any]:
         payload = {"selection": {"kind": selection["kind"], "runs": selection["runs"]}, "test_rows": limit}
         tests.append(_run_one("test", payload, setup, config.isolate, job.kind))
     report = summarise(preset, setup, config, split, selections, tests, gold)
-    report.update(total_seconds=time.perf_counter() - started + _reused_seconds(selections + tests),
-                  torch_threads=torch.get_num_threads(), cpu_count=os.cpu_count())  # fmt: skip
+    report.update(
+        total_seconds=time.perf_counter() - started + _reused_seconds(selections + tests),
+        torch_threads=torch.get_num_threads(),
+        cpu_count=os.cpu_count(),
+    )
     write_report(report, output)
     return report
 
@@ -219,10 +255,17 @@ def _choices(selection: dict[str, Any]) -> dict[str, Any]:
     if "error" in selection:
         return {"kind": selection.get("kind"), "error": selection["error"]}
     chosen = selection["candidates"][selection["chosen"]]
-    runs = [{"seed": r["seed"], "settings": r.get("settings"), "artifact": r.get("artifact"),
-             "error": r.get("error")} for r in selection["runs"]]  # fmt: skip
-    return {"kind": selection["kind"], "method": selection["method"], "chosen": chosen["settings"],
-            "val_accuracy": chosen["val_accuracy"], "runs": runs}  # fmt: skip
+    runs = [
+        {"seed": r["seed"], "settings": r.get("settings"), "artifact": r.get("artifact"), "error": r.get("error")}
+        for r in selection["runs"]
+    ]
+    return {
+        "kind": selection["kind"],
+        "method": selection["method"],
+        "chosen": chosen["settings"],
+        "val_accuracy": chosen["val_accuracy"],
+        "runs": runs,
+    }
 
 
 def _reused_seconds(results: list[dict[str, Any]]) -> float:
@@ -283,6 +326,8 @@ def _run_child(job: dict[str, Any], path: Path) -> dict[str, Any]:
     job_file.unlink(missing_ok=True)
     if done.returncode != 0 or not path.is_file():
         lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
-        return {"error": lines[-1] if lines else f"exit code {done.returncode}",
-                "process_seconds": time.perf_counter() - started}  # fmt: skip
+        return {
+            "error": lines[-1] if lines else f"exit code {done.returncode}",
+            "process_seconds": time.perf_counter() - started,
+        }
     return dict(json.loads(path.read_text(encoding="utf-8")))

@@ -18,10 +18,11 @@ from typing import Any
 
 import torch
 
-from softprompt.core.adapter import atomic_path, check_compatible
+from softprompt.core.adapter import check_compatible
 from softprompt.core.base import BaseModel
 from softprompt.core.data import DataConfig, encode_input, encode_text, left_pad, read_rows, tokenize_rows
-from softprompt.core.errors import ConfigError
+from softprompt.core.errors import AdapterError, ConfigError, DataError
+from softprompt.core.files import atomic_path, require_dir, require_file
 from softprompt.core.forms import Prompt
 from softprompt.core.model import SoftPromptModel, Tunable
 from softprompt.measuring.classify import Scorer, classify, engine_scorer, hf_scorer, metrics, vote
@@ -56,6 +57,15 @@ class EvalConfig:
             raise ConfigError("--shots, --instruction, --exact-match and --predictions need a classification --preset")
         if self.shots < 0 or self.batch_size < 1 or (self.rows is not None and self.rows < 1):
             raise ConfigError("shots must be >= 0, batch_size and rows >= 1")
+
+    def require_files(self) -> None:
+        """Data and adapters exist: checked before a model loads."""
+        if self.preset is None:
+            require_file(self.data, "--data: text file", DataError)
+        else:
+            require_dir(self.data, "--data: the preset's data directory", DataError)
+        for path in (*self.adapter, *([self.peft_adapter] if self.peft_adapter else [])):
+            require_dir(path, "adapter directory", AdapterError)
 
 
 def load_model(base: BaseModel, config: EvalConfig, context: str = "") -> tuple[Scorer, list[Prompt], Any]:
@@ -118,18 +128,29 @@ def _write_predictions(
     log-likelihood of each label's ``" " + word`` after the input, in nats: what lm-evaluation-harness
     reports per choice, so the two can be compared row by row."""
     lines = [
-        json.dumps({"row": i, "gold": labels[g], "prediction": labels[int(predicted[i])],
-                    "loglikelihoods": [dict(zip(labels, member[i].tolist())) for member in scores]})
+        json.dumps(
+            {
+                "row": i,
+                "gold": labels[g],
+                "prediction": labels[int(predicted[i])],
+                "loglikelihoods": [dict(zip(labels, member[i].tolist())) for member in scores],
+            }
+        )
         for i, g in enumerate(gold)
-    ]  # fmt: skip
+    ]
     with atomic_path(path) as tmp:
         tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
 
 
 def _exact_match(
-    base: BaseModel, texts: list[str], words: list[str], gold: list[int], prompts: list[Prompt],
-    peft_model: Any, batch_size: int,
-) -> float:  # fmt: skip
+    base: BaseModel,
+    texts: list[str],
+    words: list[str],
+    gold: list[int],
+    prompts: list[Prompt],
+    peft_model: Any,
+    batch_size: int,
+) -> float:
     """Greedy generation (first soft prompt, if any) compared with the gold label word."""
     from softprompt.inference.generate import GenerateConfig, generate
 
@@ -143,8 +164,13 @@ def _exact_match(
             outputs += generate(base, chunk, [prompt] * len(chunk), config)
         else:
             ids, mask = left_pad([encode_input(base.tokenizer, text) for text in chunk], base.pad_id, base.device)
-            new = peft_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=longest + 1, do_sample=False,
-                                      pad_token_id=base.pad_id)[:, ids.shape[1] :]  # fmt: skip
+            new = peft_model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=longest + 1,
+                do_sample=False,
+                pad_token_id=base.pad_id,
+            )[:, ids.shape[1] :]
             outputs += base.tokenizer.batch_decode(new, skip_special_tokens=True)
     hits = sum(out.strip().split("\n")[0].strip() == words[g] for out, g in zip(outputs, gold))
     return hits / max(len(gold), 1)
@@ -164,5 +190,9 @@ def _text_metrics(base: BaseModel, config: EvalConfig, prompts: list[Prompt], pe
     else:
         model = SoftPromptModel(base, SoftPrompt.of(prompts[0]) if prompts else None)
     ce = mean_token_loss(model, examples, config.batch_size)
-    return {"rows": len(examples), "mean_token_ce": ce, "perplexity": math.exp(ce) if ce == ce else math.nan,
-            "seconds": time.perf_counter() - started}  # fmt: skip
+    return {
+        "rows": len(examples),
+        "mean_token_ce": ce,
+        "perplexity": math.exp(ce) if ce == ce else math.nan,
+        "seconds": time.perf_counter() - started,
+    }

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from softprompt.core.adapter import atomic_path, write_json
+from softprompt.core.files import atomic_path, write_json
 from softprompt.measuring.methods import FAMILY, Kind
 
 COLORS = {
@@ -77,13 +77,20 @@ def markdown(report: dict[str, Any]) -> str:
         )
     ensemble = report.get("ensemble")
     if ensemble:
-        rows += ["", f"Ensemble of prompt tuning's {len(ensemble['members'])} seed prompts (not a choice, one more "
-                 f"number): mean-log-prob vote {_pct(ensemble['mean']['accuracy'])}% / {_pct(ensemble['mean']['macro_f1'])} "
-                 f"macro-F1; majority vote {_pct(ensemble['majority']['accuracy'])}% / {_pct(ensemble['majority']['macro_f1'])}."]  # fmt: skip
+        rows += [
+            "",
+            f"Ensemble of prompt tuning's {len(ensemble['members'])} seed prompts (not a choice, one more "
+            f"number): mean-log-prob vote {_pct(ensemble['mean']['accuracy'])}% / {_pct(ensemble['mean']['macro_f1'])} "
+            f"macro-F1; majority vote {_pct(ensemble['majority']['accuracy'])}% / {_pct(ensemble['majority']['macro_f1'])}.",
+        ]
     short = [m for m in report["methods"] if "accuracy" in m and m["eval_rows"] < report["test_rows"]]
     if short:
-        rows += ["", "* scored on the first " + ", ".join(f"{m['eval_rows']} ({m['method']})" for m in short)
-                 + " test rows to fit the time budget."]  # fmt: skip
+        rows += [
+            "",
+            "* scored on the first "
+            + ", ".join(f"{m['eval_rows']} ({m['method']})" for m in short)
+            + " test rows to fit the time budget.",
+        ]
     rows += ["", "## Goals", ""] + [f"- {g['goal']}: {g['text']}" for g in report["goals"]]
     rows += ["", "## Every candidate, on validation", ""] + _candidates(report)
     rows += [
@@ -101,14 +108,19 @@ def _budget(setup: dict[str, Any], compare: dict[str, Any]) -> str:
     """A candidate's budget in words: training seconds (steps unbounded) or steps."""
     rows = f"{setup['batch_size']} rows a step"
     if not setup["budget"]:
-        return (f"{setup['max_seconds']:g} s of training each ({rows}, as many steps as fit), validation loss and "
-                f"accuracy every {compare.get('eval_every_seconds', 0):g} s of training")  # fmt: skip
+        return (
+            f"{setup['max_seconds']:g} s of training each ({rows}, as many steps as fit), validation loss and "
+            f"accuracy every {compare.get('eval_every_seconds', 0):g} s of training"
+        )
     cap = f", at most {setup['max_seconds']:g} s" if setup.get("max_seconds") else ""
     return f"at most {setup['budget']} steps of {rows}{cap}, validation loss every {compare['eval_every']} steps"
 
 
 def _candidates(report: dict[str, Any]) -> list[str]:
-    out = ["| method | candidate | val acc | val label CE | steps (best) | train time |", "|---|---|---:|---:|---:|---:|"]
+    out = [
+        "| method | candidate | val acc | val label CE | steps (best) | train time |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for m in report["methods"]:
         for c in m.get("candidates", []):
             if c.get("error"):
@@ -117,8 +129,10 @@ def _candidates(report: dict[str, Any]) -> list[str]:
             chosen = " **(chosen)**" if c["settings"] == m.get("chosen") else ""
             steps = f"{c['steps']} ({c['best_step']})" if c.get("steps") is not None else "-"
             seconds = f"{c['train_seconds']:.0f} s" if c.get("train_seconds") is not None else "-"
-            out.append(f"| {m['method']} | {c['settings']}{chosen} | {_pct(c['val_accuracy'])} | "
-                       f"{c['val_label_loss']:.3f} | {steps} | {seconds} |")  # fmt: skip
+            out.append(
+                f"| {m['method']} | {c['settings']}{chosen} | {_pct(c['val_accuracy'])} | "
+                f"{c['val_label_loss']:.3f} | {steps} | {seconds} |"
+            )
     return out
 
 
@@ -137,7 +151,9 @@ def chart(report: dict[str, Any], path: Path) -> Path:
         low, high = m["accuracy_ci"]
         acc_ax.barh(y, 100 * m["accuracy"], color=color, alpha=0.8)
         acc_ax.plot([100 * low, 100 * high], [y, y], color="black", lw=1.5)
-        acc_ax.scatter([100 * r["accuracy"] for r in m["test_runs"]], [y] * len(m["test_runs"]), color="black", s=10, zorder=3)
+        acc_ax.scatter(
+            [100 * r["accuracy"] for r in m["test_runs"]], [y] * len(m["test_runs"]), color="black", s=10, zorder=3
+        )
     acc_ax.set_yticks(range(len(ok)), names, fontsize=7)
     acc_ax.axvline(100 * report["majority_class_accuracy"], color="black", ls="--", lw=1, label="majority class")
     acc_ax.set_xlabel("test accuracy (%): mean over seeds, 95% CI, each seed")
@@ -167,8 +183,14 @@ def _accuracy_curves(methods: list[dict[str, Any]], ax: Any) -> None:
                 continue
             seconds, accuracy = zip(*points)
             bold = id(run) in chosen
-            ax.plot(seconds, accuracy, color=COLORS[_family(m)], alpha=0.9 if bold else 0.35, lw=1.6 if bold else 0.8,
-                    label=None if labelled else m["method"])  # fmt: skip
+            ax.plot(
+                seconds,
+                accuracy,
+                color=COLORS[_family(m)],
+                alpha=0.9 if bold else 0.35,
+                lw=1.6 if bold else 0.8,
+                label=None if labelled else m["method"],
+            )
             labelled = True
     ax.set_xlabel("training seconds")
     ax.set_ylabel("validation accuracy (%)")

@@ -69,11 +69,27 @@ def _method_row(selection: dict[str, Any], test: dict[str, Any], gold: list[int]
         val_accuracy=chosen["val_accuracy"],
         val_macro_f1=chosen["val_macro_f1"],
         val_label_loss=chosen["val_label_loss"],
-        candidates=[{k: c.get(k) for k in ("settings", "val_accuracy", "val_label_loss", "steps", "best_step",
-                                            "stopped_early", "train_seconds", "curve", "error")}
-                    for c in selection["candidates"]],
-        seed_runs=[{k: r.get(k) for k in ("seed", "val_accuracy", "steps", "best_step", "train_seconds", "curve", "error")}
-                   for r in runs],
+        candidates=[
+            {
+                k: c.get(k)
+                for k in (
+                    "settings",
+                    "val_accuracy",
+                    "val_label_loss",
+                    "steps",
+                    "best_step",
+                    "stopped_early",
+                    "train_seconds",
+                    "curve",
+                    "error",
+                )
+            }
+            for c in selection["candidates"]
+        ],
+        seed_runs=[
+            {k: r.get(k) for k in ("seed", "val_accuracy", "steps", "best_step", "train_seconds", "curve", "error")}
+            for r in runs
+        ],
         trainable_params=selection["trainable_params"],
         trainable_percent=100 * selection["trainable_params"] / base,
         stored_params=selection["stored_params"],
@@ -82,7 +98,7 @@ def _method_row(selection: dict[str, Any], test: dict[str, Any], gold: list[int]
         select_seconds=selection.get("select_seconds", 0.0),
         select_peak_rss_mb=selection.get("peak_rss_mb"),
         train_seconds=chosen.get("train_seconds", 0.0),
-    )  # fmt: skip
+    )
     if "error" in test:
         return {**row, "error": f"test: {test['error']}"}
     scored = [torch.tensor(r["scores"]) for r in test["runs"]]
@@ -93,8 +109,10 @@ def _method_row(selection: dict[str, Any], test: dict[str, Any], gold: list[int]
     mean, std = spread(accuracies)
     low, high = interval([[p == g for p, g in zip(pred, gold[:n])] for pred in predictions])
     row.update(
-        test_runs=[{"seed": r["seed"], "accuracy": r["accuracy"], "macro_f1": r["macro_f1"], "predictions": p}
-                   for r, p in zip(test["runs"], predictions, strict=True)],  # fmt: skip
+        test_runs=[
+            {"seed": r["seed"], "accuracy": r["accuracy"], "macro_f1": r["macro_f1"], "predictions": p}
+            for r, p in zip(test["runs"], predictions, strict=True)
+        ],
         accuracy=mean,
         accuracy_std=std,
         accuracy_ci=[low, high],
@@ -117,7 +135,9 @@ def _ensemble(
         if selection.get("kind") != Kind.PROMPT_TUNING.value or "runs" not in test or len(test["runs"]) < 2:
             continue
         scores = torch.tensor([r["scores"] for r in test["runs"]])  # [M, N, K]
-        found = {kind: metrics(vote(scores, kind).tolist(), gold[: scores.shape[1]], labels) for kind in ("mean", "majority")}
+        found = {
+            kind: metrics(vote(scores, kind).tolist(), gold[: scores.shape[1]], labels) for kind in ("mean", "majority")
+        }
         return {"members": [f"seed {r['seed']}" for r in test["runs"]], "vote": how, **found, **found[how]}
     return None
 
@@ -136,18 +156,29 @@ def goals(rows: list[dict[str, Any]], correct: dict[str, list[list[bool]]]) -> l
     if engineered:  # the prompt-engineering method chosen on validation, like every other choice
         baseline = _chosen(engineered)
         target = min(GOAL_OVER_ENGINEERING, (100 - 100 * baseline["accuracy"]) / 2)
-        out.append(_gap(f"{name} - best prompt engineering (chosen on validation: {baseline['method']}, "
-                        f"{baseline['chosen']})", tuned, baseline, correct, target))  # fmt: skip
+        out.append(
+            _gap(
+                f"{name} - best prompt engineering (chosen on validation: {baseline['method']}, {baseline['chosen']})",
+                tuned,
+                baseline,
+                correct,
+                target,
+            )
+        )
     lora = done.get(Kind.LORA.value)
     if lora is not None:
         out.append(_gap(f"{name} - LoRA", tuned, lora, correct, GOAL_VS_LORA))
         rank = int(lora.get("chosen_spec", {}).get("rank") or GOAL_RANK)
         limit = lora["trainable_params"] * GOAL_RANK // rank
-        out.append({"goal": f"best soft prompt's trainable parameters <= LoRA rank {GOAL_RANK}'s",
-                    "value": tuned["trainable_params"],
-                    "met": tuned["trainable_params"] <= limit,
-                    "text": f"{tuned['trainable_params']:,} trainable ({tuned['trainable_percent']:.4f}% of the model) "
-                    f"vs {limit:,} for LoRA rank {GOAL_RANK}; the adapter stores {tuned['stored_params']:,}"})  # fmt: skip
+        out.append(
+            {
+                "goal": f"best soft prompt's trainable parameters <= LoRA rank {GOAL_RANK}'s",
+                "value": tuned["trainable_params"],
+                "met": tuned["trainable_params"] <= limit,
+                "text": f"{tuned['trainable_params']:,} trainable ({tuned['trainable_percent']:.4f}% of the model) "
+                f"vs {limit:,} for LoRA rank {GOAL_RANK}; the adapter stores {tuned['stored_params']:,}",
+            }
+        )
     return out
 
 
@@ -156,12 +187,20 @@ def _chosen(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return max(rows, key=lambda r: (r["val_accuracy"], -r["val_label_loss"]))
 
 
-def _gap(name: str, a: dict[str, Any], b: dict[str, Any], correct: dict[str, list[list[bool]]], target: float) -> dict[str, Any]:
+def _gap(
+    name: str, a: dict[str, Any], b: dict[str, Any], correct: dict[str, list[list[bool]]], target: float
+) -> dict[str, Any]:
     rows = min(a["eval_rows"], b["eval_rows"])  # a slow method may have scored only the first rows
     value, low, high = difference([r[:rows] for r in correct[a["kind"]]], [r[:rows] for r in correct[b["kind"]]])
     value, low, high = 100 * value, 100 * low, 100 * high
     verdict = "met" if value >= target else "not met"
     sure = " (the interval clears it)" if low >= target else ""
-    return {"goal": f"{name} >= {target:+.1f} points", "value": value, "interval": [low, high], "target": target,
-            "rows": rows, "met": value >= target,
-            "text": f"{value:+.1f} points, 95% CI [{low:+.1f}, {high:+.1f}] on {rows} rows: {verdict}{sure}"}  # fmt: skip
+    return {
+        "goal": f"{name} >= {target:+.1f} points",
+        "value": value,
+        "interval": [low, high],
+        "target": target,
+        "rows": rows,
+        "met": value >= target,
+        "text": f"{value:+.1f} points, 95% CI [{low:+.1f}, {high:+.1f}] on {rows} rows: {verdict}{sure}",
+    }

@@ -17,8 +17,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from softprompt.core.adapter import atomic_path
 from softprompt.core.errors import TrainingError
+from softprompt.core.files import atomic_path
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 

@@ -209,8 +209,9 @@ class TrainingLoop:
         self.progress.train_seconds += now - self._started
         self._started = now
         lr = self.scheduler.get_last_lr()[0]
-        self._record({"step": self.step, "epoch": self.epoch, "loss": loss, "lr": lr,
-                      "elapsed": self.progress.train_seconds})  # fmt: skip
+        self._record(
+            {"step": self.step, "epoch": self.epoch, "loss": loss, "lr": lr, "elapsed": self.progress.train_seconds}
+        )
         if self._bar is not None:
             self._bar.set_postfix(loss=f"{loss:.3f}")
         if self.config.checkpoint_every and self.step % self.config.checkpoint_every == 0:
@@ -244,7 +245,9 @@ class TrainingLoop:
             self.best_state = self.trained_state()
         else:
             progress.stale_epochs += 1
-            progress.stopped_early = bool(self.config.early_stopping) and progress.stale_epochs >= self.config.early_stopping
+            progress.stopped_early = (
+                bool(self.config.early_stopping) and progress.stale_epochs >= self.config.early_stopping
+            )
         progress.evaluated_step, progress.evaluated_seconds, self._eval_due = self.step, progress.train_seconds, False
         batches = self._batches
         if batches is None or self._cursor >= len(batches) or self.done or not self.periodic:
@@ -345,11 +348,20 @@ class TrainingLoop:
             return None
         prompt = self.trained_state()
         best = self.best_state if self.best_state is not None else prompt
-        return save_checkpoint(self.output, Checkpoint(
-            step=self.step, epoch=self.epoch, next_batch=self.next_batch,
-            prompt=prompt, best_prompt=best, optimizer=self.optimizer.state_dict(),
-            progress=self.progress.__dict__.copy(), records=self.records, run=self.run_info,
-        ))  # fmt: skip
+        return save_checkpoint(
+            self.output,
+            Checkpoint(
+                step=self.step,
+                epoch=self.epoch,
+                next_batch=self.next_batch,
+                prompt=prompt,
+                best_prompt=best,
+                optimizer=self.optimizer.state_dict(),
+                progress=self.progress.__dict__.copy(),
+                records=self.records,
+                run=self.run_info,
+            ),
+        )
 
     def restore(self, ckpt: Checkpoint) -> None:
         self.trained.load_state_dict(ckpt.prompt)

@@ -136,7 +136,9 @@ def backward_joint_loss(
         width = max(lengths[i] for i in rows)
         index = torch.tensor(rows, device=input_ids.device)
         mine = [owners[i] for i in rows]
-        losses = joint_loss(models, mine, input_ids[index, -width:], attention_mask[index, -width:], labels[index, -width:])
+        losses = joint_loss(
+            models, mine, input_ids[index, -width:], attention_mask[index, -width:], labels[index, -width:]
+        )
         objective = None
         for k, result in enumerate(losses):
             if result is None:

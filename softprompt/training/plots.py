@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from softprompt.core.adapter import atomic_path
+from softprompt.core.files import atomic_path
 
 
 def save_loss_curve(records: list[dict[str, Any]], path: Path, title: str = "prompt tuning") -> Path:

@@ -83,7 +83,12 @@ class FrozenRows:
         layers = [(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in self._below]
         prefix_mask = torch.ones(rows, self.slots, dtype=torch.long, device=ids.device)
         states, _ = run_after_prefix(
-            self.base, cache_of(layers, self.base.model.config), prefix_mask, embed_tokens(self.base, ids), mask, stop=self.entry
+            self.base,
+            cache_of(layers, self.base.model.config),
+            prefix_mask,
+            embed_tokens(self.base, ids),
+            mask,
+            stop=self.entry,
         )
         self.computed_rows += rows
         return states

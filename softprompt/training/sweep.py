@@ -65,8 +65,10 @@ def train_sweep(candidates: list[Candidate], train_set: list[Example], eval_set:
     _check(candidates)
     started = time.perf_counter()
     stores = _frozen_rows(candidates)
-    loops = [make_loop(c.model, train_set, eval_set, c.config, c.run_info, frozen_rows=s, measure=c.measure)
-             for c, s in stores]  # fmt: skip
+    loops = [
+        make_loop(c.model, train_set, eval_set, c.config, c.run_info, frozen_rows=s, measure=c.measure)
+        for c, s in stores
+    ]
     for loop, loss in zip(loops, _heldout(loops), strict=True):
         loop.evaluate_before(loss)
     failed: dict[int, TrainingError] = {}

@@ -20,11 +20,11 @@ import psutil
 import torch
 from transformers import get_scheduler
 
-from softprompt.core.adapter import atomic_path, write_json
 from softprompt.core.card import write_model_card
 from softprompt.core.checks import check_types
 from softprompt.core.data import DataConfig, Example, label_words, load_examples
 from softprompt.core.errors import ConfigError, TrainingError, TrainingInterrupted
+from softprompt.core.files import atomic_path, write_json
 from softprompt.core.model import SoftPromptModel, Tunable
 from softprompt.core.models import load_base_model
 from softprompt.core.prompt import Init, PromptConfig
@@ -48,7 +48,9 @@ class TrainConfig:
     lr: float = field(default=0.03, metadata={"help": "AdamW learning rate for the prompt"})
     epochs: int = field(
         default=5,
-        metadata={"help": "passes over the training rows (0: no limit; max_steps or max_seconds must then end the run)"},
+        metadata={
+            "help": "passes over the training rows (0: no limit; max_steps or max_seconds must then end the run)"
+        },
     )
     max_steps: int = field(
         default=0, metadata={"help": "stop after this many optimizer steps; the schedule spans them (0: epochs decide)"}
@@ -76,7 +78,9 @@ class TrainConfig:
     )
     eval_every: int = field(
         default=0,
-        metadata={"help": "score the held-out rows every N optimizer steps and at the end, not per epoch (0: per epoch)"},
+        metadata={
+            "help": "score the held-out rows every N optimizer steps and at the end, not per epoch (0: per epoch)"
+        },
     )
     eval_every_seconds: float = field(
         default=0.0,
@@ -359,6 +363,8 @@ def tune(
 
     Under ``torchrun`` / ``accelerate launch`` every process calls this; see softprompt.training.distributed.
     """
+    data.require_files()  # a typo costs a second, not a model load
+    prompt.require_files()
     device = distributed.setup(device)
     distributed.on_main(lambda: prepare_output(Path(training.output)))
     with distributed.main_first():  # rank 0 fills the model and dataset caches, the others read them
@@ -370,8 +376,13 @@ def tune(
     if prompt.init is Init.LABELS and not prompt.init_labels:
         prompt = replace(prompt, init_labels=label_words(data))
     tuned = SoftPromptModel.with_new_prompt(base, prompt, seed=training.seed)
-    run_info = {"model": model, "trust_remote_code": trust_remote_code, "data": asdict(data),
-                "prompt": asdict(prompt), "train": asdict(training)}  # fmt: skip
+    run_info = {
+        "model": model,
+        "trust_remote_code": trust_remote_code,
+        "data": asdict(data),
+        "prompt": asdict(prompt),
+        "train": asdict(training),
+    }
     return train(tuned, train_set, held_out, training, run_info=run_info)
 
 

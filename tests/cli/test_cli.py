@@ -80,6 +80,35 @@ def test_errors_are_one_line_with_exit_code_2(tiny_dirs, tmp_path, capsys, args,
     assert not any("Traceback" in line for line in err)
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--data", "/nonexistent.csv", "--output", "{out}"], "--data: dataset file not found"),
+        (
+            ["train", "--init", "file", "--init-file", "/nope", "--output", "{out}"],
+            "--init-file: adapter directory not found",
+        ),
+        (["serve", "--adapters", "/nonexistent-adapters"], "--adapters: adapters directory not found"),
+        (["generate", "--adapter", "/nonexistent", "hi"], "adapter directory not found"),
+        (["export", "--adapter", "/nonexistent", "--to", "peft-prefix"], "adapter directory not found"),
+        (["eval", "--data", "/nonexistent", "--preset", "sst2"], "--data: the preset's data directory not found"),
+        (["inspect", "/nonexistent"], "adapter directory not found"),
+    ],
+)
+def test_paths_are_checked_before_any_model_loads(monkeypatch, tmp_path, capsys, args, message):
+    """With a 7B model a typo must not cost a load: these fail with the model loader made to explode."""
+    import softprompt.core.models as models
+
+    def explode(*_args, **_kwargs):
+        raise AssertionError("the model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(models, "load_base_model", explode)
+    monkeypatch.setattr(models, "_resolve", explode)
+    assert main([a.format(out=tmp_path / "o") for a in args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("softprompt: error:") and message in err[-1], err[-1]
+
+
 def test_every_command_has_help(capsys):
     for command in ("train", "generate", "demo"):
         with pytest.raises(SystemExit) as info:

@@ -22,10 +22,18 @@ from tests.conftest import save_random
 WINDOW = 128
 
 COMMON = dict(
-    vocab_size=258, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=2, head_dim=8, max_position_embeddings=512, bos_token_id=256, eos_token_id=256,
+    vocab_size=258,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=8,
+    max_position_embeddings=512,
+    bos_token_id=256,
+    eos_token_id=256,
     pad_token_id=256,
-)  # fmt: skip
+)
 
 # Per family: settings beyond COMMON (names are the family's own config fields).
 OVERRIDES: dict[str, dict[str, Any]] = {
@@ -34,14 +42,25 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "mixtral": {"num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": None},
     "qwen2": {},
     "qwen3": {},
-    "qwen2_moe": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
-                  "shared_expert_intermediate_size": 16},
+    "qwen2_moe": {
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 16,
+        "shared_expert_intermediate_size": 16,
+    },
     "qwen3_moe": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16},
     "gemma": {},  # embeddings scaled by sqrt(hidden) inside the embedding module
-    "gemma2": {"sliding_window": WINDOW, "layer_types": ["sliding_attention", "full_attention"],
-               "final_logit_softcapping": 3.0, "attn_logit_softcapping": 5.0},
-    "gemma3_text": {"sliding_window": WINDOW, "layer_types": ["sliding_attention", "full_attention"],
-                    "final_logit_softcapping": 3.0},
+    "gemma2": {
+        "sliding_window": WINDOW,
+        "layer_types": ["sliding_attention", "full_attention"],
+        "final_logit_softcapping": 3.0,
+        "attn_logit_softcapping": 5.0,
+    },
+    "gemma3_text": {
+        "sliding_window": WINDOW,
+        "layer_types": ["sliding_attention", "full_attention"],
+        "final_logit_softcapping": 3.0,
+    },
     "phi": {},
     "phi3": {"original_max_position_embeddings": 512},
     "gpt2": {"n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 512},
@@ -53,11 +72,15 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "olmo2": {},
     "stablelm": {},
     "starcoder2": {"sliding_window": None},
-    "granite": {"embedding_multiplier": 2.0, "logits_scaling": 4.0, "residual_multiplier": 0.5,
-                "attention_multiplier": 0.2},
+    "granite": {
+        "embedding_multiplier": 2.0,
+        "logits_scaling": 4.0,
+        "residual_multiplier": 0.5,
+        "attention_multiplier": 0.2,
+    },
     "cohere": {"logit_scale": 0.25},
     "smollm3": {},
-}  # fmt: skip
+}
 
 FAMILIES = list(OVERRIDES)
 

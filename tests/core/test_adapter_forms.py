@@ -99,6 +99,8 @@ def test_init_from_a_prompt_tuning_adapter_starts_every_form_at_it(llama, tmp_pa
     with torch.no_grad():
         want = shallow(x, torch.ones_like(x))
         for form, entry in (("kv", 0), ("vectors", 1), ("kv", 1)):
-            config = PromptConfig(num_virtual_tokens=4, init="file", init_file=str(directory), form=form, entry_layer=entry)
+            config = PromptConfig(
+                num_virtual_tokens=4, init="file", init_file=str(directory), form=form, entry_layer=entry
+            )
             started = SoftPromptModel.with_new_prompt(llama, config)
             torch.testing.assert_close(started(x, torch.ones_like(x)), want, atol=1e-4, rtol=1e-4)

@@ -90,9 +90,18 @@ TEMPERATURES = st.floats(min_value=1e-300, max_value=1e300) | st.sampled_from([1
     with_prompt=st.booleans(),
 )
 @example(
-    texts=["ab"], max_new_tokens=3, max_length=None, do_sample=True, temperature=1e-300, top_p=1.0, top_k=0,
-    repetition_penalty=1.0, seed=0, stop=[], with_prompt=True,
-)  # fmt: skip
+    texts=["ab"],
+    max_new_tokens=3,
+    max_length=None,
+    do_sample=True,
+    temperature=1e-300,
+    top_p=1.0,
+    top_k=0,
+    repetition_penalty=1.0,
+    seed=0,
+    stop=[],
+    with_prompt=True,
+)
 def test_generation_with_extreme_settings(base, texts, with_prompt, **settings):
     config = GenerateConfig(**settings)
     prompts = [torch.randn(3, base.hidden_size) if with_prompt else None for _ in texts]

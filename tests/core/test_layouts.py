@@ -63,8 +63,10 @@ def test_rows_with_different_prompts_see_only_their_own(tiny, layout):
 
     if layout == "packed" and not tiny.family.packable:
         pytest.skip("ALiBi families do not pack")
-    models = [SoftPromptModel.with_new_prompt(tiny, PromptConfig(num_virtual_tokens=n, init=Init.RANDOM), seed=n)
-              for n in (2, 4, 3)]  # fmt: skip
+    models = [
+        SoftPromptModel.with_new_prompt(tiny, PromptConfig(num_virtual_tokens=n, init=Init.RANDOM), seed=n)
+        for n in (2, 4, 3)
+    ]
     for model in models:
         model.layout = layout
     examples = row_examples(tiny.tokenizer, supervised=False) * 2

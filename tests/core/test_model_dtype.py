@@ -13,9 +13,32 @@ from softprompt.training.train import TrainConfig
 
 
 def test_bfloat16_base_trains_a_float32_prompt_and_resumes_in_bfloat16(tiny_dirs, tmp_path, monkeypatch):
-    argv = ["train", "--model", str(tiny_dirs["llama"]), "--limit", "8", "--eval-rows", "2", "--max-length", "16",
-            "--num-virtual-tokens", "2", "--init", "random", "--epochs", "1", "--batch-size", "4",
-            "--output", str(tmp_path), "--no-progress", "--device", "cpu", "--model-dtype", "bfloat16"]  # fmt: skip
+    argv = [
+        "train",
+        "--model",
+        str(tiny_dirs["llama"]),
+        "--limit",
+        "8",
+        "--eval-rows",
+        "2",
+        "--max-length",
+        "16",
+        "--num-virtual-tokens",
+        "2",
+        "--init",
+        "random",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--output",
+        str(tmp_path),
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--model-dtype",
+        "bfloat16",
+    ]
     assert main(argv) == 0
     before = load_adapter(tmp_path).embedding
     assert before.dtype == torch.float32 and torch.isfinite(before).all()

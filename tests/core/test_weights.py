@@ -48,8 +48,18 @@ def test_weights_train_in_the_loop_lowering_the_loss_within_the_budget(head_mode
 
 def test_early_stopping_keeps_the_best_weights(head_model, tmp_path):
     validation = [Example([9, 9, 5, 6], [IGNORE_INDEX, IGNORE_INDEX, 5, 6])]  # unlike training: it gets worse
-    config = TrainConfig(output=str(tmp_path), lr=0.5, max_steps=40, epochs=0, batch_size=4, eval_every=2,
-                         early_stopping=2, scheduler="constant", progress=False, checkpoints=False)  # fmt: skip
+    config = TrainConfig(
+        output=str(tmp_path),
+        lr=0.5,
+        max_steps=40,
+        epochs=0,
+        batch_size=4,
+        eval_every=2,
+        early_stopping=2,
+        scheduler="constant",
+        progress=False,
+        checkpoints=False,
+    )
     result = train(head_model, _examples() * 4, validation, config)
     curve = [(r["step"], r["eval_loss"]) for r in result.records if r.get("eval_loss") is not None]
     assert [step for step, _ in curve][:3] == [0, 2, 4]

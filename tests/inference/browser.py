@@ -66,8 +66,21 @@ def chromium(width: int = 1280, height: int = 1000) -> Iterator:
 def serve_process(model: str, adapters: Path, log: Path, *extra: str, timeout: float = 180) -> Iterator[str]:
     """Run ``softprompt serve`` on a free loopback port until the block ends; yields its base URL."""
     port = free_port()
-    command = [sys.executable, "-m", "softprompt", "serve", "--model", model, "--adapters", str(adapters),
-               "--host", "127.0.0.1", "--port", str(port), *extra]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "softprompt",
+        "serve",
+        "--model",
+        model,
+        "--adapters",
+        str(adapters),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *extra,
+    ]
     with open(log, "w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"

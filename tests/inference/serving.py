@@ -94,8 +94,21 @@ def running(engine: Engine, config: ServeConfig) -> Iterator[tuple[str, Draining
 
 def start_cli_server(model_dir: Path, port: int, *flags: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """``python -m softprompt serve`` as operators run it; stderr is kept for the test to read."""
-    cmd = [sys.executable, "-m", "softprompt", "serve", "--model", str(model_dir), "--port", str(port),
-           "--device", "cpu", "--served-model-name", "tiny", *flags]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "softprompt",
+        "serve",
+        "--model",
+        str(model_dir),
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+        "--served-model-name",
+        "tiny",
+        *flags,
+    ]
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=full_env, text=True)
 
@@ -104,7 +117,9 @@ def wait_ready(url: str, server: subprocess.Popen, timeout: float = 120, headers
     deadline = time.time() + timeout
     while time.time() < deadline:
         if server.poll() is not None:
-            raise AssertionError(f"server exited with {server.returncode}: {server.stderr.read() if server.stderr else ''}")
+            raise AssertionError(
+                f"server exited with {server.returncode}: {server.stderr.read() if server.stderr else ''}"
+            )
         try:
             if httpx.get(url + "/health", timeout=2, headers=headers).status_code == 200:
                 return

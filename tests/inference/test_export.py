@@ -72,8 +72,20 @@ def test_cli_export_writes_the_tensor_and_its_provenance(tiny_dirs, tmp_path, ca
     model = _tuned(tiny_dirs, "qwen2")
     model.save_pretrained(tmp_path / "adapter")
     out = tmp_path / "embeds" / "request.safetensors"
-    argv = ["export", "--to", "vllm-prompt-embeds", "--model", str(tiny_dirs["qwen2"]), "--adapter",
-            str(tmp_path / "adapter"), TEXT, "--output", str(out), "--device", "cpu"]  # fmt: skip
+    argv = [
+        "export",
+        "--to",
+        "vllm-prompt-embeds",
+        "--model",
+        str(tiny_dirs["qwen2"]),
+        "--adapter",
+        str(tmp_path / "adapter"),
+        TEXT,
+        "--output",
+        str(out),
+        "--device",
+        "cpu",
+    ]
     assert main(argv) == 0
     assert "saved to" in capsys.readouterr().out
     assert torch.equal(load_prompt_embeds(out), build_prompt_embeds(model, TEXT))

@@ -86,8 +86,11 @@ def _wait(driver, condition, what: str):
 
 
 def _wait_loads(driver, count: int) -> None:
-    _wait(driver, lambda d: int(d.find_element("tag name", "body").get_attribute("data-loads") or 0) >= count,
-          "the page did not finish loading the models")  # fmt: skip
+    _wait(
+        driver,
+        lambda d: int(d.find_element("tag name", "body").get_attribute("data-loads") or 0) >= count,
+        "the page did not finish loading the models",
+    )
 
 
 def _severe(driver) -> list[dict]:
@@ -103,8 +106,11 @@ def _set(driver, element_id: str, value: str) -> None:
 def _run_and_wait(driver) -> list:
     driver.find_element("id", "run").click()
     columns = lambda d: d.find_elements("css selector", "#answers .column")  # noqa: E731
-    _wait(driver, lambda d: columns(d) and all(c.get_attribute("data-state") in ("done", "error") for c in columns(d)),
-          "the answers did not finish")  # fmt: skip
+    _wait(
+        driver,
+        lambda d: columns(d) and all(c.get_attribute("data-state") in ("done", "error") for c in columns(d)),
+        "the answers did not finish",
+    )
     return columns(driver)
 
 
@@ -151,8 +157,12 @@ def test_chat_requests_stream_too(page, server):
     page.find_element("css selector", '#endpoint option[value="chat"]').click()
     _set(page, "max-tokens", "12")
     (column,) = _run_and_wait(page)
-    body = {"model": MODEL, "messages": [{"role": "user", "content": _text(page.find_element("id", "prompt"))}],
-            "max_tokens": 12, "temperature": 0}  # fmt: skip
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": _text(page.find_element("id", "prompt"))}],
+        "max_tokens": 12,
+        "temperature": 0,
+    }
     expected = httpx.post(server + "/v1/chat/completions", json=body, timeout=60).json()
     assert _text(column.find_element("css selector", ".output")) == expected["choices"][0]["message"]["content"]
     assert _severe(page) == []

@@ -42,14 +42,28 @@ def test_the_sdk_needs_the_right_key(keyed):
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"Authorization": KEY}, {"Authorization": f"Basic {KEY}"}, {"Authorization": "Bearer"},
-     {"Authorization": f"Bearer {KEY}x"}, {"Authorization": f"Bearer {KEY[:-1]}"}, {"X-Api-Key": KEY}],
-)  # fmt: skip
+    [
+        {},
+        {"Authorization": KEY},
+        {"Authorization": f"Basic {KEY}"},
+        {"Authorization": "Bearer"},
+        {"Authorization": f"Bearer {KEY}x"},
+        {"Authorization": f"Bearer {KEY[:-1]}"},
+        {"X-Api-Key": KEY},
+    ],
+)
 def test_missing_or_wrong_key_is_401_in_openai_shape(keyed, headers):
     url, _ = keyed
-    for method, path in [("POST", "/v1/completions"), ("GET", "/v1/models"), ("DELETE", "/v1/adapters/alpha"),
-                         ("GET", "/v1/adapters/alpha"), ("GET", "/v1/unknown"), ("GET", "/openapi.json"),
-                         ("GET", "/static/../v1/models"), ("GET", "/docs")]:  # fmt: skip
+    for method, path in [
+        ("POST", "/v1/completions"),
+        ("GET", "/v1/models"),
+        ("DELETE", "/v1/adapters/alpha"),
+        ("GET", "/v1/adapters/alpha"),
+        ("GET", "/v1/unknown"),
+        ("GET", "/openapi.json"),
+        ("GET", "/static/../v1/models"),
+        ("GET", "/docs"),
+    ]:
         response = httpx.request(method, url + path, headers=headers, json={"model": "alpha", "prompt": "x"})
         assert response.status_code == 401, (path, response.text)
         error = response.json()["error"]
@@ -87,8 +101,10 @@ def test_adapter_admin_needs_the_key_when_enabled(keyed, tmp_path):
 
 def test_adapter_admin_is_off_by_default(keyed):
     _, url = keyed
-    for response in (httpx.post(url + "/v1/adapters", json={"name": "gamma", "path": "beta"}),
-                     httpx.delete(url + "/v1/adapters/alpha")):  # fmt: skip
+    for response in (
+        httpx.post(url + "/v1/adapters", json={"name": "gamma", "path": "beta"}),
+        httpx.delete(url + "/v1/adapters/alpha"),
+    ):
         assert response.status_code == 403
         assert "--enable-adapter-admin" in response.json()["error"]["message"]
     assert [m["id"] for m in httpx.get(url + "/v1/models").json()["data"]] == ["tiny", "alpha", "beta"]
@@ -118,9 +134,19 @@ def test_the_key_is_not_in_the_config_repr():
 
 
 @pytest.mark.parametrize(
-    "host,loop", [("127.0.0.1", True), ("127.8.0.1", True), ("::1", True), ("localhost", True), ("0.0.0.0", False),
-                  ("::", False), ("10.0.0.5", False), ("example.com", False), ("", False)],
-)  # fmt: skip
+    "host,loop",
+    [
+        ("127.0.0.1", True),
+        ("127.8.0.1", True),
+        ("::1", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("10.0.0.5", False),
+        ("example.com", False),
+        ("", False),
+    ],
+)
 def test_loopback_detection(host, loop):
     assert is_loopback(host) is loop
 

@@ -106,7 +106,9 @@ async def _client(url: str, model: str, prompt: str, started: asyncio.Event, tok
     out = {"status": None, "finish_reason": None, "error": None, "chunks": 0}
     async with openai.AsyncOpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=120) as client:
         try:
-            stream = await client.completions.create(model=model, prompt=prompt, max_tokens=tokens, stream=True, temperature=0)
+            stream = await client.completions.create(
+                model=model, prompt=prompt, max_tokens=tokens, stream=True, temperature=0
+            )
             out["status"] = 200
             async for chunk in stream:
                 out["chunks"] += 1
@@ -123,13 +125,18 @@ async def _client(url: str, model: str, prompt: str, started: asyncio.Event, tok
 
 async def _storm(url: str, prompt: str, proc, sig: int, tokens: int) -> tuple[list[dict], dict]:
     started = [asyncio.Event() for _ in range(CLIENTS)]
-    tasks = [asyncio.create_task(_client(url, ("alpha", "tiny")[i % 2], prompt, started[i], tokens)) for i in range(CLIENTS)]
+    tasks = [
+        asyncio.create_task(_client(url, ("alpha", "tiny")[i % 2], prompt, started[i], tokens)) for i in range(CLIENTS)
+    ]
     await asyncio.wait_for(asyncio.gather(*(e.wait() for e in started)), 120)
     seen: dict = {}
     async with httpx.AsyncClient(base_url=url, timeout=30, headers={"Authorization": f"Bearer {KEY}"}) as http:
         metrics = (await http.get("/metrics")).text
         seen["running"] = next(
-            s.value for f in text_string_to_metric_families(metrics) for s in f.samples if s.name == "softprompt_num_requests_running"
+            s.value
+            for f in text_string_to_metric_families(metrics)
+            for s in f.samples
+            if s.name == "softprompt_num_requests_running"
         )
         seen["unfinished_at_signal"] = sum(not t.done() for t in tasks)
         os.kill(proc.pid, sig)
@@ -140,7 +147,9 @@ async def _storm(url: str, prompt: str, proc, sig: int, tokens: int) -> tuple[li
                 break
             if health.status_code == 503:
                 seen["health"] = health.json()["status"]
-                seen["refused"] = (await http.post("/v1/completions", json={"model": "tiny", "prompt": "x"})).status_code
+                seen["refused"] = (
+                    await http.post("/v1/completions", json={"model": "tiny", "prompt": "x"})
+                ).status_code
                 break
             await asyncio.sleep(0.01)
     return list(await asyncio.gather(*tasks)), seen
@@ -149,8 +158,20 @@ async def _storm(url: str, prompt: str, proc, sig: int, tokens: int) -> tuple[li
 def _serve(cli_setup, *flags):
     model, adapters, prompt = cli_setup
     port = free_port()
-    proc = start_cli_server(model, port, "--adapters", str(adapters), "--max-concurrent", "32", "--max-tokens", "512",
-                            "--max-batch-size", "32", *flags, env={"SOFTPROMPT_API_KEY": KEY})  # fmt: skip
+    proc = start_cli_server(
+        model,
+        port,
+        "--adapters",
+        str(adapters),
+        "--max-concurrent",
+        "32",
+        "--max-tokens",
+        "512",
+        "--max-batch-size",
+        "32",
+        *flags,
+        env={"SOFTPROMPT_API_KEY": KEY},
+    )
     url = f"http://127.0.0.1:{port}"
     wait_ready(url, proc)
     return proc, url, prompt

@@ -66,9 +66,14 @@ def test_n_choices_are_prompt_major_and_seeded_per_choice(client, server):
     want = [_run(server, _ids(server, p), n=5).text for p in ("ab", "cd")]
     assert [c.text for c in out.choices] == [want[0], want[0], want[1], want[1]]
     assert out.usage.prompt_tokens == 4  # each prompt counted once, not n times
-    assert out.usage.completion_tokens == 2 * sum(len(_run(server, _ids(server, p), n=5).output_ids) for p in "ab cd".split())
+    assert out.usage.completion_tokens == 2 * sum(
+        len(_run(server, _ids(server, p), n=5).output_ids) for p in "ab cd".split()
+    )
     sampled = client.completions.create(model="tiny", prompt="ab", n=3, max_tokens=8, temperature=1.0, seed=7)
-    alone = [client.completions.create(model="tiny", prompt="ab", max_tokens=8, temperature=1.0, seed=7 + i) for i in range(3)]
+    alone = [
+        client.completions.create(model="tiny", prompt="ab", max_tokens=8, temperature=1.0, seed=7 + i)
+        for i in range(3)
+    ]
     assert [c.text for c in sampled.choices] == [a.choices[0].text for a in alone]  # choice i uses seed + i
     assert len({c.text for c in sampled.choices}) > 1
 
@@ -112,8 +117,15 @@ def test_lm_eval_loglikelihood_request(raw, server, greedy):
     """lm-evaluation-harness's local-completions payload, read the way its parse_logprobs reads it."""
     context = _ids(server, "Question: 2+2? Answer:")
     continuation = _run(server, context, "alpha", n=3, stop_at_eos=False).output_ids if greedy else _ids(server, " 4")
-    body = {"model": "alpha", "prompt": [context + continuation, context], "temperature": 0, "max_tokens": 1,
-            "logprobs": 1, "seed": 1234, "echo": True}  # fmt: skip
+    body = {
+        "model": "alpha",
+        "prompt": [context + continuation, context],
+        "temperature": 0,
+        "max_tokens": 1,
+        "logprobs": 1,
+        "seed": 1234,
+        "echo": True,
+    }
     out = raw.post("/v1/completions", json=body).json()
     ref = reference_logprobs(server[1].base, context + continuation, _prompt(server, "alpha"))
     want = sum(float(ref[len(context) - 1 + i, t]) for i, t in enumerate(continuation))
@@ -128,15 +140,21 @@ def test_lm_eval_loglikelihood_request(raw, server, greedy):
 
 def test_chat_logprobs(client, server):
     out = client.chat.completions.create(
-        model="alpha", messages=[{"role": "user", "content": "hi"}], max_tokens=5, temperature=0,
-        logprobs=True, top_logprobs=3,
-    )  # fmt: skip
+        model="alpha",
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=5,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=3,
+    )
     content = out.choices[0].logprobs.content
     assert len(content) >= out.usage.completion_tokens
     assert all(len(t.top_logprobs) == 3 and t.top_logprobs[0].logprob == t.logprob for t in content)
     for t in content:
         raw = bytes(t.bytes)
-        assert t.token == ("bytes:" + "".join(f"\\x{b:02x}" for b in raw) if t.token.startswith("bytes:") else raw.decode())
+        assert t.token == (
+            "bytes:" + "".join(f"\\x{b:02x}" for b in raw) if t.token.startswith("bytes:") else raw.decode()
+        )
 
 
 def test_streaming_many_choices_with_logprobs_equals_the_plain_answer(client, raw):

@@ -19,9 +19,29 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
     max_leaves=12,
 )
-FIELDS = ["model", "prompt", "messages", "max_tokens", "temperature", "top_p", "stop", "seed", "stream", "n",
-          "logprobs", "top_logprobs", "stream_options", "echo", "best_of", "suffix", "logit_bias",
-          "max_completion_tokens", "presence_penalty", "name", "path"]  # fmt: skip
+FIELDS = [
+    "model",
+    "prompt",
+    "messages",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "seed",
+    "stream",
+    "n",
+    "logprobs",
+    "top_logprobs",
+    "stream_options",
+    "echo",
+    "best_of",
+    "suffix",
+    "logit_bias",
+    "max_completion_tokens",
+    "presence_penalty",
+    "name",
+    "path",
+]
 # Bodies that look like requests: known fields with hostile values, plus the known-good values.
 bodies = (
     st.dictionaries(

@@ -79,7 +79,11 @@ def test_cache_hits_count_when_the_adapter_stays_loaded(server):
     before = scrape(server)
     for _ in range(3):
         server.post("/v1/completions", json={"model": "beta", "prompt": "again", "max_tokens": 2})
-    assert value(scrape(server), "softprompt_adapter_cache_hits_total") - value(before, "softprompt_adapter_cache_hits_total") >= 2
+    assert (
+        value(scrape(server), "softprompt_adapter_cache_hits_total")
+        - value(before, "softprompt_adapter_cache_hits_total")
+        >= 2
+    )
 
 
 def test_running_and_in_flight_gauges_follow_an_open_stream(server, tiny_dirs):

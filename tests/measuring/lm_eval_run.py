@@ -56,18 +56,55 @@ def save_model(directory: Path, bos: bool = False, exact_vocab: bool = True) -> 
     return save_tiny("llama", directory, tokenizer=byte_tokenizer(bos=bos), exact_vocab=exact_vocab)
 
 
-def train_prompt(model_dir: Path, task_root: Path, output: Path) -> Path:
-    code = main(["train", "--model", str(model_dir), "--data", str(task_root / "train.jsonl"), "--template", TEMPLATE,
-                 "--target-column", "word", "--num-virtual-tokens", "4", "--init", "random", "--lr", "0.1",
-                 "--epochs", "3", "--output", str(output), "--no-progress"])  # fmt: skip
+def train_prompt(model_dir: Path, task_root: Path, output: Path, *extra: str) -> Path:
+    """``extra``: more ``softprompt train`` options, e.g. ``--form kv`` for a deep prompt (PEFT's prefix format)."""
+    code = main(
+        [
+            "train",
+            "--model",
+            str(model_dir),
+            "--data",
+            str(task_root / "train.jsonl"),
+            "--template",
+            TEMPLATE,
+            "--target-column",
+            "word",
+            "--num-virtual-tokens",
+            "4",
+            "--init",
+            "random",
+            "--lr",
+            "0.1",
+            "--epochs",
+            "3",
+            "--output",
+            str(output),
+            "--no-progress",
+            *extra,
+        ]
+    )
     if code:
         raise RuntimeError(f"softprompt train exited with {code}")
     return output
 
 
 def softprompt_eval(model_dir: Path, task_root: Path, adapter: Path, predictions: Path) -> Path:
-    code = main(["eval", "--model", str(model_dir), "--preset", str(task_root / "preset.json"), "--data",
-                 str(task_root), "--adapter", str(adapter), "--predictions", str(predictions), "--json"])  # fmt: skip
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(model_dir),
+            "--preset",
+            str(task_root / "preset.json"),
+            "--data",
+            str(task_root),
+            "--adapter",
+            str(adapter),
+            "--predictions",
+            str(predictions),
+            "--json",
+        ]
+    )
     if code:
         raise RuntimeError(f"softprompt eval exited with {code}")
     return predictions
@@ -106,9 +143,27 @@ def run_lm_eval(
     """lm-eval's logged samples (one per row, in row order); raises with its output if it fails."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(output / "hf-home")}
     model_args = f"pretrained={model_dir},peft={adapter},dtype=float32" + (f",{extra}" if extra else "")
-    command = [sys.executable, "-m", "lm_eval", "run", "--model", "hf", "--model_args", model_args,
-               "--tasks", task, "--include_path", str(task_dir), "--device", "cpu", "--batch_size", "8",
-               "--output_path", str(output / "results"), "--log_samples"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "lm_eval",
+        "run",
+        "--model",
+        "hf",
+        "--model_args",
+        model_args,
+        "--tasks",
+        task,
+        "--include_path",
+        str(task_dir),
+        "--device",
+        "cpu",
+        "--batch_size",
+        "8",
+        "--output_path",
+        str(output / "results"),
+        "--log_samples",
+    ]
     if limit:
         command += ["--limit", str(limit)]
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800, stdin=subprocess.DEVNULL)

@@ -92,11 +92,15 @@ def test_ensemble_in_one_pass_equals_members_alone(llama, scorer):
 
 def test_votes():
     # 3 members, 2 rows, 2 labels. Row 0: two members weakly prefer label 1, one strongly label 0.
-    scores = torch.log(torch.tensor([
-        [[0.45, 0.55], [0.9, 0.1]],
-        [[0.45, 0.55], [0.8, 0.2]],
-        [[0.99, 0.01], [0.3, 0.7]],
-    ]))  # fmt: skip
+    scores = torch.log(
+        torch.tensor(
+            [
+                [[0.45, 0.55], [0.9, 0.1]],
+                [[0.45, 0.55], [0.8, 0.2]],
+                [[0.99, 0.01], [0.3, 0.7]],
+            ]
+        )
+    )
     assert vote(scores, "majority").tolist() == [1, 0]
     assert vote(scores, "mean").tolist() == [0, 0]
     tie = torch.log(torch.tensor([[[0.6, 0.4]], [[0.3, 0.7]]]))

@@ -18,8 +18,15 @@ SMALL = dict(seeds=2, search_budget=2, eval_every=1, patience=2, pt_lengths=(2,)
 
 def _setup(tiny_dirs, tmp_path, **kw):
     data = tiny_task_dir(tmp_path / "data", train=16, test=10)
-    return RunSetup(model=str(tiny_dirs["llama"]), preset="twitter_complaints", data=str(data),
-                    output=str(tmp_path / "out"), budget=2, batch_size=4, **kw)  # fmt: skip
+    return RunSetup(
+        model=str(tiny_dirs["llama"]),
+        preset="twitter_complaints",
+        data=str(data),
+        output=str(tmp_path / "out"),
+        budget=2,
+        batch_size=4,
+        **kw,
+    )
 
 
 def test_every_trained_method_gets_the_same_search_budget():
@@ -30,11 +37,14 @@ def test_every_trained_method_gets_the_same_search_budget():
     prompt = method_candidates(Kind.PROMPT_TUNING, config, labels=2)
     assert {c.lr for c in prompt} == set(config.pt_lrs)  # every learning rate is tried
     few = method_candidates(Kind.FEW_SHOT, config, labels=3)
-    assert {(c.instruction, c.shots, c.order) for c in few} == {(i, 3 * k, o) for i in (True, False) for k in (1, 2)
-                                                               for o in (0, 1)}  # fmt: skip
+    assert {(c.instruction, c.shots, c.order) for c in few} == {
+        (i, 3 * k, o) for i in (True, False) for k in (1, 2) for o in (0, 1)
+    }
     assert all(c.test_rows == 3 for c in few)
-    assert method_candidates(Kind.ZERO_SHOT, config, labels=2) == [MethodSpec(Kind.ZERO_SHOT, instruction=True),
-                                                                  MethodSpec(Kind.ZERO_SHOT, instruction=False)]  # fmt: skip
+    assert method_candidates(Kind.ZERO_SHOT, config, labels=2) == [
+        MethodSpec(Kind.ZERO_SHOT, instruction=True),
+        MethodSpec(Kind.ZERO_SHOT, instruction=False),
+    ]
 
 
 def test_compare_end_to_end(tiny_dirs, tmp_path):
@@ -54,7 +64,9 @@ def test_compare_end_to_end(tiny_dirs, tmp_path):
     assert by_kind["few-shot"]["eval_rows"] == 6 and by_kind["full-ft"]["eval_rows"] == 6
     assert by_kind["p-tuning"]["trainable_params"] > by_kind["p-tuning"]["stored_params"] == 2 * 32
     goals = [g["goal"] for g in report["goals"]]
-    assert [g.split(" (")[0] for g in goals] == ["best soft prompt"] * 2 + ["best soft prompt's trainable parameters <= LoRA rank 4's"]
+    assert [g.split(" (")[0] for g in goals] == ["best soft prompt"] * 2 + [
+        "best soft prompt's trainable parameters <= LoRA rank 4's"
+    ]
     assert [g.split(") - ")[1].split(" (")[0].split(" >=")[0] for g in goals[:2]] == ["best prompt engineering", "LoRA"]
     out = tmp_path / "out"
     for name in ("report.md", "report.json", "report.png", "selection.json", "split.json"):
@@ -90,7 +102,9 @@ def test_the_test_file_is_opened_only_after_every_choice_is_made(tiny_dirs, tmp_
             path = str(Path(args[0]).resolve()) if str(args[0]).endswith(".jsonl") else None
             if path in (test_file, train_file):
                 selection = Path(setup.output) / "selection.json"
-                ready = selection.is_file() and len(json.loads(selection.read_text())["methods"]) == len(DEFAULT_METHODS)
+                ready = selection.is_file() and len(json.loads(selection.read_text())["methods"]) == len(
+                    DEFAULT_METHODS
+                )
                 seen.append((path, ready))
 
     sys.addaudithook(hook)  # audit hooks cannot be removed: this one switches itself off below

@@ -72,6 +72,16 @@ def test_lm_eval_and_softprompt_eval_agree_row_by_row(model_dir, task, adapter, 
     assert max(margins) - min(margins) > 0.1
 
 
+def test_a_deep_prompt_agrees_through_peft_prefix_tuning(model_dir, task, tmp_path):
+    """A deep prompt (keys/values in every layer) is a PEFT PREFIX_TUNING adapter: lm-eval scores it the same."""
+    deep = train_prompt(model_dir, task, tmp_path / "deep", "--form", "kv", "--lr", "0.03")
+    assert json.loads((deep / "adapter_config.json").read_text())["peft_type"] == "PREFIX_TUNING"
+    predictions = softprompt_eval(model_dir, task, deep, tmp_path / "softprompt.jsonl")
+    parity = compare(predictions, run_lm_eval(model_dir, deep, task, TASK, tmp_path / "lm-eval"), list(LABEL_WORDS))
+    assert parity.rows == 16 and parity.same_prediction == parity.rows, parity.first_difference
+    assert parity.worst <= 1e-4, f"largest log-likelihood difference {parity.worst:.2e}"
+
+
 def test_predictions_need_a_classification_preset(tmp_path, capsys):
     from softprompt.cli.main import main
 

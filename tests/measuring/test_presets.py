@@ -34,8 +34,9 @@ def test_preset_validation(tmp_path):
     with pytest.raises(ConfigError, match="unknown preset"):
         load_preset("nope")
     custom = tmp_path / "mine.json"
-    custom.write_text(json.dumps({"name": "mine", "template": "Q: {q}\nA:", "label_words": {"y": "yes", "n": "no"},
-                                  "future_key": 1}))  # fmt: skip
+    custom.write_text(
+        json.dumps({"name": "mine", "template": "Q: {q}\nA:", "label_words": {"y": "yes", "n": "no"}, "future_key": 1})
+    )
     assert load_preset(str(custom)).words == ["yes", "no"]
 
 

@@ -37,8 +37,12 @@ def test_split_refuses_what_leaves_no_validation():
 
 
 def test_design_is_balanced_distinct_and_whole_when_it_fits():
-    space = {"lr": [0.3, 0.1, 0.03, 0.01], "init": ["labels", "text"], "scheduler": ["linear", "constant"],
-             "reparam": [0, 128]}  # fmt: skip
+    space = {
+        "lr": [0.3, 0.1, 0.03, 0.01],
+        "init": ["labels", "text"],
+        "scheduler": ["linear", "constant"],
+        "reparam": [0, 128],
+    }
     picked = design(space, 8, seed=0)
     assert len(picked) == 8 and len({tuple(c.values()) for c in picked}) == 8
     for name, values in space.items():

@@ -26,9 +26,33 @@ from tests.conftest import interrupt_backward
 # catch (local instead of global token count, no all-reduce, weighted padding passes) move it by >= 0.048.
 SAME = {"atol": 1e-5, "rtol": 0}
 
-ARGS = ["--limit", "13", "--eval-rows", "5", "--eval-batch-size", "2", "--max-length", "40",
-        "--num-virtual-tokens", "3", "--init", "random", "--epochs", "2", "--batch-size", "4",
-        "--grad-accum", "2", "--lr", "0.05", "--checkpoint-every", "1", "--no-progress", "--device", "cpu"]  # fmt: skip
+ARGS = [
+    "--limit",
+    "13",
+    "--eval-rows",
+    "5",
+    "--eval-batch-size",
+    "2",
+    "--max-length",
+    "40",
+    "--num-virtual-tokens",
+    "3",
+    "--init",
+    "random",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "4",
+    "--grad-accum",
+    "2",
+    "--lr",
+    "0.05",
+    "--checkpoint-every",
+    "1",
+    "--no-progress",
+    "--device",
+    "cpu",
+]
 
 # Every rank is interrupted at the same micro-batch: the first of step 2, mid-epoch 1.
 INTERRUPT = """
@@ -53,16 +77,42 @@ def _free_port() -> int:
 
 
 def _torchrun(target: list[str], args: list[str]) -> subprocess.CompletedProcess:
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--nnodes", "1",
-                "--master-addr", "127.0.0.1", "--master-port", str(_free_port())]  # fmt: skip
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--nnodes",
+        "1",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+    ]
     return _launch([*launcher, *target, *args])
 
 
 def _accelerate(target: list[str], args: list[str]) -> subprocess.CompletedProcess:
     # --multi_gpu selects accelerate's torchrun-based launcher; with --device cpu the ranks use gloo.
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                "--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port())]  # fmt: skip
+    launcher = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_ip",
+        "127.0.0.1",
+        "--main_process_port",
+        str(_free_port()),
+    ]
     return _launch([*launcher, *target, *args])
 
 

@@ -38,8 +38,9 @@ def test_a_late_prompt_trained_with_reuse_equals_one_trained_without(tiny, tmp_p
     losses = [[r["loss"] for r in run.records if "loss" in r] for run in (with_reuse, without)]
     assert losses[0] == pytest.approx(losses[1], rel=1e-4, abs=1e-5)
     assert with_reuse.metrics["heldout_loss_after"] == pytest.approx(without.metrics["heldout_loss_after"], rel=1e-4)
-    torch.testing.assert_close(load_adapter(tmp_path / "reuse").embedding, load_adapter(tmp_path / "full").embedding,
-                               rtol=1e-3, atol=1e-4)  # fmt: skip
+    torch.testing.assert_close(
+        load_adapter(tmp_path / "reuse").embedding, load_adapter(tmp_path / "full").embedding, rtol=1e-3, atol=1e-4
+    )
     # each row ran through the frozen layers once (training and held-out rows), then came back reused
     assert with_reuse.metrics["frozen_rows_computed"] == len(ROWS) + len(HELD_OUT)
     assert with_reuse.metrics["frozen_rows_reused"] > with_reuse.metrics["frozen_rows_computed"]

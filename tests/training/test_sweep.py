@@ -26,7 +26,9 @@ CANDIDATES = [
 
 
 def _config(tmp_path, name, **overrides):
-    options = dict(output=str(tmp_path / name), epochs=3, batch_size=2, eval_every=2, progress=False, checkpoint_every=0)
+    options = dict(
+        output=str(tmp_path / name), epochs=3, batch_size=2, eval_every=2, progress=False, checkpoint_every=0
+    )
     return TrainConfig(**(options | overrides))
 
 

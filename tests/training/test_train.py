@@ -50,7 +50,9 @@ def test_early_stopping_keeps_the_best_prompt(llama, tmp_path):
 
 
 def test_non_finite_loss_stops_with_a_clear_error(llama, tmp_path, monkeypatch):
-    monkeypatch.setattr("softprompt.core.model.token_nll", lambda *a: (torch.tensor(float("nan"), requires_grad=True), 1))
+    monkeypatch.setattr(
+        "softprompt.core.model.token_nll", lambda *a: (torch.tensor(float("nan"), requires_grad=True), 1)
+    )
     with pytest.raises(TrainingError, match="loss became nan"):
         _run(llama, tmp_path)
 

@@ -38,7 +38,6 @@ class EngineConfig:
             raise ConfigError(f"max_context must be at least 2, got {self.max_context}")
 
 
-
 class Engine:
     def __init__(self, base: BaseModel, registry: AdapterRegistry | None = None, config: EngineConfig | None = None):
         self.base = base

@@ -124,7 +124,9 @@ class AdapterRegistry:
                 f"prompt {name!r} must be [tokens, {self.base.hidden_size}], got {tuple(prompt.weights.shape)}"
             )
         if prompt.entry >= self.base.num_layers:
-            raise AdapterError(f"prompt {name!r} enters at layer {prompt.entry}, beyond the model's {self.base.num_layers}")
+            raise AdapterError(
+                f"prompt {name!r} enters at layer {prompt.entry}, beyond the model's {self.base.num_layers}"
+            )
         self._insert(Entry(name, None, prompt.num_virtual_tokens, prompt.detach().to("cpu")))
 
     def remove(self, name: str) -> None:

@@ -64,9 +64,7 @@ def _ranked(logp: torch.Tensor, targets: torch.Tensor, k: int) -> list[TokenLogp
     chosen = logp.gather(1, targets[:, None])[:, 0].clamp(min=MIN_LOGPROB).tolist()
     best = torch.topk(logp, min(k, logp.shape[-1]), dim=-1)
     values, ids = best.values.clamp(min=MIN_LOGPROB).tolist(), best.indices.tolist()
-    return [
-        TokenLogprob(int(t), lp, tuple(zip(i, v))) for t, lp, i, v in zip(targets.tolist(), chosen, ids, values)
-    ]
+    return [TokenLogprob(int(t), lp, tuple(zip(i, v))) for t, lp, i, v in zip(targets.tolist(), chosen, ids, values)]
 
 
 def penalize(scores: torch.Tensor, history: list[int], penalty: float) -> torch.Tensor:

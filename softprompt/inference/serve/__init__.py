@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from softprompt.core.errors import AdapterError
+from softprompt.core.files import require_dir
 from softprompt.inference.engine import EngineConfig, RegistryConfig
 from softprompt.inference.serve.app import create_app
 from softprompt.inference.serve.config import ServeConfig
@@ -30,7 +32,8 @@ def serve(
 
     for warning in config.warnings():
         log.warning(warning)
-
+    if adapters is not None:  # before the model loads: a typo costs a second
+        require_dir(adapters, "--adapters: adapters directory", AdapterError)
     base = load_base_model(model, device=device, trust_remote_code=trust_remote_code)
     registry = AdapterRegistry(base, adapters, registry_config)
     if adapters is not None:
@@ -38,6 +41,8 @@ def serve(
     app = create_app(Engine(base, registry, engine_config), config)
     log.info(
         "API key: %s; adapter admin: %s; drain on stop: %g s",
-        "required" if config.api_key else "none", "on" if config.enable_adapter_admin else "off", config.drain_seconds,
-    )  # fmt: skip
+        "required" if config.api_key else "none",
+        "on" if config.enable_adapter_admin else "off",
+        config.drain_seconds,
+    )
     run(app, config.host, config.port)

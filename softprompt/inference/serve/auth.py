@@ -38,9 +38,12 @@ class ApiKeyAuth:
         given = bearer_token(scope.get("headers") or [])
         if given is None:
             await send_error(
-                send, 401, "missing API key: send the header 'Authorization: Bearer <key>'", "invalid_api_key",
+                send,
+                401,
+                "missing API key: send the header 'Authorization: Bearer <key>'",
+                "invalid_api_key",
                 CHALLENGE,
-            )  # fmt: skip
+            )
             return
         if not hmac.compare_digest(_digest(given), self._digest):
             await send_error(send, 401, "invalid API key", "invalid_api_key", CHALLENGE)

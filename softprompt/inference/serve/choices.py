@@ -126,7 +126,9 @@ class Choice:
         content = []
         for token, entry in entries:
             assert entry is not None  # chat has no echo, so no unscored prompt token
-            content.append({**self._token(token, entry.logprob), "top_logprobs": [self._token(t, lp) for t, lp in entry.top]})
+            content.append(
+                {**self._token(token, entry.logprob), "top_logprobs": [self._token(t, lp) for t, lp in entry.top]}
+            )
         return {"content": content, "refusal": None}
 
     def _token(self, token: int, logprob: float) -> dict[str, Any]:

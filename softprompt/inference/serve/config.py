@@ -36,9 +36,11 @@ class ServeConfig:
     )
     enable_adapter_admin: bool = field(
         default=False,
-        metadata={"help": "enable POST /v1/adapters and DELETE /v1/adapters/NAME (off by default; needs --api-key "
-                  "unless the host is loopback)"},
-    )  # fmt: skip
+        metadata={
+            "help": "enable POST /v1/adapters and DELETE /v1/adapters/NAME (off by default; needs --api-key "
+            "unless the host is loopback)"
+        },
+    )
     drain_seconds: float = field(
         default=20.0,
         metadata={"help": "on SIGTERM/SIGINT, how long in-flight requests may run on before they are ended"},

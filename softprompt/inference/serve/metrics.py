@@ -30,21 +30,27 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "softprompt_http_requests", "HTTP requests answered, by route template and status code",
-            ["route", "status"], registry=r,
-        )  # fmt: skip
+            "softprompt_http_requests",
+            "HTTP requests answered, by route template and status code",
+            ["route", "status"],
+            registry=r,
+        )
         self.prompt_tokens = Counter(
             "softprompt_prompt_tokens", "Prompt tokens prefilled (virtual tokens not counted)", registry=r
         )
         self.generation_tokens = Counter("softprompt_generation_tokens", "Tokens generated", registry=r)
         self.ttft = Histogram(
-            "softprompt_time_to_first_token_seconds", "From a sequence's submission to its first generated token",
-            buckets=TTFT_BUCKETS, registry=r,
-        )  # fmt: skip
+            "softprompt_time_to_first_token_seconds",
+            "From a sequence's submission to its first generated token",
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
         self.latency = Histogram(
-            "softprompt_e2e_request_latency_seconds", "From a sequence's submission to its end (finished ones)",
-            buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            "softprompt_e2e_request_latency_seconds",
+            "From a sequence's submission to its end (finished ones)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         r.register(_EngineCollector(engine, drain))
 
     def render(self) -> bytes:
@@ -70,23 +76,34 @@ class _EngineCollector:
     def collect(self) -> Iterator[Metric]:
         scheduler, registry = self.engine.scheduler, self.engine.registry
         stats = registry.stats
-        yield GaugeMetricFamily("softprompt_num_requests_running", "Sequences in the running batch",
-                                value=len(scheduler.running))  # fmt: skip
-        yield GaugeMetricFamily("softprompt_num_requests_waiting", "Sequences queued for admission",
-                                value=len(scheduler.waiting))  # fmt: skip
-        yield GaugeMetricFamily("softprompt_http_requests_in_flight", "HTTP requests being answered (streams too)",
-                                value=self.drain.in_flight)  # fmt: skip
-        yield GaugeMetricFamily("softprompt_draining", "1 after a stop signal, while the server drains",
-                                value=int(self.drain.draining))  # fmt: skip
+        yield GaugeMetricFamily(
+            "softprompt_num_requests_running", "Sequences in the running batch", value=len(scheduler.running)
+        )
+        yield GaugeMetricFamily(
+            "softprompt_num_requests_waiting", "Sequences queued for admission", value=len(scheduler.waiting)
+        )
+        yield GaugeMetricFamily(
+            "softprompt_http_requests_in_flight",
+            "HTTP requests being answered (streams too)",
+            value=self.drain.in_flight,
+        )
+        yield GaugeMetricFamily(
+            "softprompt_draining", "1 after a stop signal, while the server drains", value=int(self.drain.draining)
+        )
         yield GaugeMetricFamily("softprompt_adapters", "Adapters the server lists", value=len(registry.names()))
-        yield GaugeMetricFamily("softprompt_adapters_loaded", "Adapters held in memory (embedding + prompt KV)",
-                                value=len(registry.loaded_names()))  # fmt: skip
+        yield GaugeMetricFamily(
+            "softprompt_adapters_loaded",
+            "Adapters held in memory (embedding + prompt KV)",
+            value=len(registry.loaded_names()),
+        )
         yield CounterMetricFamily("softprompt_adapter_cache_hits", "Prompt KV served from memory", value=stats.hits)
-        yield CounterMetricFamily("softprompt_adapter_cache_misses", "Prompt KV computed (first use, or after eviction)",
-                                  value=stats.misses)  # fmt: skip
+        yield CounterMetricFamily(
+            "softprompt_adapter_cache_misses", "Prompt KV computed (first use, or after eviction)", value=stats.misses
+        )
         yield CounterMetricFamily("softprompt_adapter_loads", "Adapter files read from disk", value=stats.loads)
-        yield CounterMetricFamily("softprompt_adapter_evictions", "Adapters dropped from memory by the byte bound",
-                                  value=stats.evictions)  # fmt: skip
+        yield CounterMetricFamily(
+            "softprompt_adapter_evictions", "Adapters dropped from memory by the byte bound", value=stats.evictions
+        )
 
 
 class RequestMetrics:

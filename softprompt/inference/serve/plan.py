@@ -46,19 +46,25 @@ class Planner:
         need = len(prompts) * request.n
         if need > self.config.max_concurrent:
             raise APIError(
-                400, f"this request needs {need} sequences (prompts x n), more than the server runs at once "
-                f"({self.config.max_concurrent})", param="n" if request.n > 1 else "prompt",
-            )  # fmt: skip
+                400,
+                f"this request needs {need} sequences (prompts x n), more than the server runs at once "
+                f"({self.config.max_concurrent})",
+                param="n" if request.n > 1 else "prompt",
+            )
         echo = isinstance(request, CompletionRequest) and request.echo
         top = request.top_logprobs_asked
         seqs = []
         for ids in prompts:
             for copy in range(request.n):
                 params = SamplingParams(
-                    max_new_tokens=max_new, temperature=request.temperature, top_p=request.top_p,
-                    seed=None if request.seed is None else (request.seed + copy) % SEED_SPACE, stop=request.stops,
-                    logprobs=top, prompt_logprobs=top if echo else None,
-                )  # fmt: skip
+                    max_new_tokens=max_new,
+                    temperature=request.temperature,
+                    top_p=request.top_p,
+                    seed=None if request.seed is None else (request.seed + copy) % SEED_SPACE,
+                    stop=request.stops,
+                    logprobs=top,
+                    prompt_logprobs=top if echo else None,
+                )
                 seqs.append(self._sequence(ids, adapter, params))
         return Job(seqs, request.n, sum(map(len, prompts)), texts if echo else None, hide, top)
 
@@ -98,18 +104,22 @@ class Planner:
         for ids in rows:
             if len(ids) > self.config.max_prompt_tokens:
                 raise APIError(
-                    400, f"the prompt has {len(ids)} tokens, more than the limit of {self.config.max_prompt_tokens}",
-                    param=param, code="context_length_exceeded",
-                )  # fmt: skip
+                    400,
+                    f"the prompt has {len(ids)} tokens, more than the limit of {self.config.max_prompt_tokens}",
+                    param=param,
+                    code="context_length_exceeded",
+                )
         return rows, texts
 
     def _checked_ids(self, ids: list[int], row: int) -> list[int]:
         for i, token in enumerate(ids):
             if not 0 <= token < self.vocab:
                 raise APIError(
-                    400, f"prompt[{row}][{i}]: token id {token} is outside the model's vocabulary (0..{self.vocab - 1})",
-                    param="prompt", code="invalid_value",
-                )  # fmt: skip
+                    400,
+                    f"prompt[{row}][{i}]: token id {token} is outside the model's vocabulary (0..{self.vocab - 1})",
+                    param="prompt",
+                    code="invalid_value",
+                )
         return list(ids)
 
     def _max_tokens(self, request: Request) -> tuple[int, bool]:
@@ -119,9 +129,11 @@ class Planner:
             asked = request.max_completion_tokens
         if asked is not None and asked > self.config.max_tokens:
             raise APIError(
-                400, f"max_tokens is {asked}, more than the limit of {self.config.max_tokens}", "max_tokens",
+                400,
+                f"max_tokens is {asked}, more than the limit of {self.config.max_tokens}",
                 "max_tokens",
-            )  # fmt: skip
+                "max_tokens",
+            )
         if asked == 0:
             if not (isinstance(request, CompletionRequest) and request.echo):
                 raise APIError(400, "max_tokens: 0 needs echo: true (it returns the prompt, scored)", "max_tokens")
@@ -151,12 +163,19 @@ def _refuse_unsupported(request: Request) -> None:
     if isinstance(request, CompletionRequest):
         refusals += [
             (bool(request.suffix), "suffix", "suffix (insertion) is not supported"),
-            (request.best_of not in (None, request.n), "best_of",
-             "best_of other than n is not supported (choices are not ranked)"),
-        ]  # fmt: skip
+            (
+                request.best_of not in (None, request.n),
+                "best_of",
+                "best_of other than n is not supported (choices are not ranked)",
+            ),
+        ]
     else:
         refusals.append(
-            (request.top_logprobs is not None and not request.logprobs, "top_logprobs", "top_logprobs needs logprobs: true")
+            (
+                request.top_logprobs is not None and not request.logprobs,
+                "top_logprobs",
+                "top_logprobs needs logprobs: true",
+            )
         )
     for refused, param, message in refusals:
         if refused:

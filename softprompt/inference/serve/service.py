@@ -68,7 +68,9 @@ class Service:
             return APIError(503, error, code="server_shutting_down")
         # The engine reports the registry's "unknown adapter" when the adapter went between this
         # request's checks and its prefill (it may be back by now, loaded again).
-        gone = seq.adapter is not None and (seq.adapter not in self.engine.registry or error.startswith(UNKNOWN_ADAPTER))
+        gone = seq.adapter is not None and (
+            seq.adapter not in self.engine.registry or error.startswith(UNKNOWN_ADAPTER)
+        )
         if gone:
             message = f"the model {seq.adapter!r} was unloaded before this request ran"
             return APIError(404, message, param="model", code="model_not_found")
@@ -77,7 +79,9 @@ class Service:
     def _choices(self, job: Job, chat: bool) -> list[Choice]:
         echo = job.echo
         return [
-            Choice(seq, self.texts, chat, job.top_logprobs, None if echo is None else echo[i // job.n], job.hide_generated)
+            Choice(
+                seq, self.texts, chat, job.top_logprobs, None if echo is None else echo[i // job.n], job.hide_generated
+            )
             for i, seq in enumerate(job.seqs)
         ]
 
@@ -99,9 +103,7 @@ class Service:
             bodies.append(fmt.choice(index, delta.text, delta.finish_reason, delta.logprobs))
         return fmt.body(bodies, job.prompt_tokens, _generated(job, finals))
 
-    async def stream(
-        self, job: Job, slots: Slots, model: str, chat: bool, include_usage: bool
-    ) -> AsyncIterator[str]:
+    async def stream(self, job: Job, slots: Slots, model: str, chat: bool, include_usage: bool) -> AsyncIterator[str]:
         """Server-sent events: deltas per choice, a chunk with each finish_reason, optional usage, ``[DONE]``.
 
         A failure (the drain deadline, an unloaded adapter, an engine error) ends the stream with an

@@ -69,7 +69,9 @@ class MethodSpec:
     test_rows: int | None = field(default=None, metadata={"help": "evaluate on only the first N test rows"})
     scheduler: str = field(default="linear", metadata={"help": "learning-rate schedule (trained methods)"})
     reparam_hidden: int = field(default=0, metadata={"help": "residual MLP width over the prompt (0: none)"})
-    instruction: bool = field(default=True, metadata={"help": "put the preset's instruction first (prompt engineering)"})
+    instruction: bool = field(
+        default=True, metadata={"help": "put the preset's instruction first (prompt engineering)"}
+    )
     order: int = field(default=0, metadata={"help": "which seeded order of the in-context examples (few-shot)"})
     form: str = field(default="vectors", metadata={"help": "late prompt: vectors or kv (keys/values per layer)"})
     depth: float = field(default=0.0, metadata={"help": "late prompt: entry layer as a fraction of the model's depth"})

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import torch
 
-from softprompt.core.adapter import atomic_path, load_adapter
+from softprompt.core.adapter import load_adapter
 from softprompt.core.base import BaseModel
 from softprompt.core.data import Row
+from softprompt.core.files import atomic_path
 from softprompt.core.forms import Form
 from softprompt.core.model import SoftPromptModel, Tunable
 from softprompt.core.prompt import Init, PromptConfig

@@ -19,9 +19,10 @@ from typing import Any
 
 import torch
 
-from softprompt.core.adapter import load_adapter, write_json
+from softprompt.core.adapter import load_adapter
 from softprompt.core.card import write_model_card
 from softprompt.core.errors import ConfigError
+from softprompt.core.files import write_json
 from softprompt.core.models import load_base_model
 from softprompt.measuring.classify import Scorer, classify, engine_scorer, metrics
 from softprompt.measuring.methods import PROMPTS, Kind, MethodSpec
@@ -42,16 +43,25 @@ class RunSetup:
     preset: str = field(metadata={"help": "task preset name or JSON file"})
     data: str = field(metadata={"help": "directory with the preset's data files"})
     output: str = field(metadata={"help": "directory for adapters and results"})
-    budget: int = field(default=0, metadata={"help": "optimizer steps per trained candidate (0: the time budget "
-                                                     "--max-seconds alone decides, steps unbounded inside it)"})
+    budget: int = field(
+        default=0,
+        metadata={
+            "help": "optimizer steps per trained candidate (0: the time budget "
+            "--max-seconds alone decides, steps unbounded inside it)"
+        },
+    )
     batch_size: int = field(default=8, metadata={"help": "training rows per step"})
-    max_seconds: float = field(default=120.0, metadata={"help": "training seconds per candidate: every method gets "
-                                                              "the same time of this machine (0: none)"})
+    max_seconds: float = field(
+        default=120.0,
+        metadata={"help": "training seconds per candidate: every method gets the same time of this machine (0: none)"},
+    )
     train_rows: int | None = field(default=None, metadata={"help": "use the first N training rows"})
     test_rows: int | None = field(default=None, metadata={"help": "evaluate on the first N test rows"})
     eval_batch_size: int = field(default=16, metadata={"help": "rows per scoring batch"})
     max_length: int = field(default=128, metadata={"help": "truncate training examples to this many tokens"})
-    seed: int = field(default=0, metadata={"help": "first seed (inits, shuffling, in-context examples); seeds count up"})
+    seed: int = field(
+        default=0, metadata={"help": "first seed (inits, shuffling, in-context examples); seeds count up"}
+    )
     keep_full_model: bool = field(default=False, metadata={"help": "keep the fully fine-tuned models on disk"})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, ..."})
 
@@ -93,7 +103,10 @@ def score_test(selection: dict[str, Any], setup: RunSetup, limit: int | None) ->
         raise ConfigError(f"{kind.value}: no run finished, nothing to test")
     preset = load_preset(setup.preset)
     rows = load_test_rows(preset, setup.data, limit)
-    texts, gold = [preset.fill(r) for r in rows], [preset.label_index(r, f"test row {i + 1}") for i, r in enumerate(rows)]
+    texts, gold = (
+        [preset.fill(r) for r in rows],
+        [preset.label_index(r, f"test row {i + 1}") for i, r in enumerate(rows)],
+    )
     started = time.perf_counter()
 
     def scored(scorer: Scorer, base: Any) -> list[torch.Tensor]:
@@ -123,7 +136,9 @@ def score_test(selection: dict[str, Any], setup: RunSetup, limit: int | None) ->
         for run, scored_run in zip(runs, found, strict=True):
             _card_with_scores(Path(run["artifact"]), scored_run, setup, preset)
     return {
-        "runs": [{"seed": run["seed"], **m, "scores": s.tolist()} for run, m, s in zip(runs, found, scores, strict=True)],
+        "runs": [
+            {"seed": run["seed"], **m, "scores": s.tolist()} for run, m, s in zip(runs, found, scores, strict=True)
+        ],
         "eval_rows": len(rows),
         "test_seconds": seconds,
         "ms_per_example": 1000 * seconds / max(len(rows) * len(runs), 1),

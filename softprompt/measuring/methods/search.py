@@ -81,14 +81,17 @@ class Task:
         for member in result.scores:  # [N, K]
             found = metrics(member.argmax(-1).tolist(), self.gold, len(self.preset.labels))
             label_loss = float(-member.log_softmax(-1)[torch.arange(len(gold)), gold].mean())
-            out.append({"val_accuracy": found["accuracy"], "val_macro_f1": found["macro_f1"], "val_label_loss": label_loss})
+            out.append(
+                {"val_accuracy": found["accuracy"], "val_macro_f1": found["macro_f1"], "val_label_loss": label_loss}
+            )
         return out
 
 
 def data_config(setup: Any, preset: Preset) -> DataConfig:
     """How compare reads a task's rows for training (what an adapter's card records as its data)."""
-    return DataConfig(data=setup.data, template=preset.template, target_column=TARGET_COLUMN,
-                      max_length=setup.max_length)  # fmt: skip
+    return DataConfig(
+        data=setup.data, template=preset.template, target_column=TARGET_COLUMN, max_length=setup.max_length
+    )
 
 
 def run_info(setup: Any, preset: Preset) -> dict[str, Any]:
@@ -109,8 +112,14 @@ def search(job: SearchJob, setup: Any) -> dict[str, Any]:
         found = _prompts(job, task, directory)
     else:
         found = _weights(job, task, directory)
-    return {"kind": job.kind.value, "method": job.candidates[0].method, "train_rows": len(task.train),
-            "validation_rows": len(task.validation), "select_seconds": time.perf_counter() - started, **found}  # fmt: skip
+    return {
+        "kind": job.kind.value,
+        "method": job.candidates[0].method,
+        "train_rows": len(task.train),
+        "validation_rows": len(task.validation),
+        "select_seconds": time.perf_counter() - started,
+        **found,
+    }
 
 
 def _record(spec: MethodSpec, seed: int, scores: dict[str, float], **more: Any) -> dict[str, Any]:
@@ -143,8 +152,14 @@ def _prompt_engineering(job: SearchJob, task: Task, directory: Path) -> dict[str
         runs.append(variants[_best(variants)])
     for run in runs:
         run["artifact"] = str(save_context(directory / f"seed{run['seed']}", run["context"]))
-    return {"candidates": candidates, "chosen": chosen, "runs": runs, "trainable_params": 0, "stored_params": 0,
-            "base_params": _params(base)}  # fmt: skip
+    return {
+        "candidates": candidates,
+        "chosen": chosen,
+        "runs": runs,
+        "trainable_params": 0,
+        "stored_params": 0,
+        "base_params": _params(base),
+    }
 
 
 def _engine(base: BaseModel, context: str) -> Scorer:
@@ -194,11 +209,22 @@ def _run_record(spec: MethodSpec, seed: int, scores: dict[str, float], result: T
     """What a search keeps of a trained run: validation scores, budget spent, and its validation curve."""
     records = result.records
     steps = [r for r in records if "loss" in r]
-    curve = [[r["step"], r.get("elapsed", 0.0), r["eval_loss"], r.get("val_accuracy")] for r in records
-             if r.get("eval_loss") is not None]  # fmt: skip
-    return _record(spec, seed, scores, artifact=str(result.output), steps=len(steps),
-                   best_step=int(result.metrics["best_step"]), train_seconds=float(result.metrics["train_seconds"]),
-                   curve=curve, stopped_early=bool(result.metrics["stopped_early"]))  # fmt: skip
+    curve = [
+        [r["step"], r.get("elapsed", 0.0), r["eval_loss"], r.get("val_accuracy")]
+        for r in records
+        if r.get("eval_loss") is not None
+    ]
+    return _record(
+        spec,
+        seed,
+        scores,
+        artifact=str(result.output),
+        steps=len(steps),
+        best_step=int(result.metrics["best_step"]),
+        train_seconds=float(result.metrics["train_seconds"]),
+        curve=curve,
+        stopped_early=bool(result.metrics["stopped_early"]),
+    )
 
 
 def _prompts(job: SearchJob, task: Task, directory: Path) -> dict[str, Any]:
@@ -208,10 +234,13 @@ def _prompts(job: SearchJob, task: Task, directory: Path) -> dict[str, Any]:
     measure = _validation_measure(task)
 
     def sweep(runs: list[tuple[MethodSpec, int]], names: list[str]) -> list[dict[str, Any]]:
-        models = [SoftPromptModel.with_new_prompt(base, prompt_config(s, task.preset, base), seed=seed)
-                  for s, seed in runs]  # fmt: skip
-        configs = [_train_config(job, task.setup, s, seed, directory / name)
-                   for (s, seed), name in zip(runs, names, strict=True)]  # fmt: skip
+        models = [
+            SoftPromptModel.with_new_prompt(base, prompt_config(s, task.preset, base), seed=seed) for s, seed in runs
+        ]
+        configs = [
+            _train_config(job, task.setup, s, seed, directory / name)
+            for (s, seed), name in zip(runs, names, strict=True)
+        ]
         info = run_info(task.setup, task.preset)
         candidates = [Candidate(m, c, info, measure) for m, c in zip(models, configs, strict=True)]
         result = train_sweep(candidates, train_set, validation)
@@ -231,14 +260,24 @@ def _prompts(job: SearchJob, task: Task, directory: Path) -> dict[str, Any]:
     candidates = sweep(first, [f"candidate{i}" for i in range(len(job.candidates))])
     chosen = _best(candidates)
     spec = job.candidates[chosen]
-    again = sweep([(spec, seed) for seed in job.seeds[1:]], [f"seed{seed}" for seed in job.seeds[1:]]) if len(job.seeds) > 1 else []
+    again = (
+        sweep([(spec, seed) for seed in job.seeds[1:]], [f"seed{seed}" for seed in job.seeds[1:]])
+        if len(job.seeds) > 1
+        else []
+    )
     model = SoftPromptModel.with_new_prompt(base, prompt_config(spec, task.preset, base))
     prompt = model.require_prompt()
     trainable = sum(p.numel() for p in prompt.parameters())
     frozen = prompt.frozen()
     stored = frozen.weights.numel() + (0 if frozen.below is None else frozen.below.numel())
-    return {"candidates": candidates, "chosen": chosen, "runs": [candidates[chosen], *again],
-            "trainable_params": trainable, "stored_params": stored, "base_params": _params(base)}  # fmt: skip
+    return {
+        "candidates": candidates,
+        "chosen": chosen,
+        "runs": [candidates[chosen], *again],
+        "trainable_params": trainable,
+        "stored_params": stored,
+        "base_params": _params(base),
+    }
 
 
 def _weights(job: SearchJob, task: Task, directory: Path) -> dict[str, Any]:
@@ -253,8 +292,9 @@ def _weights(job: SearchJob, task: Task, directory: Path) -> dict[str, Any]:
             model = weights_model(spec, base, seed)
             config = _train_config(job, task.setup, spec, seed, output)
             examples, validation = task.examples(task.train, base), task.examples(task.validation, base)
-            result = train(model, examples, validation, config, run_info=run_info(task.setup, task.preset),
-                           measure=measure)  # fmt: skip
+            result = train(
+                model, examples, validation, config, run_info=run_info(task.setup, task.preset), measure=measure
+            )
             base.model.requires_grad_(False)
             (scores,) = task.validate(scorer_of(model), base)
         except Exception as exc:  # noqa: BLE001 - one candidate's failure is a result, not the end of the search

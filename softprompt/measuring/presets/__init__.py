@@ -69,8 +69,10 @@ class Preset:
 
     def with_target(self, rows: list[Row], where: str) -> list[Row]:
         """Rows with the label word in TARGET_COLUMN, ready for a supervised DataConfig."""
-        return [{**row, TARGET_COLUMN: self.words[self.label_index(row, f"{where}, row {i + 1}")]}
-                for i, row in enumerate(rows)]  # fmt: skip
+        return [
+            {**row, TARGET_COLUMN: self.words[self.label_index(row, f"{where}, row {i + 1}")]}
+            for i, row in enumerate(rows)
+        ]
 
 
 def available_presets() -> list[str]:
