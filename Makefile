@@ -22,7 +22,7 @@ demo: setup
 
 test: setup
 	$(PY) -m ruff check .
-	$(PY) -m ruff format --check .
+	$(PY) -m ruff format --check softprompt tests bench fuzz
 	$(PY) -m mypy softprompt
 	$(PY) -m pytest --cov=softprompt --cov-report=term:skip-covered
 
