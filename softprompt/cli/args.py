@@ -32,7 +32,9 @@ def add_config_args(
         if kind is bool:
             group.add_argument(flag, default=default, action=argparse.BooleanOptionalAction, help=help_text)
         elif typing.get_origin(kind) is tuple:
-            group.add_argument(flag, default=default, nargs="*", metavar="VALUE", help=help_text)
+            item = typing.get_args(kind)[0]  # tuple[float, ...]: each value parsed as a float
+            typed = {"type": item} if item in (int, float, str) else {}
+            group.add_argument(flag, default=default, nargs="*", metavar="VALUE", help=help_text, **typed)
         elif isinstance(kind, type) and issubclass(kind, enum.Enum):
             choices = [m.value for m in kind]
             group.add_argument(

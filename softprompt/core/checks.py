@@ -86,7 +86,10 @@ def _coerce(value: Any, hint: Any) -> Any:
             raise _Mismatch("one of " + ", ".join(repr(m.value) for m in hint)) from None
     if typing.get_origin(hint) is tuple:
         item = typing.get_args(hint)[0]
-        if isinstance(value, (list, tuple)) and all(isinstance(v, item) for v in value):
-            return tuple(value)
-        raise _Mismatch(f"a list of {item.__name__}")
+        if isinstance(value, (list, tuple)):
+            try:
+                return tuple(_coerce(v, item) for v in value)
+            except _Mismatch:
+                pass
+        raise _Mismatch(f"a list of {getattr(item, '__name__', item)}")
     return value

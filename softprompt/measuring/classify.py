@@ -185,23 +185,16 @@ def vote(scores: torch.Tensor, how: str = "mean") -> torch.Tensor:
     raise ConfigError(f"vote must be 'mean' or 'majority', got {how!r}")
 
 
-def accuracy(pred: Sequence[int], gold: Sequence[int]) -> float:
-    return sum(int(p == g) for p, g in zip(pred, gold)) / max(len(gold), 1)
-
-
-def macro_f1(pred: Sequence[int], gold: Sequence[int], num_labels: int) -> float:
-    """Unweighted mean of per-class F1 over all classes (absent, never-predicted classes score 0)."""
-    f1s = []
-    for c in range(num_labels):
-        tp = sum(1 for p, g in zip(pred, gold) if p == c and g == c)
-        fp = sum(1 for p, g in zip(pred, gold) if p == c and g != c)
-        fn = sum(1 for p, g in zip(pred, gold) if p != c and g == c)
-        f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-    return sum(f1s) / num_labels
-
-
 def metrics(pred: Sequence[int], gold: Sequence[int], num_labels: int) -> dict[str, float]:
-    return {"accuracy": accuracy(pred, gold), "macro_f1": macro_f1(pred, gold, num_labels)}
+    """Accuracy and macro-F1 (the unweighted mean of per-class F1 over all classes; an absent,
+    never-predicted class scores 0), by scikit-learn."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    if not gold:
+        return {"accuracy": 0.0, "macro_f1": 0.0}
+    labels = list(range(num_labels))
+    f1 = f1_score(gold, pred, labels=labels, average="macro", zero_division=0.0)
+    return {"accuracy": float(accuracy_score(gold, pred)), "macro_f1": float(f1)}
 
 
 @dataclass

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from softprompt.core.checks import check_types
 from softprompt.core.errors import ConfigError
 from softprompt.core.files import write_json
 from softprompt.measuring.methods import PROMPTS, TRAINED, Kind, MethodSpec
@@ -94,21 +95,29 @@ class CompareConfig:
     isolate: bool = field(default=True, metadata=_help("run each method in its own process (measures peak RSS)"))
 
     def __post_init__(self) -> None:
+        check_types(self)  # lists become tuples, ints floats where floats are asked; anything else is refused
         object.__setattr__(self, "methods", tuple(Kind(m).value for m in self.methods))
-        for name, kind in (
-            ("pt_lrs", float),
-            ("lora_lrs", float),
-            ("prefix_lrs", float),
-            ("full_lrs", float),
-            ("late_lrs", float),
-            ("late_depths", float),
-            ("pt_lengths", int),
-            ("pt_reparam", int),
-            ("lora_ranks", int),
-            ("pe_shots", int),
+        for name in (
+            "pt_lrs",
+            "lora_lrs",
+            "prefix_lrs",
+            "full_lrs",
+            "late_lrs",
+            "late_depths",
+            "pt_lengths",
+            "pt_reparam",
+            "lora_ranks",
+            "pe_shots",
+            "schedules",
+            "pt_inits",
+            "prefix_inits",
+            "late_forms",
         ):
-            object.__setattr__(self, name, _numbers(name, getattr(self, name), kind))
-        object.__setattr__(self, "late_forms", tuple(self.late_forms))
+            if not getattr(self, name):
+                raise ConfigError(f"{name} needs at least one value")
+        for name in ("pt_lrs", "lora_lrs", "prefix_lrs", "full_lrs", "late_lrs"):
+            if not all(v > 0 for v in getattr(self, name)):
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         for init in (*self.pt_inits, *self.prefix_inits):
             if init not in INITS:
                 raise ConfigError(f"unknown init {init!r}: use {', '.join(INITS)}")
@@ -129,19 +138,6 @@ class CompareConfig:
             raise ConfigError("lengths, shots and ranks must be >= 1 and MLP widths >= 0")
         if self.vote not in ("mean", "majority"):
             raise ConfigError(f"vote must be mean or majority, got {self.vote!r}")
-
-
-def _numbers(name: str, values: Any, kind: type) -> tuple[Any, ...]:
-    """The CLI passes list options as strings; JSON as numbers."""
-    try:
-        out = tuple(kind(v) for v in values)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{name} must be a list of {kind.__name__}s: {exc}") from None
-    if not out:
-        raise ConfigError(f"{name} needs at least one value")
-    if kind is float and not all(v > 0 for v in out):
-        raise ConfigError(f"{name} must be positive, got {out}")
-    return out
 
 
 def method_candidates(kind: Kind, config: CompareConfig, labels: int) -> list[MethodSpec]:

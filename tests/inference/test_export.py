@@ -106,3 +106,32 @@ def test_export_rejects_unknown_targets_and_files(tmp_path, capsys):
     (tmp_path / "bad.safetensors").write_bytes(b"not a tensor file")
     with pytest.raises(Exception, match="not a softprompt prompt-embeddings export"):
         load_prompt_embeds(tmp_path / "bad.safetensors")
+
+
+@pytest.mark.parametrize("form", ["vectors", "kv"])
+def test_a_late_prompt_exported_to_peft_gives_its_logits_in_peft(tiny_dirs, tmp_path, capsys, form):
+    """PEFT has no late-prompt format: the export is its keys/values in every layer, a prefix adapter PEFT loads."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = load_tiny(tiny_dirs, "llama")
+    config = PromptConfig(num_virtual_tokens=4, init="vocab", form=form, entry_layer=1)
+    late = SoftPromptModel.with_new_prompt(base, config, seed=5)
+    late.save_pretrained(tmp_path / "late")
+    out = tmp_path / "as-peft"
+    argv = ["export", "--model", str(tiny_dirs["llama"]), "--adapter", str(tmp_path / "late"), "--to", "peft-prefix"]
+    assert main([*argv, "--output", str(out)]) == 0
+    assert "prefix-tuning adapter saved" in " ".join(capsys.readouterr().out.split())  # rich wraps lines
+    assert json.loads((out / "adapter_config.json").read_text())["peft_type"] == "PREFIX_TUNING"
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dirs["llama"]), out).eval()
+    ids = torch.tensor([list(TEXT.encode())])
+    with torch.no_grad():
+        theirs = peft(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        torch.testing.assert_close(late(ids, torch.ones_like(ids)), theirs, atol=1e-4, rtol=1e-4)
+
+
+def test_vllm_export_refuses_a_prompt_that_does_not_enter_at_the_input(tiny_dirs):
+    base = load_tiny(tiny_dirs, "llama")
+    deep = SoftPromptModel.with_new_prompt(base, PromptConfig(num_virtual_tokens=4, init="vocab", form="kv"))
+    with pytest.raises(ConfigError, match="export it with --to peft-prefix"):
+        build_prompt_embeds(deep, TEXT)

@@ -7,7 +7,6 @@ from softprompt.measuring.classify import (
     Scorer,
     engine_scorer,
     hf_scorer,
-    macro_f1,
     metrics,
     model_scorer,
     score_labels,
@@ -112,7 +111,7 @@ def test_votes():
 def test_metrics_by_hand():
     pred, gold = [0, 0, 1, 1, 2], [0, 1, 1, 1, 0]
     # class 0: tp1 fp1 fn1 -> 0.5; class 1: tp2 fp0 fn1 -> 0.8; class 2: tp0 -> 0
-    assert macro_f1(pred, gold, 3) == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+    assert metrics(pred, gold, 3)["macro_f1"] == pytest.approx((0.5 + 0.8 + 0.0) / 3)
     assert metrics(pred, gold, 3)["accuracy"] == pytest.approx(0.6)
 
 
