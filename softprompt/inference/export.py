@@ -129,13 +129,24 @@ def export_peft_prefix(model: SoftPromptModel, output: str | Path) -> Path:
 
 
 def check_peft_prefix(base: BaseModel, num_virtual_tokens: int) -> None:
-    """Refuse a model whose cache PEFT's prefix format does not match (PEFT provisions keys/values from its config)."""
+    """Refuse a model whose cache PEFT's prefix format does not match.
+
+    The adapter states its geometry (heads, width, layers), and PEFT keeps it, except where it
+    derives its own from the model's config (grouped-query models): what PEFT would provision when
+    loading the file is compared with what the model's cache holds.
+    """
     from peft import PrefixTuningConfig
     from peft.utils import _prepare_prompt_learning_config
 
-    config = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=num_virtual_tokens)
-    provisioned = _prepare_prompt_learning_config(config, base.model.config.to_dict())
     heads, dim = base.kv_shape
+    stated = PrefixTuningConfig(
+        task_type="CAUSAL_LM",
+        num_virtual_tokens=num_virtual_tokens,
+        token_dim=heads * dim,
+        num_attention_heads=heads,
+        num_layers=base.num_layers,
+    )
+    provisioned = _prepare_prompt_learning_config(stated, base.model.config.to_dict())
     peft_heads, width = int(provisioned.num_attention_heads), int(provisioned.token_dim)
     if (peft_heads, width) != (heads, heads * dim) or provisioned.num_layers != base.num_layers:
         raise ConfigError(

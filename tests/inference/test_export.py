@@ -135,3 +135,15 @@ def test_vllm_export_refuses_a_prompt_that_does_not_enter_at_the_input(tiny_dirs
     deep = SoftPromptModel.with_new_prompt(base, PromptConfig(num_virtual_tokens=4, init="vocab", form="kv"))
     with pytest.raises(ConfigError, match="export it with --to peft-prefix"):
         build_prompt_embeds(deep, TEXT)
+
+
+def test_export_to_peft_refuses_a_model_whose_cache_peft_would_misread(tiny_dirs, tmp_path):
+    """PEFT derives grouped-query prefix shapes from the config: when they disagree with the cache, say so."""
+    from softprompt.inference.export import export_peft_prefix
+
+    base = load_tiny(tiny_dirs, "llama")
+    model = SoftPromptModel.with_new_prompt(base, PromptConfig(num_virtual_tokens=4, init="vocab", form="kv"))
+    base.model.config.num_key_value_heads = 1  # the cache still holds 2 heads: PEFT would provision 1
+    with pytest.raises(ConfigError, match="PEFT cannot hold this prompt's keys/values") as caught:
+        export_peft_prefix(model, tmp_path / "out")
+    assert len(str(caught.value).splitlines()) == 1 and not (tmp_path / "out").exists()

@@ -9,6 +9,8 @@ import httpx
 import openai
 import pytest
 
+from softprompt.core.model import SoftPromptModel
+from softprompt.core.prompt import PromptConfig
 from softprompt.inference.engine import AdapterRegistry, Engine, SamplingParams
 from softprompt.inference.serve import ServeConfig
 from tests.conftest import load_tiny
@@ -22,6 +24,9 @@ LIMITS = dict(max_concurrent=2, max_tokens=64, max_prompt_tokens=100, max_body_b
 @pytest.fixture(scope="module")
 def server(tiny_dirs, tmp_path_factory):
     base, adapters = llama_with_adapters(tiny_dirs, tmp_path_factory.mktemp("adapters"), ["alpha", "beta"], 5)
+    for name, form, entry in (("deep", "kv", 0), ("late", "vectors", 1)):  # served like every prompt
+        config = PromptConfig(num_virtual_tokens=4, init="vocab", form=form, entry_layer=entry)
+        SoftPromptModel.with_new_prompt(base, config, seed=len(name)).save_pretrained(adapters / name)
     engine = tiny_engine(base, adapters)
     slow = Throttle(engine)
     # Admin on without a key: allowed on loopback only (tests/inference/test_serve_auth.py covers the key).
@@ -58,10 +63,12 @@ def _expected(server, text, adapter, n=8, chat=False):
 
 
 def test_models_lists_base_and_adapters(client):
-    assert [m.id for m in client.models.list().data] == [MODEL, "alpha", "beta"]
+    assert [m.id for m in client.models.list().data] == [MODEL, "alpha", "beta", "deep", "late"]
 
 
-@pytest.mark.parametrize("model,adapter", [("alpha", "alpha"), ("beta", "beta"), (MODEL, None)])
+@pytest.mark.parametrize(
+    "model,adapter", [("alpha", "alpha"), ("beta", "beta"), ("deep", "deep"), ("late", "late"), (MODEL, None)]
+)
 def test_completion_matches_the_engine_and_counts_usage(client, server, model, adapter):
     out = client.completions.create(model=model, prompt="hello there", max_tokens=8, temperature=0)
     want = _expected(server, "hello there", adapter)
