@@ -10,6 +10,7 @@ cli        argument parsing over everything; softprompt/__init__.py and demo.py 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import softprompt
@@ -98,3 +99,17 @@ def _is_parent(package: str, module: str) -> bool:
 
 def test_every_public_name_is_exported():
     assert sorted(softprompt.__all__) == softprompt.__all__ and all(hasattr(softprompt, n) for n in softprompt.__all__)
+
+
+def test_one_training_loop_takes_every_optimizer_step():
+    """Every trained method (prompts of every form, LoRA, full fine-tuning) steps in training/loop.py alone,
+    and only training/train.py builds an optimizer: compare's methods cannot drift apart in their loops."""
+    root = Path(softprompt.__file__).parent
+    steps, optimizers = [], []
+    for path in sorted(root.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        where = str(path.relative_to(root))
+        steps += [where for _ in re.finditer(r"optimi[sz]er\.step\(", text)]
+        optimizers += [where for _ in re.finditer(r"torch\.optim\.(?!Optimizer\b|lr_scheduler)\w+\(", text)]
+    assert steps == ["training/loop.py"], steps
+    assert optimizers == ["training/train.py"], optimizers

@@ -30,6 +30,7 @@ from transformers import DynamicCache, PretrainedConfig
 from softprompt.core.base import BaseModel
 from softprompt.core.errors import ConfigError
 from softprompt.core.forms import Form, Prompt, as_prompt
+from softprompt.core.inject import mask_positions
 
 
 def embed_tokens(base: BaseModel, ids: torch.Tensor) -> torch.Tensor:
@@ -264,7 +265,7 @@ def run_after_prefix(
     layers' output; ``stop`` as in :func:`run_decoder`. ``cache`` grows by T slots in every layer run.
     """
     mask = torch.cat([prefix_mask, token_mask], dim=1)  # [B, S + T]
-    positions = prefix_mask.sum(dim=1, keepdim=True) + (token_mask.cumsum(dim=1) - 1).clamp(min=0)  # [B, T]
+    positions = prefix_mask.sum(dim=1, keepdim=True) + mask_positions(token_mask)  # [B, T]
     return run_decoder(base, token_states, mask, positions, cache, use_cache=True, start=start, stop=stop)
 
 

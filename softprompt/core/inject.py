@@ -29,6 +29,11 @@ class Injected:
     num_tokens: int  # T, to tell token slots (< T) from prompt slots (>= T)
 
 
+def mask_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids [B, T] of left-padded rows: each row's first real token is 0 (padding gets 0 too)."""
+    return (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
+
+
 def check_left_padded(attention_mask: torch.Tensor) -> None:
     """Padding must be on the left so a row's last token is its newest one."""
     if attention_mask.ndim != 2:
@@ -76,7 +81,7 @@ def inject(
     source = torch.where(in_prompt, seq + (j - pad), torch.where(in_tokens, token_index, 0))
     embeds = torch.gather(source_embeds, 1, source[..., None].expand(-1, -1, hidden))
     mask = (in_prompt | in_tokens).long()
-    position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0) * mask
+    position_ids = mask_positions(mask) * mask
     return Injected(embeds, mask, position_ids, source, seq)
 
 

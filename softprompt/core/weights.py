@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from softprompt.core.base import BaseModel
-from softprompt.core.inject import IGNORE_INDEX
+from softprompt.core.inject import IGNORE_INDEX, mask_positions
 from softprompt.core.layouts import Layout
 from softprompt.core.model import EntryStates
 
@@ -71,8 +71,3 @@ class WeightsModel(nn.Module):
         """The PEFT adapter, or the whole fine-tuned model, in its library's own format."""
         self.model.save_pretrained(str(directory))  # type: ignore[operator]
         return Path(directory)
-
-
-def mask_positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids [B, T] of left-padded rows: each row's first real token is at 0."""
-    return (attention_mask.cumsum(-1) - 1).clamp(min=0)

@@ -26,6 +26,7 @@ from softprompt.core.base import BaseModel
 from softprompt.core.data import encode_input, encode_text, left_pad
 from softprompt.core.errors import ConfigError
 from softprompt.core.forms import Prompt, as_prompt
+from softprompt.core.inject import mask_positions
 from softprompt.core.model import SoftPromptModel
 from softprompt.core.prompt import SoftPrompt
 from softprompt.inference.engine.runner import ModelRunner
@@ -89,7 +90,7 @@ def hf_scorer(model: torch.nn.Module, pad_id: int, accepts_position_ids: bool = 
     """
 
     def logits(ids: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
-        extra = {"position_ids": (mask.cumsum(-1) - 1).clamp(min=0)} if accepts_position_ids else {}
+        extra = {"position_ids": mask_positions(mask)} if accepts_position_ids else {}
         return model(input_ids=ids, attention_mask=mask, logits_to_keep=keep, **extra).logits
 
     return Scorer(logits, pad_id, device=next(model.parameters()).device)
@@ -168,6 +169,9 @@ def _score_chunk(
 
 # ---------------------------------------------------------------------------------------------
 # Votes and metrics
+
+
+VOTES = ("mean", "majority")
 
 
 def vote(scores: torch.Tensor, how: str = "mean") -> torch.Tensor:

@@ -35,11 +35,13 @@ import torch
 from softprompt.core.checks import check_types
 from softprompt.core.errors import ConfigError
 from softprompt.core.files import write_json
+from softprompt.measuring.classify import VOTES
 from softprompt.measuring.methods import PROMPTS, TRAINED, Kind, MethodSpec
 from softprompt.measuring.methods.run import RunSetup, run_phase
 from softprompt.measuring.methods.search import SearchJob
 from softprompt.measuring.presets import Preset, load_preset, load_test_rows, load_train_rows
 from softprompt.measuring.selection import Split, design, split_validation
+from softprompt.training.train import SCHEDULERS
 
 log = logging.getLogger(__name__)
 
@@ -128,16 +130,16 @@ class CompareConfig:
         if not self.eval_every_seconds > 0:
             raise ConfigError(f"eval_every_seconds must be positive, got {self.eval_every_seconds}")
         for schedule in self.schedules:
-            if schedule not in ("linear", "cosine", "constant", "constant_with_warmup"):
-                raise ConfigError(f"unknown schedule {schedule!r}: use linear, cosine, constant, constant_with_warmup")
+            if schedule not in SCHEDULERS:
+                raise ConfigError(f"unknown schedule {schedule!r}: use {', '.join(SCHEDULERS)}")
         if min(self.seeds, self.search_budget, self.pe_orders, self.patience, self.eval_every, self.val_max_rows) < 1:
             raise ConfigError("seeds, search_budget, pe_orders, patience, eval_every and val_max_rows must be >= 1")
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
         if min(*self.pt_lengths, *self.pe_shots, *self.lora_ranks) < 1 or min(self.pt_reparam) < 0:
             raise ConfigError("lengths, shots and ranks must be >= 1 and MLP widths >= 0")
-        if self.vote not in ("mean", "majority"):
-            raise ConfigError(f"vote must be mean or majority, got {self.vote!r}")
+        if self.vote not in VOTES:
+            raise ConfigError(f"vote must be {' or '.join(VOTES)}, got {self.vote!r}")
 
 
 def method_candidates(kind: Kind, config: CompareConfig, labels: int) -> list[MethodSpec]:

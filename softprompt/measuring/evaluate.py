@@ -25,7 +25,7 @@ from softprompt.core.errors import AdapterError, ConfigError, DataError
 from softprompt.core.files import atomic_path, require_dir, require_file
 from softprompt.core.forms import Prompt
 from softprompt.core.model import SoftPromptModel, Tunable
-from softprompt.measuring.classify import Scorer, classify, engine_scorer, hf_scorer, metrics, vote
+from softprompt.measuring.classify import VOTES, Scorer, classify, engine_scorer, hf_scorer, metrics, vote
 from softprompt.measuring.presets import few_shot_context, load_preset, load_task
 
 
@@ -51,7 +51,7 @@ class EvalConfig:
         object.__setattr__(self, "adapter", tuple(self.adapter))
         if self.adapter and self.peft_adapter:
             raise ConfigError("use soft-prompt adapters or a PEFT adapter, not both")
-        if self.split not in ("test", "train") or self.vote not in ("mean", "majority"):
+        if self.split not in ("test", "train") or self.vote not in VOTES:
             raise ConfigError("split must be test or train, vote mean or majority")
         if self.preset is None and (self.shots or self.instruction or self.exact_match or self.predictions):
             raise ConfigError("--shots, --instruction, --exact-match and --predictions need a classification --preset")

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from softprompt.measuring.classify import metrics, vote
+from softprompt.measuring.classify import VOTES, metrics, vote
 from softprompt.measuring.methods import Kind
 from softprompt.measuring.presets import Preset
 from softprompt.measuring.selection import Split
@@ -135,9 +135,7 @@ def _ensemble(
         if selection.get("kind") != Kind.PROMPT_TUNING.value or "runs" not in test or len(test["runs"]) < 2:
             continue
         scores = torch.tensor([r["scores"] for r in test["runs"]])  # [M, N, K]
-        found = {
-            kind: metrics(vote(scores, kind).tolist(), gold[: scores.shape[1]], labels) for kind in ("mean", "majority")
-        }
+        found = {kind: metrics(vote(scores, kind).tolist(), gold[: scores.shape[1]], labels) for kind in VOTES}
         return {"members": [f"seed {r['seed']}" for r in test["runs"]], "vote": how, **found, **found[how]}
     return None
 

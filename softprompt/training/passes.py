@@ -4,7 +4,7 @@ The loss and its layouts are the prompt core's (:meth:`SoftPromptModel.loss`); t
 decides how a batch is cut into passes: rows in slices of at most ``max_tokens`` token slots,
 each slice trimmed to its own longest row, each slice's summed loss divided by the whole batch's
 token count, so the gradient equals one pass over the batch while activation memory is bounded
-by the slice (about 1.3 MB per token for SmolLM2-135M in fp32).
+by the slice (about 1.5 MB per token for SmolLM2-135M in fp32).
 """
 
 from __future__ import annotations

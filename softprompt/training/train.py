@@ -32,6 +32,7 @@ from softprompt.training import distributed, sharding
 from softprompt.training.checkpoint import Checkpoint, load_checkpoint
 from softprompt.training.heldout import mean_token_loss
 from softprompt.training.loop import Progress, TrainingLoop
+from softprompt.training.passes import MICRO_BATCH_TOKENS
 from softprompt.training.plots import save_loss_curve
 from softprompt.training.reuse import FrozenRows
 from softprompt.training.sharding import SHARD_MODES
@@ -99,7 +100,7 @@ class TrainConfig:
         metadata={"help": "save a resumable checkpoint every N optimizer steps (and every epoch); 0: epochs only"},
     )
     micro_batch_tokens: int = field(
-        default=512,
+        default=MICRO_BATCH_TOKENS,
         metadata={
             "help": "tokens per forward/backward slice of a batch (padding included for models that "
             "cannot train padding-free, such as bloom): bounds activation memory "
