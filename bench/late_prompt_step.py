@@ -36,9 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # this checkout's softprompt, installed or not
 
 from softprompt.core.data import DataConfig, Example, batches, tokenize_rows  # noqa: E402
-from softprompt.core.model import SoftPromptModel  # noqa: E402
-from softprompt.core.models import load_base_model  # noqa: E402
+from softprompt.core.loading import load_base_model  # noqa: E402
 from softprompt.core.prompt import Init, PromptConfig  # noqa: E402
+from softprompt.core.prompted import SoftPromptModel  # noqa: E402
 from softprompt.measuring.presets import TARGET_COLUMN, load_preset, load_train_rows  # noqa: E402
 from softprompt.training.passes import backward_mean_loss  # noqa: E402
 from softprompt.training.reuse import FrozenRows  # noqa: E402

@@ -39,7 +39,7 @@ MODEL = "smollm2-135m"
 
 def layer_shapes() -> tuple[list[tuple[int, int]], int]:
     """(out, in) of the seven projections of one decoder layer, and the number of layers."""
-    from softprompt.core.models import load_base_model
+    from softprompt.core.loading import load_base_model
 
     c = load_base_model(MODEL).model.config
     h, inter, kv = c.hidden_size, c.intermediate_size, c.num_key_value_heads * c.head_dim

@@ -27,9 +27,9 @@ import uvicorn
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from softprompt.core.model import SoftPromptModel
-from softprompt.core.models import cache_root, load_base_model
+from softprompt.core.loading import cache_root, load_base_model
 from softprompt.core.prompt import PromptConfig
+from softprompt.core.prompted import SoftPromptModel
 from softprompt.inference.engine import AdapterRegistry, Engine, EngineConfig, SamplingParams
 from softprompt.inference.serve import ServeConfig, create_app
 

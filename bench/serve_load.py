@@ -45,9 +45,9 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from softprompt.core.model import SoftPromptModel  # noqa: E402
-from softprompt.core.models import load_base_model  # noqa: E402
+from softprompt.core.loading import load_base_model  # noqa: E402
 from softprompt.core.prompt import PromptConfig  # noqa: E402
+from softprompt.core.prompted import SoftPromptModel  # noqa: E402
 from tests.conftest import save_tiny  # noqa: E402
 
 ADAPTERS = ["alpha", "beta", "gamma", "delta"]

@@ -34,9 +34,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # this checkout's softprompt, installed or not
 
 from softprompt.core.data import DataConfig, tokenize_rows  # noqa: E402
-from softprompt.core.model import SoftPromptModel  # noqa: E402
-from softprompt.core.models import load_base_model  # noqa: E402
+from softprompt.core.loading import load_base_model  # noqa: E402
 from softprompt.core.prompt import Init, PromptConfig  # noqa: E402
+from softprompt.core.prompted import SoftPromptModel  # noqa: E402
 from softprompt.measuring.presets import TARGET_COLUMN, load_preset, load_train_rows  # noqa: E402
 from softprompt.training.sweep import Candidate, train_sweep  # noqa: E402
 from softprompt.training.train import MODEL_DTYPES, TrainConfig, train  # noqa: E402

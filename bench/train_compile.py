@@ -22,9 +22,9 @@ from transformers import AttentionInterface
 
 from softprompt.core import packed
 from softprompt.core.data import batches
-from softprompt.core.model import SoftPromptModel
-from softprompt.core.models import load_base_model
+from softprompt.core.loading import load_base_model
 from softprompt.core.prompt import PromptConfig
+from softprompt.core.prompted import SoftPromptModel
 from softprompt.training.passes import backward_mean_loss
 
 

@@ -124,8 +124,8 @@ def peak_rss_mb() -> float:
 
 def heldout_ce(base: Any, prompt: Any, held_out: list) -> float:
     """Held-out CE of a prompt: a [P, H] tensor, or any softprompt Prompt (a deep one from PEFT's prefix weights)."""
-    from softprompt.core.model import SoftPromptModel
     from softprompt.core.prompt import SoftPrompt
+    from softprompt.core.prompted import SoftPromptModel
     from softprompt.training.heldout import mean_token_loss
 
     return mean_token_loss(SoftPromptModel(base, SoftPrompt.of(prompt)), held_out, 16)
@@ -150,7 +150,7 @@ def run_peft(case: Case, base: Any, train_set: list, held_out: list) -> dict[str
     from peft import PrefixTuningConfig, PromptTuningConfig, PromptTuningInit, get_peft_model
     from transformers import DataCollatorForLanguageModeling, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
-    from softprompt.core.models import cache_root
+    from softprompt.core.loading import cache_root
 
     tokenizer = base.tokenizer
     tokenizer.padding_side = "right"  # as in PEFT's examples; the Trainer's collators pad on the right
@@ -218,8 +218,8 @@ def run_peft(case: Case, base: Any, train_set: list, held_out: list) -> dict[str
 
 
 def run_softprompt(case: Case, base: Any, train_set: list, held_out: list) -> dict[str, Any]:
-    from softprompt.core.model import SoftPromptModel
     from softprompt.core.prompt import PromptConfig
+    from softprompt.core.prompted import SoftPromptModel
     from softprompt.training.train import TrainConfig, train
 
     output = tempfile.mkdtemp(prefix="softprompt-bench-")
@@ -259,7 +259,7 @@ def measure_ceiling(tokens: int = 768, repeats: int = 5) -> dict[str, float]:
     """fp32 GFLOP/s of the model's own matmuls (forward and backward-to-input shapes) at ``tokens`` rows."""
     import torch
 
-    from softprompt.core.models import load_base_model
+    from softprompt.core.loading import load_base_model
 
     config = load_base_model(MODEL).model.config
     h, inter, kv = config.hidden_size, config.intermediate_size, config.num_key_value_heads * config.head_dim
@@ -287,7 +287,7 @@ def _timed(fn: Any) -> float:
 def worker(method: str, case_key: str, result_path: Path, twitter_eval_rows: int, epochs: int | None) -> None:
     import torch
 
-    from softprompt.core.models import load_base_model
+    from softprompt.core.loading import load_base_model
 
     if method == "ceiling":
         result_path.write_text(json.dumps(measure_ceiling()))

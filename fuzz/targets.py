@@ -25,9 +25,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
 from softprompt.core.adapter import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig, load_adapter
-from softprompt.core.base import BaseModel
 from softprompt.core.data import DataConfig, load_examples, tokenize_row
 from softprompt.core.errors import SoftPromptError
+from softprompt.core.frozen import FrozenModel
 from softprompt.core.prompt import Init, PromptConfig, initial_embedding
 from softprompt.inference.generate import GenerateConfig, complete
 
@@ -57,7 +57,7 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=core, eos_token=EOS, pad_token=EOS)
 
 
-def tiny_model(seed: int = 0) -> BaseModel:
+def tiny_model(seed: int = 0) -> FrozenModel:
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=258,
@@ -73,7 +73,7 @@ def tiny_model(seed: int = 0) -> BaseModel:
     )
     tokenizer = byte_tokenizer()
     tokenizer.padding_side = "left"  # as load_base_model sets it
-    return BaseModel(AutoModelForCausalLM.from_config(config).eval(), tokenizer, "tiny-llama")
+    return FrozenModel(AutoModelForCausalLM.from_config(config).eval(), tokenizer, "tiny-llama")
 
 
 class Targets:
@@ -82,7 +82,7 @@ class Targets:
     def __init__(self, work: Path) -> None:
         self.work = work
         self.tokenizer = byte_tokenizer()
-        self.base: BaseModel | None = None  # built on first use: only the config target needs it
+        self.base: FrozenModel | None = None  # built on first use: only the config target needs it
         self.adapter_dir = work / "adapter"
         self.good_config = json.dumps(AdapterConfig(*SHAPE).to_json()).encode()
         self.good_weights = safetensors_bytes({"prompt_embeddings": torch.ones(SHAPE)})
@@ -179,7 +179,7 @@ class Targets:
         prompts = [torch.randn(3, 32) if i % 2 else None for i in range(len(texts))]
         expect_clean(lambda: complete(base, texts, prompts, bounded))
 
-    def _base(self) -> BaseModel:
+    def _base(self) -> FrozenModel:
         if self.base is None:
             self.base = tiny_model()
         return self.base

@@ -4,7 +4,6 @@ The public API is what ``__all__`` lists; module internals may change without no
 """
 
 from softprompt.core.adapter import Adapter, AdapterConfig, load_adapter, save_adapter
-from softprompt.core.base import BaseModel
 from softprompt.core.data import DataConfig, load_examples
 from softprompt.core.errors import (
     AdapterError,
@@ -16,15 +15,18 @@ from softprompt.core.errors import (
     SoftPromptError,
     TrainingError,
 )
-from softprompt.core.model import SoftPromptModel
-from softprompt.core.models import load_base_model
+from softprompt.core.frozen import FrozenModel
+from softprompt.core.loading import load_base_model
 from softprompt.core.prompt import Init, PromptConfig, SoftPrompt
+from softprompt.core.prompted import SoftPromptModel
 from softprompt.inference.engine import AdapterRegistry, Engine, EngineConfig, RegistryConfig, SamplingParams
 from softprompt.inference.export import build_prompt_embeds
 from softprompt.inference.generate import Completion, GenerateConfig, complete, generate
 from softprompt.training.heldout import mean_token_loss
 from softprompt.training.sweep import Candidate, SweepResult, train_sweep
 from softprompt.training.train import TrainConfig, TrainResult, train, tune
+
+BaseModel = FrozenModel  # the name this class had before 0.2; kept so existing code imports it
 
 __version__ = "0.1.0"
 
@@ -42,6 +44,7 @@ __all__ = [
     "DataError",
     "Engine",
     "EngineConfig",
+    "FrozenModel",
     "GenerateConfig",
     "Init",
     "ModelLoadError",

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from softprompt.core.data import DataConfig, load_examples
-from softprompt.core.model import SoftPromptModel
-from softprompt.core.models import DEFAULT_MODEL, load_base_model
+from softprompt.core.loading import DEFAULT_MODEL, load_base_model
 from softprompt.core.prompt import PromptConfig
+from softprompt.core.prompted import SoftPromptModel
 from softprompt.inference.generate import GenerateConfig, generate
 from softprompt.training.train import TrainConfig, train
 

@@ -24,8 +24,8 @@ from transformers import (
 )
 
 from fuzz.targets import Targets
-from softprompt.core.base import BaseModel
-from softprompt.core.models import load_base_model
+from softprompt.core.frozen import FrozenModel
+from softprompt.core.loading import load_base_model
 
 ARCHS = ["llama", "gpt2", "bloom", "qwen2"]
 EOS = "<|endoftext|>"
@@ -145,12 +145,12 @@ def arch(request) -> str:
     return request.param
 
 
-def load_tiny(tiny_dirs: dict[str, Path], arch: str, dtype: torch.dtype = torch.float32) -> BaseModel:
+def load_tiny(tiny_dirs: dict[str, Path], arch: str, dtype: torch.dtype = torch.float32) -> FrozenModel:
     return load_base_model(str(tiny_dirs[arch]), dtype=dtype, device="cpu")
 
 
 @pytest.fixture
-def tiny(tiny_dirs, arch) -> BaseModel:
+def tiny(tiny_dirs, arch) -> FrozenModel:
     """A tiny model of each architecture; its large random weights keep greedy argmax away from ties.
 
     float32, not float64: bloom's eager attention casts a float64 mask minimum to -inf in fp32.
@@ -159,7 +159,7 @@ def tiny(tiny_dirs, arch) -> BaseModel:
 
 
 @pytest.fixture
-def llama(tiny_dirs) -> BaseModel:
+def llama(tiny_dirs) -> FrozenModel:
     return load_tiny(tiny_dirs, "llama")
 
 

@@ -20,7 +20,7 @@ from rich.table import Table
 from softprompt.cli.args import add_config_args, config_from_args
 from softprompt.core.data import DataConfig
 from softprompt.core.errors import SoftPromptError, TrainingInterrupted
-from softprompt.core.models import DEFAULT_MODEL
+from softprompt.core.loading import DEFAULT_MODEL
 from softprompt.inference.generate import GenerateConfig, generate
 
 console = Console(stderr=False)
@@ -65,7 +65,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _load_with_adapter(args: argparse.Namespace) -> Any:
     """The base model from --model with the adapter from --adapter (none when not given)."""
-    from softprompt.core.model import SoftPromptModel
+    from softprompt.core.prompted import SoftPromptModel
 
     return SoftPromptModel.from_pretrained(
         args.model,

@@ -16,7 +16,7 @@ console = Console(stderr=False)
 
 
 def _load_base(args: argparse.Namespace) -> Any:
-    from softprompt.core.models import load_base_model
+    from softprompt.core.loading import load_base_model
 
     return load_base_model(args.model, trust_remote_code=args.trust_remote_code, device=args.device)
 

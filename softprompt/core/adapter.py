@@ -30,11 +30,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from softprompt.core.base import BaseModel
-from softprompt.core.checks import shown
+from softprompt.core.config_types import shown
 from softprompt.core.errors import AdapterError, BaseModelMismatchError
 from softprompt.core.files import atomic_paths, json_text
 from softprompt.core.forms import Form, Prompt, as_prompt
+from softprompt.core.frozen import FrozenModel
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def flat_weights(prompt: Prompt) -> torch.Tensor:
 
 
 def adapter_config_for(
-    base: BaseModel,
+    base: FrozenModel,
     prompt: Prompt,
     init: str = "RANDOM",
     init_text: str | None = None,
@@ -322,7 +322,7 @@ def _positive_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 1 << 24
 
 
-def check_compatible(base: BaseModel, config: AdapterConfig, where: Path, allow_mismatch: bool) -> None:
+def check_compatible(base: FrozenModel, config: AdapterConfig, where: Path, allow_mismatch: bool) -> None:
     """Refuse an adapter trained for another base model; a fingerprint mismatch can be overridden."""
     trained_on = f"it was trained on a different model ({config.base_model_name_or_path})"
     vectors_width = config.token_dim if config.form is Form.VECTORS else config.softprompt_hidden_size

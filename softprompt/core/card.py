@@ -24,7 +24,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from softprompt.core.adapter import CONFIG_NAME
 from softprompt.core.files import atomic_path
-from softprompt.core.models import BUILTIN_MODELS
+from softprompt.core.loading import BUILTIN_MODELS
 
 CARD_NAME = "README.md"
 CURVE_NAME = "loss_curve.png"

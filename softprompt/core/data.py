@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from softprompt.core.checks import check_types, shown
+from softprompt.core.config_types import check_types, shown
 from softprompt.core.errors import ConfigError, DataError, RequestError
 from softprompt.core.files import require_file
 from softprompt.core.inject import IGNORE_INDEX

@@ -27,13 +27,13 @@ import torch
 from torch import nn
 from transformers import DynamicCache, PretrainedConfig
 
-from softprompt.core.base import BaseModel
 from softprompt.core.errors import ConfigError
 from softprompt.core.forms import Form, Prompt, as_prompt
+from softprompt.core.frozen import FrozenModel
 from softprompt.core.inject import mask_positions
 
 
-def embed_tokens(base: BaseModel, ids: torch.Tensor) -> torch.Tensor:
+def embed_tokens(base: FrozenModel, ids: torch.Tensor) -> torch.Tensor:
     """[..., T] token ids -> [..., T, H] input embeddings, exactly as the model embeds them."""
     return base.model.get_input_embeddings()(ids)
 
@@ -42,7 +42,7 @@ Edit = tuple[int, Callable[[torch.Tensor], torch.Tensor]]  # (layer, states ente
 
 
 def run_decoder(
-    base: BaseModel,
+    base: FrozenModel,
     embeds: torch.Tensor,
     attention_mask: torch.Tensor,
     position_ids: torch.Tensor,
@@ -78,7 +78,7 @@ def run_decoder(
 
 @contextmanager
 def layer_span(
-    base: BaseModel, start: int, stop: int, entering: torch.Tensor | None = None, edit: Edit | None = None
+    base: FrozenModel, start: int, stop: int, entering: torch.Tensor | None = None, edit: Edit | None = None
 ) -> Iterator[list[torch.Tensor]]:
     """For one forward pass, the decoder runs layers ``start`` .. ``stop`` - 1 only.
 
@@ -162,7 +162,7 @@ class PrefixState:
         return max(self.lengths)
 
 
-def prompt_cache(base: BaseModel, prompts: Sequence[Prompt | torch.Tensor]) -> PrefixState:
+def prompt_cache(base: FrozenModel, prompts: Sequence[Prompt | torch.Tensor]) -> PrefixState:
     """Every layer's keys/values of K prompts side by side, zero-padded on the right to the longest.
 
     A prompt's slots take positions 0 .. P-1 (see :mod:`softprompt.core.forms`). Vectors entering
@@ -207,7 +207,7 @@ def _groups(values: list[Prompt]) -> list[list[int]]:
 
 
 def run_slots(
-    base: BaseModel, slots: Sequence[torch.Tensor | None], start: int, stop: int
+    base: FrozenModel, slots: Sequence[torch.Tensor | None], start: int, stop: int
 ) -> tuple[torch.Tensor, list[list[tuple[torch.Tensor, torch.Tensor]]]]:
     """Run K sets of slot states [P_k, H] alone from position 0 through layers start .. stop - 1.
 
@@ -246,7 +246,7 @@ def cache_of(layers: Sequence[tuple[torch.Tensor, torch.Tensor]], config: Pretra
 
 
 def run_after_prefix(
-    base: BaseModel,
+    base: FrozenModel,
     cache: DynamicCache,
     prefix_mask: torch.Tensor,
     token_states: torch.Tensor,
@@ -269,7 +269,7 @@ def run_after_prefix(
     return run_decoder(base, token_states, mask, positions, cache, use_cache=True, start=start, stop=stop)
 
 
-def lm_logits(base: BaseModel, hidden: torch.Tensor) -> torch.Tensor:
+def lm_logits(base: FrozenModel, hidden: torch.Tensor) -> torch.Tensor:
     """Logits [..., V] as the family's causal-LM forward computes them from hidden states [..., H]."""
     family = base.family
     logits = base.model.get_output_embeddings()(hidden)

@@ -28,7 +28,7 @@ PACKABLE = frozenset(
 
 
 # Families the conformance matrix (tests/conformance, docs/architectures.md) proves every invariant
-# for. Others load with a warning when the load-time probes (softprompt.core.support) pass.
+# for. Others load with a warning when the load-time probes (softprompt.core.refusals) pass.
 VERIFIED = frozenset(
     """
         llama mistral mixtral qwen2 qwen3 qwen2_moe qwen3_moe gemma gemma2 gemma3_text phi phi3 gpt2

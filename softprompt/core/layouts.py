@@ -24,10 +24,10 @@ from typing import Literal
 
 import torch
 
-from softprompt.core.base import BaseModel
 from softprompt.core.decoder import embed_tokens, prompt_cache, run_after_prefix, run_decoder
 from softprompt.core.errors import ConfigError
 from softprompt.core.forms import Form, Prompt, as_prompt
+from softprompt.core.frozen import FrozenModel
 from softprompt.core.inject import IGNORE_INDEX, Injected, inject, inject_labels
 from softprompt.core.packed import packed_hidden
 
@@ -36,7 +36,7 @@ LAYOUTS: tuple[Layout, ...] = ("packed", "shared", "plain")
 Piece = tuple[torch.Tensor, torch.Tensor]  # hidden [B', L, H] and labels [B', L], as token_nll takes them
 
 
-def choose_layout(base: BaseModel, n_prompt: int, width: int, form: Form = Form.VECTORS) -> Layout:
+def choose_layout(base: FrozenModel, n_prompt: int, width: int, form: Form = Form.VECTORS) -> Layout:
     """The fastest exact layout for a prompt of ``n_prompt`` tokens before rows up to ``width`` long.
 
     Under a sliding window, ``shared`` stays exact only while the prompt and the longest row fit
@@ -59,7 +59,7 @@ def choose_layout(base: BaseModel, n_prompt: int, width: int, form: Form = Form.
 
 
 def layout_hidden(
-    base: BaseModel,
+    base: FrozenModel,
     prompt: Prompt | torch.Tensor,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
@@ -75,7 +75,7 @@ def layout_hidden(
 
 
 def layout_pieces(
-    base: BaseModel,
+    base: FrozenModel,
     prompts: Sequence[Prompt | torch.Tensor],
     owners: list[int],
     input_ids: torch.Tensor,
@@ -154,7 +154,7 @@ def _split(hidden: torch.Tensor, labels: torch.Tensor, sizes: list[int], dim: in
 
 
 def injected_hidden(
-    base: BaseModel,
+    base: FrozenModel,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     prompts: Sequence[Prompt | torch.Tensor | None],
@@ -165,7 +165,7 @@ def injected_hidden(
 
 
 def _injected(
-    base: BaseModel, token_states: torch.Tensor, attention_mask: torch.Tensor, values: list[Prompt | None], start: int
+    base: FrozenModel, token_states: torch.Tensor, attention_mask: torch.Tensor, values: list[Prompt | None], start: int
 ) -> tuple[torch.Tensor, Injected]:
     """Inject each row's vectors at the layer ``start`` its states enter; a late prompt's below the entry.
 
@@ -195,7 +195,7 @@ def _slots(prompt: Prompt, below: bool) -> torch.Tensor:
 
 
 def shared_prefix_hidden(
-    base: BaseModel,
+    base: FrozenModel,
     prompts: Sequence[Prompt | torch.Tensor],
     owners: list[int],
     token_states: torch.Tensor,

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from softprompt.core.base import BaseModel
 from softprompt.core.decoder import lm_logits
+from softprompt.core.frozen import FrozenModel
 from softprompt.core.inject import IGNORE_INDEX
 
 # Rows of the LM head computed at once on the unfused path; bounds the [rows, vocab] logits buffer.
@@ -24,7 +24,7 @@ LOSS_CHUNK = 2048
 FUSED_CHUNK = 512
 
 
-def token_nll(base: BaseModel, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+def token_nll(base: FrozenModel, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy of the labelled next tokens, and how many there were.
 
     hidden [B, L, H] and labels [B, L]: position i predicts label i + 1.
@@ -47,7 +47,7 @@ def token_nll(base: BaseModel, hidden: torch.Tensor, labels: torch.Tensor) -> tu
     return total, int(wanted.numel())
 
 
-def _fusable(base: BaseModel, head: Any) -> bool:
+def _fusable(base: FrozenModel, head: Any) -> bool:
     """A frozen bias-free linear head with no soft-capping: what LinearCrossEntropy computes."""
     return (
         isinstance(head, nn.Linear) and head.bias is None and not head.weight.requires_grad and not base.family.softcap

@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
-from softprompt.core.base import BaseModel
 from softprompt.core.decoder import embed_tokens, layer_span
 from softprompt.core.errors import ConfigError
 from softprompt.core.forms import Form, Prompt
+from softprompt.core.frozen import FrozenModel
 from softprompt.core.inject import IGNORE_INDEX
 
 ATTENTION = "softprompt_packed"
@@ -106,7 +106,7 @@ AttentionInterface.register(ATTENTION, packed_attention)
 
 
 @contextmanager
-def _packed_attention(base: BaseModel) -> Iterator[None]:
+def _packed_attention(base: FrozenModel) -> Iterator[None]:
     """Switch the model to :func:`packed_attention` for one forward pass (backward needs no lookup)."""
     config = base.model.config
     previous = config._attn_implementation
@@ -118,7 +118,7 @@ def _packed_attention(base: BaseModel) -> Iterator[None]:
 
 
 def packed_hidden(
-    base: BaseModel,
+    base: FrozenModel,
     prompts: Sequence[Prompt],
     owners: list[int],
     rows: list[torch.Tensor],
@@ -154,7 +154,7 @@ def packed_hidden(
 
 
 def packed_states(
-    base: BaseModel,
+    base: FrozenModel,
     prompts: Sequence[Prompt],
     owners: list[int],
     tokens: torch.Tensor,
@@ -201,7 +201,7 @@ def _enter_vectors(prompts: Sequence[Prompt], states: torch.Tensor) -> torch.Ten
     return torch.cat([*pieces, states[:, offset:]], dim=1)
 
 
-def _slot_inputs(base: BaseModel, prompt: Prompt, at_entry: bool) -> torch.Tensor:
+def _slot_inputs(base: FrozenModel, prompt: Prompt, at_entry: bool) -> torch.Tensor:
     """What prompt slots hold where the pass starts: the vectors at their entry, frozen inputs below it,
     and placeholders for keys/values that are the prompt's own."""
     if at_entry:

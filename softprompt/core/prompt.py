@@ -23,12 +23,12 @@ from torch import nn
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from softprompt.core.adapter import load_adapter
-from softprompt.core.base import BaseModel
-from softprompt.core.checks import check_types, shown
+from softprompt.core.config_types import check_types, shown
 from softprompt.core.decoder import embed_tokens, run_slots
 from softprompt.core.errors import ConfigError
 from softprompt.core.files import require_dir
 from softprompt.core.forms import Form, Prompt, as_prompt
+from softprompt.core.frozen import FrozenModel
 
 
 class Init(str, Enum):
@@ -123,7 +123,7 @@ class PromptConfig:
         if self.init is Init.FILE and self.init_file:
             require_dir(self.init_file, "--init-file: adapter directory", ConfigError)
 
-    def check_depth(self, base: BaseModel) -> None:
+    def check_depth(self, base: FrozenModel) -> None:
         """The entry layer exists in this model (the config alone cannot know its depth)."""
         if self.entry_layer >= base.num_layers:
             raise ConfigError(
@@ -207,7 +207,7 @@ def value_length(form: Form, weights: torch.Tensor) -> int:
     return int(weights.shape[0] if form is Form.VECTORS else weights.shape[3])
 
 
-def initial_prompt(config: PromptConfig, base: BaseModel, generator: torch.Generator) -> Prompt:
+def initial_prompt(config: PromptConfig, base: FrozenModel, generator: torch.Generator) -> Prompt:
     """The starting prompt of ``config``'s form and entry layer, as its init says.
 
     The init gives P input vectors (a text's embeddings, sampled tokens, an earlier prompt). For
@@ -240,7 +240,7 @@ def initial_prompt(config: PromptConfig, base: BaseModel, generator: torch.Gener
     return Prompt(Form.KV, weights, entry, below)
 
 
-def _same_kind_file(config: PromptConfig, base: BaseModel) -> Prompt | None:
+def _same_kind_file(config: PromptConfig, base: FrozenModel) -> Prompt | None:
     """init=file with an adapter of this very form and entry layer: continue from it as it is."""
     if config.init is not Init.FILE:
         return None
@@ -264,7 +264,7 @@ def _same_kind_file(config: PromptConfig, base: BaseModel) -> Prompt | None:
     return loaded
 
 
-def initial_embedding(config: PromptConfig, base: BaseModel, generator: torch.Generator) -> torch.Tensor:
+def initial_embedding(config: PromptConfig, base: FrozenModel, generator: torch.Generator) -> torch.Tensor:
     """The starting prompt [num_virtual_tokens, hidden] for ``config.init``, in the model's embedding space."""
     n, hidden = config.num_virtual_tokens, base.hidden_size
     if config.init is Init.RANDOM:
@@ -291,13 +291,13 @@ def initial_embedding(config: PromptConfig, base: BaseModel, generator: torch.Ge
 
 
 @torch.no_grad()
-def embed_ids(base: BaseModel, ids: list[int]) -> torch.Tensor:
+def embed_ids(base: FrozenModel, ids: list[int]) -> torch.Tensor:
     """[len(ids), H] fp32 on the CPU: the model's own input embeddings of these tokens."""
     return embed_tokens(base, torch.tensor(ids, dtype=torch.long, device=base.device)).float().cpu()
 
 
 @torch.no_grad()
-def vocab_statistics(base: BaseModel) -> tuple[torch.Tensor, torch.Tensor]:
+def vocab_statistics(base: FrozenModel) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-dimension mean and standard deviation [H] of every token's input embedding."""
     vocab = base.embedding_weight.shape[0]
     total = torch.zeros(base.hidden_size, dtype=torch.float64)
@@ -323,14 +323,14 @@ def _tile(ids: list[int], n: int) -> list[int]:
     return (ids * (n // len(ids) + 1))[:n]
 
 
-def _sample_vocab(base: BaseModel, n: int, generator: torch.Generator) -> list[int]:
+def _sample_vocab(base: FrozenModel, n: int, generator: torch.Generator) -> list[int]:
     special = set(base.tokenizer.all_special_ids)
     vocab = base.embedding_weight.shape[0]
     pool = torch.tensor([i for i in range(min(FREQUENT_VOCAB, vocab)) if i not in special])
     return pool[torch.randint(len(pool), (n,), generator=generator)].tolist()
 
 
-def _label_ids(config: PromptConfig, base: BaseModel, generator: torch.Generator) -> list[int]:
+def _label_ids(config: PromptConfig, base: FrozenModel, generator: torch.Generator) -> list[int]:
     """The class-label words' tokens, then frequent vocabulary to fill the prompt."""
     if not config.init_labels:
         raise ConfigError("init=labels needs class label words (init_labels or a target column)")

@@ -3,7 +3,7 @@
 ``softprompt compare`` measures these methods beside soft prompts, so they train in the same loop
 (:class:`softprompt.training.loop.TrainingLoop`) with the same batches, optimizer, schedule,
 clipping, budgets and early stopping; only what the optimizer updates differs. This class gives
-the loop what :class:`softprompt.core.model.SoftPromptModel` gives it: the module it trains, the
+the loop what :class:`softprompt.core.prompted.SoftPromptModel` gives it: the module it trains, the
 loss of a batch, and how to save.
 """
 
@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from softprompt.core.base import BaseModel
+from softprompt.core.frozen import FrozenModel
 from softprompt.core.inject import IGNORE_INDEX, mask_positions
 from softprompt.core.layouts import Layout
-from softprompt.core.model import EntryStates
+from softprompt.core.prompted import EntryStates
 
 
 class TrainedWeights(nn.Module):
@@ -36,7 +36,7 @@ class WeightsModel(nn.Module):
 
     entry_states: EntryStates | None = None  # only late prompts reuse frozen layers
 
-    def __init__(self, base: BaseModel, model: nn.Module, method: str) -> None:
+    def __init__(self, base: FrozenModel, model: nn.Module, method: str) -> None:
         super().__init__()
         self.base, self.model, self.method = base, model, method
         self.trained = TrainedWeights(model)

@@ -28,13 +28,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from softprompt.core.adapter import adapter_config_for, save_adapter
-from softprompt.core.base import BaseModel
 from softprompt.core.decoder import embed_tokens, layers_of, prompt_cache
 from softprompt.core.errors import AdapterError, ConfigError
 from softprompt.core.files import atomic_path
 from softprompt.core.forms import Form, Prompt
+from softprompt.core.frozen import FrozenModel
 from softprompt.core.inject import inject
-from softprompt.core.model import SoftPromptModel
+from softprompt.core.prompted import SoftPromptModel
 from softprompt.inference.generate import encode_prompt, format_inputs
 
 TARGETS = ("vllm-prompt-embeds", "peft-prefix")
@@ -128,7 +128,7 @@ def export_peft_prefix(model: SoftPromptModel, output: str | Path) -> Path:
     return save_adapter(output, deep, adapter_config_for(base, deep, metrics=metrics))
 
 
-def check_peft_prefix(base: BaseModel, num_virtual_tokens: int) -> None:
+def check_peft_prefix(base: FrozenModel, num_virtual_tokens: int) -> None:
     """Refuse a model whose cache PEFT's prefix format does not match.
 
     The adapter states its geometry (heads, width, layers), and PEFT keeps it, except where it

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 import torch
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from softprompt.core.base import BaseModel
-from softprompt.core.checks import check_types, shown
+from softprompt.core.config_types import check_types, shown
 from softprompt.core.data import encode_input, encode_text
 from softprompt.core.errors import ConfigError, RequestError
 from softprompt.core.forms import Prompt, as_prompt
+from softprompt.core.frozen import FrozenModel
 from softprompt.inference.engine import Engine, EngineConfig, SamplingParams
 
 MAX_TOKENS = 1 << 30  # token counts become int64 tensors; this bound keeps them far from overflow
@@ -70,7 +70,7 @@ class Completion:
 
 
 def generate(
-    base: BaseModel,
+    base: FrozenModel,
     texts: Sequence[str],
     prompts: Sequence[Prompt | torch.Tensor | None] | Prompt | torch.Tensor | None = None,
     config: GenerateConfig | None = None,
@@ -82,7 +82,7 @@ def generate(
     return [c.text for c in complete(base, texts, prompts, config or GenerateConfig())]
 
 
-def format_inputs(base: BaseModel, texts: Sequence[str], chat_template: bool) -> list[str]:
+def format_inputs(base: FrozenModel, texts: Sequence[str], chat_template: bool) -> list[str]:
     if not chat_template:
         return list(texts)
     if base.tokenizer.chat_template is None:
@@ -98,7 +98,7 @@ def format_inputs(base: BaseModel, texts: Sequence[str], chat_template: bool) ->
 
 
 def complete(
-    base: BaseModel,
+    base: FrozenModel,
     texts: Sequence[str],
     prompts: Sequence[Prompt | torch.Tensor | None],
     config: GenerateConfig,

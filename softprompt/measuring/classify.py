@@ -22,13 +22,13 @@ from dataclasses import dataclass
 import torch
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from softprompt.core.base import BaseModel
 from softprompt.core.data import encode_input, encode_text, left_pad
 from softprompt.core.errors import ConfigError
 from softprompt.core.forms import Prompt, as_prompt
+from softprompt.core.frozen import FrozenModel
 from softprompt.core.inject import mask_positions
-from softprompt.core.model import SoftPromptModel
 from softprompt.core.prompt import SoftPrompt
+from softprompt.core.prompted import SoftPromptModel
 from softprompt.inference.engine.runner import ModelRunner
 
 # (input_ids [B, T] left-padded, attention_mask [B, T], keep) -> logits [members * B, keep, vocab]
@@ -46,7 +46,7 @@ class Scorer:
     device: torch.device = torch.device("cpu")  # where the scorer takes its ids: the model's device
 
 
-def engine_scorer(base: BaseModel, prompts: Sequence[Prompt | torch.Tensor | None], context: str = "") -> Scorer:
+def engine_scorer(base: FrozenModel, prompts: Sequence[Prompt | torch.Tensor | None], context: str = "") -> Scorer:
     """Score through the engine's runner: each member's prefix keys/values computed once, then reused.
 
     A member's prefix is its soft prompt (any form) followed by ``context`` (an instruction or
@@ -69,7 +69,7 @@ def engine_scorer(base: BaseModel, prompts: Sequence[Prompt | torch.Tensor | Non
     return Scorer(logits, base.pad_id, len(kvs), limit, prefix_starts=bool(context_ids), device=base.device)
 
 
-def model_scorer(base: BaseModel, prompts: Sequence[Prompt | torch.Tensor | None]) -> Scorer:
+def model_scorer(base: FrozenModel, prompts: Sequence[Prompt | torch.Tensor | None]) -> Scorer:
     """The reference path: each member's prompt injected into every row (:meth:`SoftPromptModel.forward`)."""
     models = [
         SoftPromptModel(base, None if p is None else SoftPrompt.of(as_prompt(p).to(base.device)))

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from softprompt.core.checks import check_types
+from softprompt.core.config_types import check_types
 from softprompt.core.errors import ConfigError
 from softprompt.core.files import write_json
 from softprompt.measuring.classify import VOTES

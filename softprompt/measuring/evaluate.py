@@ -19,12 +19,12 @@ from typing import Any
 import torch
 
 from softprompt.core.adapter import check_compatible
-from softprompt.core.base import BaseModel
 from softprompt.core.data import DataConfig, encode_input, encode_text, left_pad, read_rows, tokenize_rows
 from softprompt.core.errors import AdapterError, ConfigError, DataError
 from softprompt.core.files import atomic_path, require_dir, require_file
 from softprompt.core.forms import Prompt
-from softprompt.core.model import SoftPromptModel, Tunable
+from softprompt.core.frozen import FrozenModel
+from softprompt.core.prompted import SoftPromptModel, Tunable
 from softprompt.measuring.classify import VOTES, Scorer, classify, engine_scorer, hf_scorer, metrics, vote
 from softprompt.measuring.presets import few_shot_context, load_preset, load_task
 
@@ -68,7 +68,7 @@ class EvalConfig:
             require_dir(path, "adapter directory", AdapterError)
 
 
-def load_model(base: BaseModel, config: EvalConfig, context: str = "") -> tuple[Scorer, list[Prompt], Any]:
+def load_model(base: FrozenModel, config: EvalConfig, context: str = "") -> tuple[Scorer, list[Prompt], Any]:
     """The scorer (holding ``context`` unless PEFT), the soft prompts (possibly none), the PEFT model."""
     from softprompt.core.adapter import load_adapter
 
@@ -85,7 +85,7 @@ def load_model(base: BaseModel, config: EvalConfig, context: str = "") -> tuple[
     return engine_scorer(base, prompts or [None], context), prompts, None
 
 
-def evaluate_task(base: BaseModel, config: EvalConfig) -> dict[str, Any]:
+def evaluate_task(base: FrozenModel, config: EvalConfig) -> dict[str, Any]:
     if config.preset is None:
         return _text_metrics(base, config, *load_model(base, config)[1:])
     preset = load_preset(config.preset)
@@ -143,7 +143,7 @@ def _write_predictions(
 
 
 def _exact_match(
-    base: BaseModel,
+    base: FrozenModel,
     texts: list[str],
     words: list[str],
     gold: list[int],
@@ -176,7 +176,7 @@ def _exact_match(
     return hits / max(len(gold), 1)
 
 
-def _text_metrics(base: BaseModel, config: EvalConfig, prompts: list[Prompt], peft_model: Any) -> dict[str, Any]:
+def _text_metrics(base: FrozenModel, config: EvalConfig, prompts: list[Prompt], peft_model: Any) -> dict[str, Any]:
     from softprompt.core.prompt import SoftPrompt
     from softprompt.core.weights import WeightsModel
     from softprompt.training.heldout import mean_token_loss

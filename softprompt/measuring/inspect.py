@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from softprompt.core.adapter import load_adapter
-from softprompt.core.base import BaseModel
 from softprompt.core.errors import AdapterError
 from softprompt.core.forms import Form, Prompt
+from softprompt.core.frozen import FrozenModel
 from softprompt.core.prompt import embed_ids
 
 
@@ -55,7 +55,7 @@ class InspectReport:
     token_similarity: list[list[float]]
 
 
-def nearest_tokens(base: BaseModel, prompt: torch.Tensor, top_k: int = 5) -> list[list[tuple[str, float]]]:
+def nearest_tokens(base: FrozenModel, prompt: torch.Tensor, top_k: int = 5) -> list[list[tuple[str, float]]]:
     """The ``top_k`` vocabulary tokens closest (cosine) to each virtual token of ``prompt`` [P, H]."""
     vocab = F.normalize(vocab_embeddings(base), dim=-1)  # [V, H]
     cos = F.normalize(prompt.float().cpu(), dim=-1) @ vocab.T  # [P, V]
@@ -73,7 +73,7 @@ def similarity(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     return pooled, float(pairwise.max(dim=1).values.mean())
 
 
-def inspect_prompts(base: BaseModel, adapters: list[str | Path], top_k: int = 5) -> InspectReport:
+def inspect_prompts(base: FrozenModel, adapters: list[str | Path], top_k: int = 5) -> InspectReport:
     if not adapters:
         raise AdapterError("give at least one adapter directory to inspect")
     loaded = [load_adapter(a).prompt for a in adapters]
@@ -91,7 +91,7 @@ def inspect_prompts(base: BaseModel, adapters: list[str | Path], top_k: int = 5)
     return InspectReport(reports, float(vocab_norms.mean()), float(vocab_norms.std()), pooled, tokens)
 
 
-def _report(base: BaseModel, path: str, prompt: Prompt, top_k: int) -> PromptReport:
+def _report(base: FrozenModel, path: str, prompt: Prompt, top_k: int) -> PromptReport:
     inputs = prompt.weights if prompt.is_input else prompt.below
     near = nearest_tokens(base, inputs, top_k) if inputs is not None else [[] for _ in range(prompt.num_virtual_tokens)]
     norms = (prompt.weights if prompt.form is Form.VECTORS else _per_token(prompt)).norm(dim=-1).tolist()
@@ -112,6 +112,6 @@ def _comparable(a: torch.Tensor, b: torch.Tensor, which: int) -> float:
     return similarity(a, b)[which] if a.shape[1] == b.shape[1] else math.nan
 
 
-def vocab_embeddings(base: BaseModel) -> torch.Tensor:
+def vocab_embeddings(base: FrozenModel) -> torch.Tensor:
     """[V, H]: every token's input embedding as the model computes it, the space prompts live in."""
     return embed_ids(base, list(range(base.embedding_weight.shape[0])))

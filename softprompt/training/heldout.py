@@ -14,7 +14,7 @@ import torch
 
 from softprompt.core.data import Example, batches
 from softprompt.core.inject import IGNORE_INDEX
-from softprompt.core.model import SoftPromptModel, Tunable, joint_loss
+from softprompt.core.prompted import SoftPromptModel, Tunable, joint_loss
 from softprompt.training import distributed, sharding
 from softprompt.training.passes import keep_in_step
 

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from softprompt.core.data import Batch, Example, batches
 from softprompt.core.errors import TrainingError
 from softprompt.core.inject import IGNORE_INDEX
-from softprompt.core.model import Tunable
+from softprompt.core.prompted import Tunable
 from softprompt.training import distributed, sharding
 from softprompt.training.checkpoint import Checkpoint, save_checkpoint
 from softprompt.training.heldout import mean_token_loss

@@ -17,7 +17,7 @@ import torch
 from softprompt.core.forms import Form
 from softprompt.core.inject import IGNORE_INDEX
 from softprompt.core.layouts import choose_layout
-from softprompt.core.model import SoftPromptModel, Tunable, joint_loss
+from softprompt.core.prompted import SoftPromptModel, Tunable, joint_loss
 
 # Padded tokens per forward/backward slice in training: bounds activation memory while keeping
 # matmuls large enough to run near the machine's peak.

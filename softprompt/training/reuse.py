@@ -19,16 +19,16 @@ import hashlib
 
 import torch
 
-from softprompt.core.base import BaseModel
 from softprompt.core.decoder import cache_of, embed_tokens, layers_of, prompt_cache, run_after_prefix
 from softprompt.core.forms import Form, Prompt
+from softprompt.core.frozen import FrozenModel
 from softprompt.core.packed import packed_states
 
 
 class FrozenRows:
     """Rows' states entering ``prompt.entry``, keyed by their token ids; callable as the model's ``entry_states``."""
 
-    def __init__(self, base: BaseModel, prompt: Prompt, budget_bytes: int) -> None:
+    def __init__(self, base: FrozenModel, prompt: Prompt, budget_bytes: int) -> None:
         if not prompt.entry or prompt.below is None:
             raise ValueError("only a late prompt (entry layer > 0) has frozen layers to reuse")
         self.base, self.entry, self.budget = base, prompt.entry, budget_bytes

@@ -35,8 +35,8 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
 
-from softprompt.core.base import BaseModel
 from softprompt.core.errors import ConfigError
+from softprompt.core.frozen import FrozenModel
 from softprompt.training import distributed
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def load_device(mode: str, device: str | None) -> str | None:
     return "cpu" if mode == "fsdp" and distributed.active() else device
 
 
-def shard_model(base: BaseModel, mode: str, device: str | None) -> None:
+def shard_model(base: FrozenModel, mode: str, device: str | None) -> None:
     """Shard ``base`` in place over the launch's processes; a logged no-op with one process.
 
     One process is allowed (with a warning) so that a run checkpointed with ``--shard fsdp`` on

@@ -6,7 +6,7 @@ ordinary run, its own :class:`~softprompt.training.loop.TrainingLoop` (prompt, A
 shuffled batches, evaluations, early stopping, output directory, checkpoints), and only the
 driver differs from :func:`~softprompt.training.train.train`: at every turn each running
 candidate hands over its next batch, the batches go through the model together, every row
-attending to its own candidate's prompt (:func:`softprompt.core.model.joint_loss`), each
+attending to its own candidate's prompt (:func:`softprompt.core.prompted.joint_loss`), each
 candidate's loss divided by its own token count, and each loop then takes its own step. Held-out
 evaluations are shared passes too. The base model is loaded once, and the matmuls see the rows of
 every candidate at once.
@@ -30,13 +30,13 @@ import torch
 from softprompt.core.data import Batch, Example
 from softprompt.core.errors import ConfigError, TrainingError, TrainingInterrupted
 from softprompt.core.inject import IGNORE_INDEX
-from softprompt.core.model import SoftPromptModel
+from softprompt.core.prompted import SoftPromptModel
 from softprompt.training import distributed, sharding
 from softprompt.training.heldout import mean_token_losses
 from softprompt.training.loop import TrainingLoop
 from softprompt.training.passes import backward_joint_loss
 from softprompt.training.reuse import FrozenRows
-from softprompt.training.train import TrainConfig, TrainResult, finish, keep_best, make_loop
+from softprompt.training.train import TrainConfig, TrainResult, finish, keep_best, make_loop, scored_state
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +87,11 @@ def train_sweep(candidates: list[Candidate], train_set: list[Example], eval_set:
     finished = [loop for i, loop in enumerate(loops) if i not in failed]
     for loop in finished:
         keep_best(loop)
-    afters = iter(_heldout(finished)) if finished else iter(())
+    known = {id(loop): scored_state(loop) for loop in finished}
+    unscored = [loop for loop in finished if known[id(loop)] is None]
+    known.update(zip([id(loop) for loop in unscored], _heldout(unscored) if unscored else [], strict=True))
     results: list[TrainResult | TrainingError] = [
-        failed[i] if i in failed else finish(loop, next(afters)) for i, loop in enumerate(loops)
+        failed[i] if i in failed else finish(loop, known[id(loop)]) for i, loop in enumerate(loops)
     ]
     tokens = sum(loop.progress.real_tokens for loop in loops)
     return SweepResult(results, time.perf_counter() - started, tokens)

@@ -21,13 +21,13 @@ import torch
 from transformers import get_scheduler
 
 from softprompt.core.card import write_model_card
-from softprompt.core.checks import check_types
+from softprompt.core.config_types import check_types
 from softprompt.core.data import DataConfig, Example, label_words, load_examples
 from softprompt.core.errors import ConfigError, TrainingError, TrainingInterrupted
 from softprompt.core.files import atomic_path, write_json
-from softprompt.core.model import SoftPromptModel, Tunable
-from softprompt.core.models import load_base_model
+from softprompt.core.loading import load_base_model
 from softprompt.core.prompt import Init, PromptConfig
+from softprompt.core.prompted import SoftPromptModel, Tunable
 from softprompt.training import distributed, sharding
 from softprompt.training.checkpoint import Checkpoint, load_checkpoint
 from softprompt.training.heldout import mean_token_loss
@@ -307,10 +307,23 @@ def keep_best(loop: TrainingLoop) -> None:
         loop.trained.load_state_dict(loop.best_state)
 
 
+def scored_state(loop: TrainingLoop) -> float | None:
+    """The held-out loss of the state the run ends with, when an evaluation already scored it: the best
+    one kept by early stopping, or the last step's. None when it must be scored."""
+    progress = loop.progress
+    if loop.config.early_stopping and math.isfinite(progress.best_loss) and loop.best_state is not None:
+        return progress.best_loss
+    last = [r for r in loop.records if r.get("eval_loss") is not None]
+    if last and last[-1]["step"] == loop.step and progress.evaluated_step == loop.step:
+        return float(last[-1]["eval_loss"])
+    return None
+
+
 def finish(loop: TrainingLoop, after: float | None = None) -> TrainResult:
     """Keep the best prompt, score it (``after``: already scored), save adapter, metrics and plot."""
     model, config, progress = loop.model, loop.config, loop.progress
     keep_best(loop)
+    after = scored_state(loop) if after is None else after
     after = mean_token_loss(model, loop.eval_set, config.eval_batch_size) if after is None else after
     reused = model.entry_states
     model.entry_states = None  # the kept rows' states go once the run is scored

@@ -97,7 +97,7 @@ def test_errors_are_one_line_with_exit_code_2(tiny_dirs, tmp_path, capsys, args,
 )
 def test_paths_are_checked_before_any_model_loads(monkeypatch, tmp_path, capsys, args, message):
     """With a 7B model a typo must not cost a load: these fail with the model loader made to explode."""
-    import softprompt.core.models as models
+    import softprompt.core.loading as models
 
     def explode(*_args, **_kwargs):
         raise AssertionError("the model was loaded before the inputs were checked")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from softprompt.core.base import BaseModel
-from softprompt.core.models import load_base_model
+from softprompt.core.frozen import FrozenModel
+from softprompt.core.loading import load_base_model
 from tests.conformance.families import FAMILIES, save_tiny_family
 
 DEVICE = os.environ.get("SOFTPROMPT_TEST_DEVICE", "cpu")
@@ -36,6 +36,6 @@ def family_dir(family_root: Path, family: str) -> Path:
 
 
 @pytest.fixture
-def fbase(family_dir: Path) -> BaseModel:
+def fbase(family_dir: Path) -> FrozenModel:
     """The family's tiny model, loaded the way users load theirs (load-time checks included)."""
     return load_base_model(str(family_dir), device=DEVICE)

@@ -12,8 +12,8 @@ from transformers import AutoModelForCausalLM
 
 from softprompt.core.data import Example, batches
 from softprompt.core.family import VERIFIED
-from softprompt.core.model import SoftPromptModel
 from softprompt.core.prompt import Init, PromptConfig, SoftPrompt
+from softprompt.core.prompted import SoftPromptModel
 from softprompt.inference.engine import Engine, SamplingParams
 from softprompt.inference.generate import GenerateConfig, complete
 from softprompt.measuring.classify import engine_scorer, model_scorer, score_labels

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, T5ForConditionalGeneration
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from softprompt.core.errors import ModelLoadError
-from softprompt.core.models import load_base_model
+from softprompt.core.loading import load_base_model
 from tests.conformance.families import COMMON, REFUSED
 from tests.conftest import byte_tokenizer
 

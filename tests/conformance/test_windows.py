@@ -15,9 +15,9 @@ import torch
 from softprompt.core.data import Example, collate, left_pad
 from softprompt.core.errors import ConfigError, RequestError
 from softprompt.core.inject import IGNORE_INDEX
-from softprompt.core.model import SoftPromptModel
-from softprompt.core.models import load_base_model
+from softprompt.core.loading import load_base_model
 from softprompt.core.prompt import Init, PromptConfig
+from softprompt.core.prompted import SoftPromptModel
 from softprompt.inference.engine import Engine, SamplingParams
 from softprompt.measuring.classify import engine_scorer, score_labels
 from tests.conformance.conftest import DEVICE

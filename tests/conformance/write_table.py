@@ -132,7 +132,7 @@ def write(found: dict[str, dict[str, str]], code: int) -> str:
             "`packed layout`: whether training runs padding-free (softprompt.core.family.PACKABLE); the others "
             "train with the prompt's keys/values shared (or injected into every row where a sliding window "
             "requires it). Models of other families load when the load-time checks pass "
-            "(softprompt.core.support) and get a warning that they are outside this matrix.",
+            "(softprompt.core.refusals) and get a warning that they are outside this matrix.",
             "",
             "## Sliding windows (tests/conformance/test_windows.py, window 16)",
             *other_tests(found, "test_windows"),

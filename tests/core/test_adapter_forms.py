@@ -9,8 +9,8 @@ from peft import PeftConfig
 from softprompt.core.adapter import CONFIG_NAME, WEIGHTS_NAME, load_adapter
 from softprompt.core.errors import AdapterError, BaseModelMismatchError
 from softprompt.core.forms import Form
-from softprompt.core.model import SoftPromptModel
 from softprompt.core.prompt import PromptConfig
+from softprompt.core.prompted import SoftPromptModel
 
 
 def _saved(base, tmp_path, form, entry, n=3, name="a"):

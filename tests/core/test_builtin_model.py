@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from softprompt.core.data import DataConfig
-from softprompt.core.models import cache_root, load_base_model
+from softprompt.core.loading import cache_root, load_base_model
 from softprompt.core.prompt import PromptConfig
 from softprompt.demo import run_demo
 from softprompt.training.train import TrainConfig

@@ -8,8 +8,8 @@ from huggingface_hub import ModelCard
 
 from softprompt.core.card import CARD_NAME, card_data, hub_base_model, write_model_card
 from softprompt.core.data import DataConfig
-from softprompt.core.model import SoftPromptModel
 from softprompt.core.prompt import PromptConfig
+from softprompt.core.prompted import SoftPromptModel
 from softprompt.training.train import TrainConfig, train, tune
 from tests.training.test_train import ROWS
 

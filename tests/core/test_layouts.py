@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from softprompt.core.data import Example, batches
-from softprompt.core.model import SoftPromptModel
 from softprompt.core.prompt import Init, PromptConfig
+from softprompt.core.prompted import SoftPromptModel
 from tests.conftest import row_examples
 
 
@@ -59,7 +59,7 @@ def test_first_token_is_scored_from_the_last_virtual_token(llama):
 def test_rows_with_different_prompts_see_only_their_own(tiny, layout):
     """Several prompts of different lengths in one pass (a sweep): each prompt's loss and gradient are
     those of its rows run alone, whatever the row order."""
-    from softprompt.core.model import joint_loss
+    from softprompt.core.prompted import joint_loss
 
     if layout == "packed" and not tiny.family.packable:
         pytest.skip("ALiBi families do not pack")

@@ -3,8 +3,8 @@ import torch
 
 from softprompt.core.data import DataConfig, Example, batches
 from softprompt.core.errors import AdapterError, BaseModelMismatchError
-from softprompt.core.model import SoftPromptModel
 from softprompt.core.prompt import PromptConfig
+from softprompt.core.prompted import SoftPromptModel
 from softprompt.training.train import TrainConfig, train
 
 

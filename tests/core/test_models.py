@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from softprompt.core.base import model_fingerprint
 from softprompt.core.errors import ModelLoadError
-from softprompt.core.models import BUILTIN_MODELS, load_base_model
+from softprompt.core.frozen import model_fingerprint
+from softprompt.core.loading import BUILTIN_MODELS, load_base_model
 
 
 def test_loaded_model_is_frozen_left_padded_and_has_a_pad_token(llama):
@@ -23,7 +23,7 @@ def test_fingerprint_ignores_dtype_but_not_weights(tiny_dirs):
 
 def test_trust_remote_code_is_off_by_default(tiny_dirs, monkeypatch):
     seen = {}
-    import softprompt.core.models as models
+    import softprompt.core.loading as models
 
     original = models.AutoModelForCausalLM.from_pretrained
 
@@ -56,7 +56,7 @@ def fake_gguf(tiny_dirs, tmp_path, monkeypatch):
     """A .gguf path whose dequantization is the tiny llama (counted), and a private cache."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import softprompt.core.models as models
+    import softprompt.core.loading as models
 
     monkeypatch.setenv("SOFTPROMPT_CACHE", str(tmp_path / "cache"))
     calls = []

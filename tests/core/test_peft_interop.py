@@ -5,8 +5,8 @@ from peft import PeftModel, PromptTuningConfig, PromptTuningInit, TaskType, get_
 from transformers import AutoModelForCausalLM
 
 from softprompt.core.adapter import load_adapter
-from softprompt.core.model import SoftPromptModel
 from softprompt.core.prompt import PromptConfig
+from softprompt.core.prompted import SoftPromptModel
 
 
 def _ids(base):

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from softprompt.core.errors import ConfigError
-from softprompt.core.model import SoftPromptModel
 from softprompt.core.prompt import FREQUENT_VOCAB, PromptConfig, initial_embedding
+from softprompt.core.prompted import SoftPromptModel
 
 
 def _init(base, seed=0, **kwargs):

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from softprompt.core.base import BaseModel
+from softprompt.core.frozen import FrozenModel
 from softprompt.inference.engine import AdapterRegistry, Engine, EngineConfig, SamplingParams
 from softprompt.inference.serve import ServeConfig, create_app
 from softprompt.inference.serve.server import DrainingServer
@@ -31,7 +31,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def llama_with_adapters(tiny_dirs, folder: Path, names: list[str], tokens: int) -> tuple[BaseModel, Path]:
+def llama_with_adapters(tiny_dirs, folder: Path, names: list[str], tokens: int) -> tuple[FrozenModel, Path]:
     """The tiny llama and a folder of random soft prompts for it, one per name."""
     base = load_tiny(tiny_dirs, "llama")
     save_prompts(base, folder, names, tokens=tokens)

@@ -12,8 +12,8 @@ from safetensors import safe_open
 
 from softprompt.cli.main import main
 from softprompt.core.errors import ConfigError
-from softprompt.core.model import SoftPromptModel
 from softprompt.core.prompt import PromptConfig
+from softprompt.core.prompted import SoftPromptModel
 from softprompt.inference.export import ExportConfig, build_prompt_embeds, load_prompt_embeds
 from softprompt.inference.generate import GenerateConfig, complete
 from tests.conftest import load_tiny

@@ -108,7 +108,7 @@ def test_invalid_generation_options_are_rejected(bad):
 
 def test_inputs_start_with_the_tokenizers_bos_as_in_training(tmp_path):
     """A BOS-adding tokenizer (Llama, Gemma): generation feeds [prompt][BOS][text], as training and scoring do."""
-    from softprompt.core.models import load_base_model
+    from softprompt.core.loading import load_base_model
     from tests.conftest import byte_tokenizer, save_tiny
 
     base = load_base_model(str(save_tiny("llama", tmp_path, tokenizer=byte_tokenizer(bos=True))), device="cpu")

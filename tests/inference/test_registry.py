@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from softprompt.core.errors import AdapterError, BaseModelMismatchError
-from softprompt.core.model import SoftPromptModel
 from softprompt.core.prompt import PromptConfig
+from softprompt.core.prompted import SoftPromptModel
 from softprompt.inference.engine import AdapterRegistry, Engine, RegistryConfig, SamplingParams
 from tests.conftest import load_tiny
 

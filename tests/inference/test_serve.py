@@ -9,8 +9,8 @@ import httpx
 import openai
 import pytest
 
-from softprompt.core.model import SoftPromptModel
 from softprompt.core.prompt import PromptConfig
+from softprompt.core.prompted import SoftPromptModel
 from softprompt.inference.engine import AdapterRegistry, Engine, SamplingParams
 from softprompt.inference.serve import ServeConfig
 from tests.conftest import load_tiny

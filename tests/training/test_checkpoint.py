@@ -113,7 +113,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tiny_dirs, tmp_path, monkey
 
 
 def test_nan_loss_keeps_the_last_good_checkpoint(tiny_dirs, tmp_path, monkeypatch):
-    import softprompt.core.model as model
+    import softprompt.core.prompted as model
 
     original, calls = model.token_nll, []
 

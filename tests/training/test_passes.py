@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from softprompt.core.data import batches
-from softprompt.core.model import SoftPromptModel
 from softprompt.core.prompt import Init, PromptConfig
+from softprompt.core.prompted import SoftPromptModel
 from softprompt.training.passes import backward_mean_loss, row_slices
 from tests.conftest import row_examples
 

@@ -7,8 +7,8 @@ from softprompt.cli.main import main
 from softprompt.core.adapter import load_adapter
 from softprompt.core.data import Example, collate
 from softprompt.core.errors import ConfigError, TrainingInterrupted
-from softprompt.core.model import SoftPromptModel
 from softprompt.core.prompt import PromptConfig
+from softprompt.core.prompted import SoftPromptModel
 from softprompt.training.reuse import FrozenRows
 from softprompt.training.sweep import Candidate, train_sweep
 from softprompt.training.train import TrainConfig, resume, train

@@ -7,8 +7,8 @@ import torch
 
 from softprompt.core.data import Example
 from softprompt.core.errors import ConfigError, TrainingError
-from softprompt.core.model import SoftPromptModel
 from softprompt.core.prompt import PromptConfig
+from softprompt.core.prompted import SoftPromptModel
 from softprompt.training.sweep import Candidate, train_sweep
 from softprompt.training.train import TrainConfig, train
 

@@ -5,8 +5,8 @@ import torch
 
 from softprompt.core.data import Example
 from softprompt.core.errors import ConfigError, TrainingError
-from softprompt.core.model import SoftPromptModel
 from softprompt.core.prompt import PromptConfig
+from softprompt.core.prompted import SoftPromptModel
 from softprompt.training.train import TrainConfig, auto_batch_size, train
 from tests.conftest import interrupt_backward
 
@@ -51,7 +51,7 @@ def test_early_stopping_keeps_the_best_prompt(llama, tmp_path):
 
 def test_non_finite_loss_stops_with_a_clear_error(llama, tmp_path, monkeypatch):
     monkeypatch.setattr(
-        "softprompt.core.model.token_nll", lambda *a: (torch.tensor(float("nan"), requires_grad=True), 1)
+        "softprompt.core.prompted.token_nll", lambda *a: (torch.tensor(float("nan"), requires_grad=True), 1)
     )
     with pytest.raises(TrainingError, match="loss became nan"):
         _run(llama, tmp_path)

@@ -11,9 +11,9 @@ import threading
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 
-from softprompt.core.base import BaseModel
 from softprompt.core.data import encode_input
 from softprompt.core.errors import ConfigError, RequestError, SoftPromptError
+from softprompt.core.frozen import FrozenModel
 from softprompt.inference.engine.kv import PromptKV
 from softprompt.inference.engine.registry import AdapterRegistry
 from softprompt.inference.engine.runner import ModelRunner
@@ -39,7 +39,7 @@ class EngineConfig:
 
 
 class Engine:
-    def __init__(self, base: BaseModel, registry: AdapterRegistry | None = None, config: EngineConfig | None = None):
+    def __init__(self, base: FrozenModel, registry: AdapterRegistry | None = None, config: EngineConfig | None = None):
         self.base = base
         self.config = config or EngineConfig()
         self.registry = registry or AdapterRegistry(base)
@@ -188,14 +188,14 @@ class Engine:
         return self.run([self.add_request(ids, name, params) for ids, name in zip(encoded, names)])
 
 
-def _window_note(base: BaseModel) -> str:
+def _window_note(base: FrozenModel) -> str:
     window = base.family.window
     if window is None:
         return ""
     return f" ({base.family.model_type} attends within a sliding window of {window} tokens; softprompt keeps every sequence inside it)"
 
 
-def _model_context(base: BaseModel) -> int:
+def _model_context(base: FrozenModel) -> int:
     config = base.model.config
     for key in ("max_position_embeddings", "n_positions", "seq_length"):
         value = getattr(config, key, None)

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from softprompt.core.adapter import CONFIG_NAME, check_compatible, load_adapter
-from softprompt.core.base import BaseModel
 from softprompt.core.errors import AdapterError, ConfigError, SoftPromptError
 from softprompt.core.forms import Form, Prompt, as_prompt
+from softprompt.core.frozen import FrozenModel
 from softprompt.inference.engine.kv import PromptKV
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def check_name(name: object) -> str:
 class AdapterRegistry:
     """Thread-safe: the server edits it while the engine thread reads prompt KV from it."""
 
-    def __init__(self, base: BaseModel, root: str | Path | None = None, config: RegistryConfig | None = None) -> None:
+    def __init__(self, base: FrozenModel, root: str | Path | None = None, config: RegistryConfig | None = None) -> None:
         self.base = base
         self.root = Path(root).resolve() if root is not None else None
         self.config = config or RegistryConfig()

@@ -11,7 +11,6 @@ from functools import partial
 
 import torch
 
-from softprompt.core.base import BaseModel
 from softprompt.core.data import left_pad
 from softprompt.core.decoder import (
     cache_of,
@@ -23,13 +22,14 @@ from softprompt.core.decoder import (
     run_decoder,
 )
 from softprompt.core.forms import Prompt
+from softprompt.core.frozen import FrozenModel
 from softprompt.inference.engine.kv import BatchKV, PromptKV, merge, prompt_prefix, select
 from softprompt.inference.engine.sampler import new_generator, prompt_logprobs, sample
 from softprompt.inference.engine.sequence import Sequence
 
 
 class ModelRunner:
-    def __init__(self, base: BaseModel) -> None:
+    def __init__(self, base: FrozenModel) -> None:
         self.base = base
         self.config = base.model.config
         self.pad_id = base.pad_id if base.tokenizer.pad_token_id is not None else 0

@@ -26,7 +26,7 @@ def serve(
     trust_remote_code: bool = False,
 ) -> None:
     """Load the model and adapters, then serve until SIGTERM/SIGINT, drain, and return."""
-    from softprompt.core.models import load_base_model
+    from softprompt.core.loading import load_base_model
     from softprompt.inference.engine import AdapterRegistry, Engine
     from softprompt.inference.serve.server import run
 

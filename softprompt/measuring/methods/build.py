@@ -4,7 +4,7 @@ Every trained method is trained by ``softprompt train``'s own loop (:func:`softp
 or several prompts at once with :func:`softprompt.training.sweep.train_sweep`), so compare
 measures exactly what users run and every method gets the same batches, optimizer, schedule,
 clipping, budget and early stopping. Soft prompts (any form, any entry layer) are
-:class:`~softprompt.core.model.SoftPromptModel`; LoRA (through peft) and full fine-tuning are
+:class:`~softprompt.core.prompted.SoftPromptModel`; LoRA (through peft) and full fine-tuning are
 :class:`~softprompt.core.weights.WeightsModel`, and PEFT wraps (and for LoRA, modifies) the base
 model in place, so every such run gets its own freshly loaded base.
 
@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 
 from softprompt.core.adapter import load_adapter
-from softprompt.core.base import BaseModel
 from softprompt.core.data import Row
 from softprompt.core.files import atomic_path
 from softprompt.core.forms import Form
-from softprompt.core.model import SoftPromptModel, Tunable
+from softprompt.core.frozen import FrozenModel
 from softprompt.core.prompt import Init, PromptConfig
+from softprompt.core.prompted import SoftPromptModel, Tunable
 from softprompt.core.weights import WeightsModel
 from softprompt.measuring.classify import Scorer, engine_scorer, hf_scorer
 from softprompt.measuring.methods import Kind, MethodSpec
@@ -35,7 +35,7 @@ P_TUNING_HIDDEN = 128
 CONTEXT_FILE = "prompt.txt"  # what a prompt-engineering run saves: the text before every input
 
 
-def prompt_config(spec: MethodSpec, preset: Preset, base: BaseModel) -> PromptConfig:
+def prompt_config(spec: MethodSpec, preset: Preset, base: FrozenModel) -> PromptConfig:
     """The soft prompt a prompt method's setting trains: its form, entry layer, length and init."""
     init_text = preset.instruction.strip() or preset.template
     return PromptConfig(
@@ -49,7 +49,7 @@ def prompt_config(spec: MethodSpec, preset: Preset, base: BaseModel) -> PromptCo
     )
 
 
-def weights_model(spec: MethodSpec, base: BaseModel, seed: int) -> WeightsModel:
+def weights_model(spec: MethodSpec, base: FrozenModel, seed: int) -> WeightsModel:
     """LoRA through peft (the base wrapped in place) or every weight of the base."""
     torch.manual_seed(seed)
     if spec.kind is Kind.FULL:
@@ -84,7 +84,7 @@ def save_context(directory: Path, context: str) -> Path:
     return directory
 
 
-def saved_scorer(kind: Kind, base: BaseModel, directory: Path) -> Scorer:
+def saved_scorer(kind: Kind, base: FrozenModel, directory: Path) -> Scorer:
     """A scorer for what a run saved in ``directory``; LoRA wraps ``base`` in place."""
     if kind in (Kind.ZERO_SHOT, Kind.FEW_SHOT):
         return engine_scorer(base, [None], (directory / CONTEXT_FILE).read_text(encoding="utf-8"))

@@ -23,7 +23,7 @@ from softprompt.core.adapter import load_adapter
 from softprompt.core.card import write_model_card
 from softprompt.core.errors import ConfigError
 from softprompt.core.files import write_json
-from softprompt.core.models import load_base_model
+from softprompt.core.loading import load_base_model
 from softprompt.measuring.classify import Scorer, classify, engine_scorer, metrics
 from softprompt.measuring.methods import PROMPTS, Kind, MethodSpec
 from softprompt.measuring.methods.build import saved_scorer

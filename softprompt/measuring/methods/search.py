@@ -25,10 +25,10 @@ from typing import Any
 
 import torch
 
-from softprompt.core.base import BaseModel
 from softprompt.core.data import DataConfig, Example, Row, tokenize_rows
-from softprompt.core.model import SoftPromptModel
-from softprompt.core.models import load_base_model
+from softprompt.core.frozen import FrozenModel
+from softprompt.core.loading import load_base_model
+from softprompt.core.prompted import SoftPromptModel
 from softprompt.measuring.classify import Scorer, classify, engine_scorer, metrics
 from softprompt.measuring.methods import PROMPTS, Kind, MethodSpec
 from softprompt.measuring.methods.build import context_for, prompt_config, save_context, scorer_of, weights_model
@@ -67,11 +67,11 @@ class Task:
     def gold(self) -> list[int]:
         return [self.preset.label_index(r, f"validation row {i + 1}") for i, r in enumerate(self.validation)]
 
-    def examples(self, rows: list[Row], base: BaseModel) -> list[Example]:
+    def examples(self, rows: list[Row], base: FrozenModel) -> list[Example]:
         data = data_config(self.setup, self.preset)
         return tokenize_rows(self.preset.with_target(rows, self.setup.data), data, base.tokenizer, self.setup.data)
 
-    def validate(self, scorer: Scorer, base: BaseModel) -> list[dict[str, float]]:
+    def validate(self, scorer: Scorer, base: FrozenModel) -> list[dict[str, float]]:
         """Per scorer member: validation accuracy, macro-F1 and label cross-entropy (rank classification)."""
         texts = [self.preset.fill(row) for row in self.validation]
         with torch.inference_mode():
@@ -162,7 +162,7 @@ def _prompt_engineering(job: SearchJob, task: Task, directory: Path) -> dict[str
     }
 
 
-def _engine(base: BaseModel, context: str) -> Scorer:
+def _engine(base: FrozenModel, context: str) -> Scorer:
     from softprompt.measuring.classify import engine_scorer
 
     return engine_scorer(base, [None], context)
@@ -205,6 +205,19 @@ def _validation_measure(task: Task) -> Any:
     return measure
 
 
+def _scored(result: TrainResult) -> dict[str, float]:
+    """The validation scores of the state a run ended with, when its last or kept evaluation measured them."""
+    step = int(result.metrics["best_step"]) if result.metrics["config"]["early_stopping"] else None
+    evaluations = [r for r in result.records if r.get("eval_loss") is not None and "val_accuracy" in r]
+    if step is None:
+        evaluations = [r for r in evaluations if r["step"] == result.metrics["optimizer_steps"]]
+    else:
+        evaluations = [r for r in evaluations if r["step"] == step]
+    if not evaluations:
+        return {}
+    return {key: evaluations[-1][key] for key in ("val_accuracy", "val_macro_f1", "val_label_loss")}
+
+
 def _run_record(spec: MethodSpec, seed: int, scores: dict[str, float], result: TrainResult) -> dict[str, Any]:
     """What a search keeps of a trained run: validation scores, budget spent, and its validation curve."""
     records = result.records
@@ -244,15 +257,15 @@ def _prompts(job: SearchJob, task: Task, directory: Path) -> dict[str, Any]:
         info = run_info(task.setup, task.preset)
         candidates = [Candidate(m, c, info, measure) for m, c in zip(models, configs, strict=True)]
         result = train_sweep(candidates, train_set, validation)
-        trained = [i for i, r in enumerate(result.results) if not isinstance(r, Exception)]
-        prompts = [models[i].require_prompt().frozen() for i in trained]
-        by_run = dict(zip(trained, task.validate(engine_scorer(base, prompts), base) if prompts else [], strict=True))
+        unscored = [i for i, r in enumerate(result.results) if not isinstance(r, Exception) and not _scored(r)]
+        prompts = [models[i].require_prompt().frozen() for i in unscored]
+        by_run = dict(zip(unscored, task.validate(engine_scorer(base, prompts), base) if prompts else [], strict=True))
         records = []
         for i, ((spec, seed), outcome) in enumerate(zip(runs, result.results, strict=True)):
             if isinstance(outcome, Exception):
                 records.append(_record(spec, seed, {}, error=str(outcome)))
             else:
-                records.append(_run_record(spec, seed, by_run[i], outcome))
+                records.append(_run_record(spec, seed, by_run.get(i) or _scored(outcome), outcome))
         log.info("sweep of %d: %.0f s, %d tokens", len(runs), result.seconds, result.train_tokens)
         return records
 
@@ -296,7 +309,7 @@ def _weights(job: SearchJob, task: Task, directory: Path) -> dict[str, Any]:
                 model, examples, validation, config, run_info=run_info(task.setup, task.preset), measure=measure
             )
             base.model.requires_grad_(False)
-            (scores,) = task.validate(scorer_of(model), base)
+            scores = _scored(result) or task.validate(scorer_of(model), base)[0]
         except Exception as exc:  # noqa: BLE001 - one candidate's failure is a result, not the end of the search
             log.warning("%s (%s) failed: %s", spec.method, spec.settings, exc)
             return _record(spec, seed, {}, error=f"{type(exc).__name__}: {exc}")
@@ -325,9 +338,9 @@ def _best(records: list[dict[str, Any]]) -> int:
     return finished[best(scores)]
 
 
-def _load(setup: Any) -> BaseModel:
+def _load(setup: Any) -> FrozenModel:
     return load_base_model(setup.model, device=setup.device)
 
 
-def _params(base: BaseModel) -> int:
+def _params(base: FrozenModel) -> int:
     return sum(p.numel() for p in base.model.parameters())

@@ -1,4 +1,8 @@
-"""The frozen base model every other module receives: model, tokenizer, name and derived facts."""
+"""The frozen base model every other module receives: model, tokenizer, name and derived facts.
+
+``FrozenModel`` was ``BaseModel`` (still importable from ``softprompt``); renamed because pydantic's
+``BaseModel``, which the server's request schemas use, is a different thing with the same name.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from softprompt.core.family import Family, read_family
 
 
 @dataclass
-class BaseModel:
+class FrozenModel:
     """A frozen causal LM with its (left-padding) tokenizer."""
 
     model: PreTrainedModel

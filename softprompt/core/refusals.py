@@ -15,14 +15,14 @@ import torch
 from transformers import DynamicCache, PretrainedConfig
 from transformers.cache_utils import DynamicLayer
 
-from softprompt.core.base import BaseModel
 from softprompt.core.decoder import embed_tokens, lm_logits, run_decoder
 from softprompt.core.errors import ModelLoadError
+from softprompt.core.frozen import FrozenModel
 
 PROBE_IDS = (1, 2, 3)
 
 
-def check_supported(base: BaseModel) -> None:
+def check_supported(base: FrozenModel) -> None:
     config = base.model.config
     kind = f"{base.name!r} ({config.model_type})"
     if getattr(config, "is_encoder_decoder", False):

@@ -16,14 +16,14 @@ import torch
 from torch import nn
 
 from softprompt.core.adapter import AdapterConfig, adapter_config_for, check_compatible, load_adapter, save_adapter
-from softprompt.core.base import BaseModel
 from softprompt.core.decoder import lm_logits
 from softprompt.core.errors import AdapterError, ConfigError
 from softprompt.core.forms import Form
+from softprompt.core.frozen import FrozenModel
 from softprompt.core.inject import IGNORE_INDEX, inject_labels
 from softprompt.core.layouts import Layout, choose_layout, injected_hidden, layout_hidden, layout_pieces
+from softprompt.core.loading import load_base_model
 from softprompt.core.loss import token_nll
-from softprompt.core.models import load_base_model
 from softprompt.core.prompt import PEFT_INIT_NAMES, Init, PromptConfig, SoftPrompt, initial_prompt
 
 
@@ -38,7 +38,7 @@ class Tunable(Protocol):
     """What the training loop trains: a soft prompt over a frozen model (:class:`SoftPromptModel`) or
     a model's own weights (:class:`softprompt.core.weights.WeightsModel`)."""
 
-    base: BaseModel
+    base: FrozenModel
     entry_states: EntryStates | None
 
     @property
@@ -58,7 +58,7 @@ class Tunable(Protocol):
 class SoftPromptModel(nn.Module):
     """The frozen base model and a trainable (or loaded) soft prompt."""
 
-    def __init__(self, base: BaseModel, prompt: SoftPrompt | None = None, prompt_config: PromptConfig | None = None):
+    def __init__(self, base: FrozenModel, prompt: SoftPrompt | None = None, prompt_config: PromptConfig | None = None):
         super().__init__()
         self.base = base
         self.prompt = prompt
@@ -69,7 +69,7 @@ class SoftPromptModel(nn.Module):
     @classmethod
     def from_pretrained(
         cls,
-        base: str | BaseModel,
+        base: str | FrozenModel,
         adapter: str | Path | None = None,
         *,
         allow_base_mismatch: bool = False,
@@ -85,7 +85,7 @@ class SoftPromptModel(nn.Module):
         return cls(base_model, SoftPrompt.of(loaded.prompt).to(base_model.device))
 
     @classmethod
-    def with_new_prompt(cls, base: BaseModel, config: PromptConfig, seed: int = 0) -> SoftPromptModel:
+    def with_new_prompt(cls, base: FrozenModel, config: PromptConfig, seed: int = 0) -> SoftPromptModel:
         """A fresh, trainable prompt initialised as ``config`` says (same seed, same prompt)."""
         generator = torch.Generator().manual_seed(seed)
         start = initial_prompt(config, base, generator)

@@ -24,10 +24,10 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from softprompt.core.base import BaseModel
 from softprompt.core.errors import ModelLoadError
 from softprompt.core.family import VERIFIED
-from softprompt.core.support import check_supported, encoder_decoder_refusal
+from softprompt.core.frozen import FrozenModel
+from softprompt.core.refusals import check_supported, encoder_decoder_refusal
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def load_base_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     trust_remote_code: bool = False,
-) -> BaseModel:
+) -> FrozenModel:
     """Load and freeze a base model; every failure names what was tried and how to fix it."""
     model, tokenizer = _resolve(ref, dtype=dtype, trust_remote_code=trust_remote_code)
     model.requires_grad_(False)
@@ -78,7 +78,7 @@ def load_base_model(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    base = BaseModel(model=model, tokenizer=tokenizer, name=ref)
+    base = FrozenModel(model=model, tokenizer=tokenizer, name=ref)
     check_supported(base)
     base.kv_shape  # noqa: B018 - read now, by one forward pass, while every process still holds the whole model
     if base.family.model_type not in VERIFIED:
