@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from softprompt.core.data import encode_input, encode_text, left_pad
+from softprompt.core.data import Row, encode_input, encode_text, left_pad
 from softprompt.core.errors import ConfigError
 from softprompt.core.forms import Prompt, as_prompt
 from softprompt.core.frozen import FrozenModel
@@ -30,6 +30,7 @@ from softprompt.core.inject import mask_positions
 from softprompt.core.prompt import SoftPrompt
 from softprompt.core.prompted import SoftPromptModel
 from softprompt.inference.engine.runner import ModelRunner
+from softprompt.measuring.presets import Preset
 
 # (input_ids [B, T] left-padded, attention_mask [B, T], keep) -> logits [members * B, keep, vocab]
 # of the last ``keep`` positions, member-major (all rows of member 0, then member 1, ...).
@@ -205,10 +206,39 @@ def metrics(pred: Sequence[int], gold: Sequence[int], num_labels: int) -> dict[s
 class Classified:
     scores: torch.Tensor  # [members, N, K]
     seconds: float
+    gold: list[int] = field(default_factory=list)  # each row's label index, when the rows carried one
 
     @property
     def ms_per_example(self) -> float:
         return 1000 * self.seconds / max(self.scores.shape[1], 1)
+
+    def member_metrics(self) -> list[dict[str, float]]:
+        """Per member (prompt): accuracy, macro-F1 and the mean cross-entropy of the gold label among the labels."""
+        labels = self.scores.shape[-1]
+        gold = torch.tensor(self.gold)
+        out = []
+        for member in self.scores:  # [N, K]
+            found = metrics(member.argmax(-1).tolist(), self.gold, labels)
+            found["label_loss"] = float(-member.log_softmax(-1)[torch.arange(len(gold)), gold].mean())
+            out.append(found)
+        return out
+
+
+def classify_rows(
+    scorer: Scorer,
+    base: FrozenModel,
+    preset: Preset,
+    rows: Sequence[Row],
+    batch_size: int,
+    where: str = "row",
+    prefix: str = "",
+) -> Classified:
+    """A preset's rows, each filled into its template (after ``prefix``), ranked over the label words."""
+    texts = [prefix + preset.fill(row) for row in rows]
+    gold = [preset.label_index(row, f"{where} {i + 1}") for i, row in enumerate(rows)]
+    with torch.inference_mode():
+        found = classify(scorer, base.tokenizer, texts, preset.words, batch_size, base.device)
+    return replace(found, gold=gold)
 
 
 def classify(

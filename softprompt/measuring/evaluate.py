@@ -25,7 +25,7 @@ from softprompt.core.files import atomic_path, require_dir, require_file
 from softprompt.core.forms import Prompt
 from softprompt.core.frozen import FrozenModel
 from softprompt.core.prompted import SoftPromptModel, Tunable
-from softprompt.measuring.classify import VOTES, Scorer, classify, engine_scorer, hf_scorer, metrics, vote
+from softprompt.measuring.classify import VOTES, Scorer, classify_rows, engine_scorer, hf_scorer, metrics, vote
 from softprompt.measuring.presets import few_shot_context, load_preset, load_task
 
 
@@ -96,11 +96,9 @@ def evaluate_task(base: FrozenModel, config: EvalConfig) -> dict[str, Any]:
         context = preset.instruction
     inline = bool(config.peft_adapter)  # a PEFT model has no cached prefix: the context goes in the text
     scorer, prompts, peft_model = load_model(base, config, "" if inline else context)
-    texts = [(context if inline else "") + preset.fill(r) for r in rows]
-    gold = [preset.label_index(r, f"row {i + 1}") for i, r in enumerate(rows)]
-    with torch.inference_mode():
-        result = classify(scorer, base.tokenizer, texts, preset.words, config.batch_size, base.device)
-    members = [metrics(s.argmax(-1).tolist(), gold, len(preset.labels)) for s in result.scores]
+    result = classify_rows(scorer, base, preset, rows, config.batch_size, prefix=context if inline else "")
+    gold = result.gold
+    members = [{k: m[k] for k in ("accuracy", "macro_f1")} for m in result.member_metrics()]
     predicted = vote(result.scores, config.vote)
     if config.predictions:
         _write_predictions(Path(config.predictions), preset.labels, gold, result.scores, predicted)

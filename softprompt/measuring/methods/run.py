@@ -24,7 +24,7 @@ from softprompt.core.card import write_model_card
 from softprompt.core.errors import ConfigError
 from softprompt.core.files import write_json
 from softprompt.core.loading import load_base_model
-from softprompt.measuring.classify import Scorer, classify, engine_scorer, metrics
+from softprompt.measuring.classify import Classified, Scorer, classify_rows, engine_scorer
 from softprompt.measuring.methods import PROMPTS, Kind, MethodSpec
 from softprompt.measuring.methods.build import saved_scorer
 from softprompt.measuring.methods.search import SearchJob, run_info, search
@@ -103,16 +103,12 @@ def score_test(selection: dict[str, Any], setup: RunSetup, limit: int | None) ->
         raise ConfigError(f"{kind.value}: no run finished, nothing to test")
     preset = load_preset(setup.preset)
     rows = load_test_rows(preset, setup.data, limit)
-    texts, gold = (
-        [preset.fill(r) for r in rows],
-        [preset.label_index(r, f"test row {i + 1}") for i, r in enumerate(rows)],
-    )
     started = time.perf_counter()
+    classified: list[Classified] = []
 
     def scored(scorer: Scorer, base: Any) -> list[torch.Tensor]:
-        with torch.inference_mode():
-            result = classify(scorer, base.tokenizer, texts, preset.words, setup.eval_batch_size, base.device)
-        return [*result.scores]  # one [N, K] per member
+        classified.append(classify_rows(scorer, base, preset, rows, setup.eval_batch_size, "test row"))
+        return [*classified[-1].scores]  # one [N, K] per member
 
     if kind in PROMPTS:  # every seed's prompt in one batched pass, a member each
         base = load_base_model(setup.model, device=setup.device)
@@ -131,7 +127,7 @@ def score_test(selection: dict[str, Any], setup: RunSetup, limit: int | None) ->
     if kind is Kind.FULL and not setup.keep_full_model:
         for run in runs:
             shutil.rmtree(run["artifact"], ignore_errors=True)
-    found = [metrics(s.argmax(-1).tolist(), gold, len(preset.labels)) for s in scores]
+    found = [{k: m[k] for k in ("accuracy", "macro_f1")} for c in classified for m in c.member_metrics()]
     if kind in PROMPTS:
         for run, scored_run in zip(runs, found, strict=True):
             _card_with_scores(Path(run["artifact"]), scored_run, setup, preset)

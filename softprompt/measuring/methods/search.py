@@ -23,13 +23,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from softprompt.core.data import DataConfig, Example, Row, tokenize_rows
 from softprompt.core.frozen import FrozenModel
 from softprompt.core.loading import load_base_model
 from softprompt.core.prompted import SoftPromptModel
-from softprompt.measuring.classify import Scorer, classify, engine_scorer, metrics
+from softprompt.measuring.classify import Scorer, classify_rows, engine_scorer
 from softprompt.measuring.methods import PROMPTS, Kind, MethodSpec
 from softprompt.measuring.methods.build import context_for, prompt_config, save_context, scorer_of, weights_model
 from softprompt.measuring.presets import TARGET_COLUMN, Preset, load_preset, load_train_rows
@@ -63,28 +61,14 @@ class Task:
     validation: list[Row]
     setup: Any  # RunSetup (run.py imports this module)
 
-    @property
-    def gold(self) -> list[int]:
-        return [self.preset.label_index(r, f"validation row {i + 1}") for i, r in enumerate(self.validation)]
-
     def examples(self, rows: list[Row], base: FrozenModel) -> list[Example]:
         data = data_config(self.setup, self.preset)
         return tokenize_rows(self.preset.with_target(rows, self.setup.data), data, base.tokenizer, self.setup.data)
 
     def validate(self, scorer: Scorer, base: FrozenModel) -> list[dict[str, float]]:
         """Per scorer member: validation accuracy, macro-F1 and label cross-entropy (rank classification)."""
-        texts = [self.preset.fill(row) for row in self.validation]
-        with torch.inference_mode():
-            result = classify(scorer, base.tokenizer, texts, self.preset.words, self.setup.eval_batch_size, base.device)
-        gold = torch.tensor(self.gold)
-        out = []
-        for member in result.scores:  # [N, K]
-            found = metrics(member.argmax(-1).tolist(), self.gold, len(self.preset.labels))
-            label_loss = float(-member.log_softmax(-1)[torch.arange(len(gold)), gold].mean())
-            out.append(
-                {"val_accuracy": found["accuracy"], "val_macro_f1": found["macro_f1"], "val_label_loss": label_loss}
-            )
-        return out
+        result = classify_rows(scorer, base, self.preset, self.validation, self.setup.eval_batch_size, "validation row")
+        return [{f"val_{key}": value for key, value in found.items()} for found in result.member_metrics()]
 
 
 def data_config(setup: Any, preset: Preset) -> DataConfig:
@@ -163,8 +147,6 @@ def _prompt_engineering(job: SearchJob, task: Task, directory: Path) -> dict[str
 
 
 def _engine(base: FrozenModel, context: str) -> Scorer:
-    from softprompt.measuring.classify import engine_scorer
-
     return engine_scorer(base, [None], context)
 
 
