@@ -35,14 +35,17 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # this checkout's softprompt, installed or not
 
-from softprompt.core.data import DataConfig, Example, batches, tokenize_rows  # noqa: E402
-from softprompt.core.loading import load_base_model  # noqa: E402
-from softprompt.core.prompt import Init, PromptConfig  # noqa: E402
-from softprompt.core.prompted import SoftPromptModel  # noqa: E402
-from softprompt.measuring.presets import TARGET_COLUMN, load_preset, load_train_rows  # noqa: E402
-from softprompt.training.passes import backward_mean_loss  # noqa: E402
-from softprompt.training.reuse import FrozenRows  # noqa: E402
-from softprompt.training.train import MODEL_DTYPES  # noqa: E402
+from softprompt.core.data import DataConfig, Example, batches, tokenize_rows
+from softprompt.core.loading import (
+    load_base_model,
+    resolve_dtype,
+)
+from softprompt.core.prompt import Init, PromptConfig
+from softprompt.core.prompted import SoftPromptModel
+from softprompt.measuring.presets import TARGET_COLUMN, load_preset, load_train_rows
+from softprompt.training.passes import backward_mean_loss
+from softprompt.training.reuse import FrozenRows
+from softprompt.training.train import MODEL_DTYPES
 
 DATA = ROOT.parent / "shared" / "data"
 SEED_CSV = DATA / "awesome-chatgpt-prompts" / "prompts-2024-06.csv"
@@ -127,7 +130,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(0)
-    base = load_base_model(args.model, dtype=MODEL_DTYPES[args.model_dtype])
+    base = load_base_model(args.model, dtype=resolve_dtype(args.model_dtype))
     rows = examples(args.task, base, args.steps * args.batch)
     results = {}
     for name, settings in methods(args.entry):

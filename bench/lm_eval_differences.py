@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.measuring.lm_eval_run
 
-from tests.measuring import lm_eval_run as parity  # noqa: E402
+from tests.measuring import lm_eval_run as parity
 
 CASES = [  # name, tokenizer adds a BOS, embedding rows == tokenizer size, extra lm-eval model_args
     ("no BOS, exact vocabulary (the CI test)", False, True, ""),

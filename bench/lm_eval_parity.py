@@ -21,11 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.measuring.lm_eval_run
 
-from softprompt.cli.main import main as softprompt  # noqa: E402
-from softprompt.core.data import read_rows  # noqa: E402
-from softprompt.core.loading import BUILTIN_MODELS, cache_root  # noqa: E402
-from softprompt.measuring.presets import TARGET_COLUMN, load_preset  # noqa: E402
-from tests.measuring.lm_eval_run import compare, run_lm_eval, write_task  # noqa: E402
+from softprompt.cli.main import main as softprompt
+from softprompt.core.data import read_rows
+from softprompt.core.loading import BUILTIN_MODELS, cache_root
+from softprompt.measuring.presets import TARGET_COLUMN, load_preset
+from tests.measuring.lm_eval_run import compare, run_lm_eval, write_task
 
 
 def main() -> int:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.inference.browser
 
-from tests.inference.browser import chromium, serve_process  # noqa: E402
+from tests.inference.browser import chromium, serve_process
 
 
 def main() -> int:

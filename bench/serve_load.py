@@ -45,10 +45,10 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from softprompt.core.loading import load_base_model  # noqa: E402
-from softprompt.core.prompt import PromptConfig  # noqa: E402
-from softprompt.core.prompted import SoftPromptModel  # noqa: E402
-from tests.conftest import save_tiny  # noqa: E402
+from softprompt.core.loading import load_base_model
+from softprompt.core.prompt import PromptConfig
+from softprompt.core.prompted import SoftPromptModel
+from tests.conftest import save_tiny
 
 ADAPTERS = ["alpha", "beta", "gamma", "delta"]
 KEY = "sk-serve-load-" + os.urandom(8).hex()

@@ -33,13 +33,16 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # this checkout's softprompt, installed or not
 
-from softprompt.core.data import DataConfig, tokenize_rows  # noqa: E402
-from softprompt.core.loading import load_base_model  # noqa: E402
-from softprompt.core.prompt import Init, PromptConfig  # noqa: E402
-from softprompt.core.prompted import SoftPromptModel  # noqa: E402
-from softprompt.measuring.presets import TARGET_COLUMN, load_preset, load_train_rows  # noqa: E402
-from softprompt.training.sweep import Candidate, train_sweep  # noqa: E402
-from softprompt.training.train import MODEL_DTYPES, TrainConfig, train  # noqa: E402
+from softprompt.core.data import DataConfig, tokenize_rows
+from softprompt.core.loading import (
+    load_base_model,
+    resolve_dtype,
+)
+from softprompt.core.prompt import Init, PromptConfig
+from softprompt.core.prompted import SoftPromptModel
+from softprompt.measuring.presets import TARGET_COLUMN, load_preset, load_train_rows
+from softprompt.training.sweep import Candidate, train_sweep
+from softprompt.training.train import MODEL_DTYPES, TrainConfig, train
 
 SST2 = ROOT.parent / "shared" / "data" / "sst2"
 GRID = [
@@ -108,7 +111,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    base = load_base_model(args.model, dtype=MODEL_DTYPES[args.model_dtype])
+    base = load_base_model(args.model, dtype=resolve_dtype(args.model_dtype))
     preset = load_preset("sst2")
     rows = load_train_rows(preset, SST2)[: args.rows]
     data = DataConfig(data=str(SST2), template=preset.template, target_column=TARGET_COLUMN, max_length=128)

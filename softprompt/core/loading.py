@@ -91,6 +91,32 @@ def load_base_model(
     return base
 
 
+MODEL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(name: str, device: str | torch.device | None = None) -> torch.dtype:
+    """A model dtype by name; ``auto`` is bfloat16 where the device computes it natively, else float32.
+
+    Natively: a CUDA device with bf16, or a CPU with AMX or AVX-512 BF16 units. Elsewhere bf16 runs
+    emulated and slower than fp32, so auto keeps fp32 there.
+    """
+    if name != "auto":
+        return MODEL_DTYPES[name]
+    target = torch.device(device) if device is not None else default_device()
+    native = torch.cuda.is_bf16_supported() if target.type == "cuda" else _cpu_has_bf16_units()
+    chosen = torch.bfloat16 if native else torch.float32
+    log.info("model dtype auto: %s on %s", str(chosen).removeprefix("torch."), target)
+    return chosen
+
+
+def _cpu_has_bf16_units() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:  # not Linux: assume the common case, no bf16 matrix units
+        return False
+    return any(flag in flags.split() for flag in ("amx_bf16", "avx512_bf16"))
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

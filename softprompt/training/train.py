@@ -25,7 +25,7 @@ from softprompt.core.config_types import check_types
 from softprompt.core.data import DataConfig, Example, label_words, load_examples
 from softprompt.core.errors import ConfigError, TrainingError, TrainingInterrupted
 from softprompt.core.files import atomic_path, write_json
-from softprompt.core.loading import load_base_model
+from softprompt.core.loading import load_base_model, resolve_dtype
 from softprompt.core.prompt import Init, PromptConfig
 from softprompt.core.prompted import SoftPromptModel, Tunable
 from softprompt.training import distributed, sharding
@@ -40,7 +40,7 @@ from softprompt.training.sharding import SHARD_MODES
 log = logging.getLogger(__name__)
 
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
-MODEL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MODEL_DTYPES = ("float32", "auto", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,10 @@ class TrainConfig:
     )
     model_dtype: str = field(
         default="float32",
-        metadata={"help": "dtype of the frozen base model: float32, bfloat16 or float16 (the prompt stays float32)"},
+        metadata={
+            "help": "dtype of the frozen base model: float32, bfloat16, float16, or auto (bfloat16 where the device "
+            "has bf16 units: CUDA, or a CPU with AMX / AVX-512 BF16; float32 elsewhere); the prompt stays float32"
+        },
     )
     reuse_frozen: bool = field(
         default=True,
@@ -382,7 +385,7 @@ def tune(
     device = distributed.setup(device)
     distributed.on_main(lambda: prepare_output(Path(training.output)))
     with distributed.main_first():  # rank 0 fills the model and dataset caches, the others read them
-        dtype = MODEL_DTYPES[training.model_dtype]
+        dtype = resolve_dtype(training.model_dtype, device)
         load_to = sharding.load_device(training.shard, device)
         base = load_base_model(model, trust_remote_code=trust_remote_code, device=load_to, dtype=dtype)
         train_set, held_out = load_examples(data, base.tokenizer)
@@ -410,7 +413,7 @@ def resume(output: str | Path, *, device: str | None = None, epochs: int | None 
     training = TrainConfig(**{**run["train"], "output": str(output), **({"epochs": epochs} if epochs else {})})
     data, prompt = DataConfig(**run["data"]), PromptConfig(**run["prompt"])
     with distributed.main_first():
-        dtype = MODEL_DTYPES[training.model_dtype]
+        dtype = resolve_dtype(training.model_dtype, device)
         load_to = sharding.load_device(training.shard, device)
         base = load_base_model(run["model"], trust_remote_code=run["trust_remote_code"], device=load_to, dtype=dtype)
         train_set, held_out = load_examples(data, base.tokenizer)

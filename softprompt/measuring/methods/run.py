@@ -23,12 +23,14 @@ from softprompt.core.adapter import load_adapter
 from softprompt.core.card import write_model_card
 from softprompt.core.errors import ConfigError
 from softprompt.core.files import write_json
-from softprompt.core.loading import load_base_model
+from softprompt.core.frozen import FrozenModel
+from softprompt.core.loading import load_base_model, resolve_dtype
 from softprompt.measuring.classify import Classified, Scorer, classify_rows, engine_scorer
 from softprompt.measuring.methods import PROMPTS, Kind, MethodSpec
 from softprompt.measuring.methods.build import saved_scorer
 from softprompt.measuring.methods.search import SearchJob, run_info, search
 from softprompt.measuring.presets import Preset, load_preset, load_test_rows
+from softprompt.training.train import MODEL_DTYPES
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,9 @@ class RunSetup:
     )
     keep_full_model: bool = field(default=False, metadata={"help": "keep the fully fine-tuned models on disk"})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, ..."})
+    model_dtype: str = field(
+        default="float32", metadata={"help": "the frozen base model's dtype: float32, bfloat16, float16 or auto"}
+    )
 
     def __post_init__(self) -> None:
         if not self.preset or not self.data:
@@ -72,6 +77,12 @@ class RunSetup:
             raise ConfigError("budget must be >= 0, batch_size and eval_batch_size >= 1")
         if not (self.budget or self.max_seconds > 0):
             raise ConfigError("give every candidate a budget: --max-seconds, or --budget in steps")
+        if self.model_dtype not in MODEL_DTYPES:
+            raise ConfigError(f"model_dtype must be one of {', '.join(MODEL_DTYPES)}, got {self.model_dtype!r}")
+
+    def load(self) -> FrozenModel:
+        """The base model every phase uses, on the setup's device and in its dtype."""
+        return load_base_model(self.model, device=self.device, dtype=resolve_dtype(self.model_dtype, self.device))
 
 
 def run_phase(job: dict[str, Any]) -> dict[str, Any]:
@@ -111,14 +122,14 @@ def score_test(selection: dict[str, Any], setup: RunSetup, limit: int | None) ->
         return [*classified[-1].scores]  # one [N, K] per member
 
     if kind in PROMPTS:  # every seed's prompt in one batched pass, a member each
-        base = load_base_model(setup.model, device=setup.device)
+        base = setup.load()
         prompts = [load_adapter(run["artifact"]).prompt.to(base.device) for run in runs]
         scores = scored(engine_scorer(base, prompts), base)
     else:
-        shared = load_base_model(setup.model, device=setup.device) if kind in (Kind.ZERO_SHOT, Kind.FEW_SHOT) else None
+        shared = setup.load() if kind in (Kind.ZERO_SHOT, Kind.FEW_SHOT) else None
         scores = []
         for run in runs:  # PEFT wraps a base in place: each run gets its own
-            base = shared or load_base_model(setup.model, device=setup.device)
+            base = shared or setup.load()
             (member,) = scored(saved_scorer(kind, base, Path(run["artifact"])), base)
             scores.append(member)
     seconds = time.perf_counter() - started

@@ -25,7 +25,6 @@ from typing import Any
 
 from softprompt.core.data import DataConfig, Example, Row, tokenize_rows
 from softprompt.core.frozen import FrozenModel
-from softprompt.core.loading import load_base_model
 from softprompt.core.prompted import SoftPromptModel
 from softprompt.measuring.classify import Scorer, classify_rows, engine_scorer
 from softprompt.measuring.methods import PROMPTS, Kind, MethodSpec
@@ -321,7 +320,7 @@ def _best(records: list[dict[str, Any]]) -> int:
 
 
 def _load(setup: Any) -> FrozenModel:
-    return load_base_model(setup.model, device=setup.device)
+    return setup.load()
 
 
 def _params(base: FrozenModel) -> int:
