@@ -82,11 +82,17 @@ class CompareConfig:
     prefix_inits: tuple[str, ...] = field(
         default=("text", "labels"), metadata=_help("prefix tuning, late prompts: inits to try")
     )
-    late_lrs: tuple[float, ...] = field(default=(0.3, 0.1, 0.03, 0.01), metadata=_help("late prompts: lrs"))
+    late_lrs: tuple[float, ...] = field(default=(0.1, 0.03, 0.01, 0.003), metadata=_help("late prompts: lrs"))
     late_depths: tuple[float, ...] = field(
         default=(0.5, 0.67), metadata=_help("late prompts: entry layers to try, as fractions of the depth")
     )
-    late_forms: tuple[str, ...] = field(default=("vectors", "kv"), metadata=_help("late prompts: vectors, kv or both"))
+    late_forms: tuple[str, ...] = field(
+        default=("kv",),
+        metadata=_help(
+            "late prompts: kv, vectors or both. Vectors enter where the model's states are large (SmolLM2's rms is "
+            "0.11 at the input, 318 at layer 15), so they want learning rates far above late_lrs (docs/results.md)"
+        ),
+    )
     full_lrs: tuple[float, ...] = field(default=(1e-5, 3e-5, 1e-4), metadata=_help("full fine-tuning: lrs"))
     pe_shots: tuple[int, ...] = field(default=(1, 2), metadata=_help("few-shot: examples per class to try"))
     pe_orders: int = field(default=2, metadata=_help("few-shot: seeded example orders to try"))
