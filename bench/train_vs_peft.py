@@ -3,6 +3,11 @@
 The ``seed-deep`` case is the seed recipe with a deep prompt (keys and values in every layer):
 softprompt's ``--form kv`` against PEFT's ``PrefixTuningConfig`` + ``Trainer``.
 
+``--ce-seeds 0,1,2,3,4`` runs the twitter case once per seed (which only orders the batches:
+the TEXT init is fixed), for PEFT, softprompt and softprompt without its length grouping
+(``twitter-ungrouped``), and prints each one's held-out CE: whether the two tools' CE gap is
+their batch order.
+
 Both methods train on the same tokenized examples (softprompt's own readers, so the token ids
 are identical), each in its own subprocess so peak RSS is per method, back to back in one
 command; held-out cross-entropy is computed the same way for both (softprompt's
@@ -55,6 +60,7 @@ class Case:
     extra: dict[str, Any] = field(default_factory=dict)  # more TrainConfig fields for softprompt
     peft_from: str | None = None  # reuse this case's PEFT run (same PEFT recipe)
     form: str = "vectors"  # kv: a deep prompt (PEFT's prefix tuning)
+    seed: int = 0  # shuffling (both tools); the inits used here do not draw on it
 
 
 CASES = {
@@ -80,6 +86,18 @@ CASES = {
         5,
         extra={"micro_batch_tokens": 320},
         peft_from="seed",
+    ),
+    "twitter-ungrouped": Case(
+        "twitter_complaints, batches not grouped by length (as the Trainer's)",
+        "twitter",
+        8,
+        "TEXT",
+        "text",
+        "Classify if the tweet is a complaint or not:",
+        0.03,
+        5,
+        extra={"group_by_length": False},
+        peft_from="twitter",
     ),
     "seed-deep": Case(
         "seed recipe, deep prompt (PEFT prefix tuning)", "seed", 4, "RANDOM", "peft-random", None, 0.005, 5, form="kv"
@@ -196,7 +214,7 @@ def run_peft(case: Case, base: Any, train_set: list, held_out: list) -> dict[str
         report_to=[],
         disable_tqdm=True,
         use_cpu=True,
-        seed=0,
+        seed=case.seed,
         remove_unused_columns=False,
     )
     trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows), data_collator=collate)
@@ -233,7 +251,13 @@ def run_softprompt(case: Case, base: Any, train_set: list, held_out: list) -> di
             form=case.form,  # type: ignore[arg-type]
         )
         training = TrainConfig(
-            output=output, lr=case.lr, epochs=case.epochs, batch_size=case.batch_size, progress=False, **case.extra
+            output=output,
+            lr=case.lr,
+            epochs=case.epochs,
+            batch_size=case.batch_size,
+            seed=case.seed,
+            progress=False,
+            **case.extra,
         )
     model = SoftPromptModel.with_new_prompt(base, prompt, seed=training.seed)
     metrics = train(model, train_set, held_out, training).metrics
@@ -284,7 +308,9 @@ def _timed(fn: Any) -> float:
     return time.perf_counter() - started
 
 
-def worker(method: str, case_key: str, result_path: Path, twitter_eval_rows: int, epochs: int | None) -> None:
+def worker(
+    method: str, case_key: str, result_path: Path, twitter_eval_rows: int, epochs: int | None, seed: int = 0
+) -> None:
     import torch
 
     from softprompt.core.loading import load_base_model
@@ -292,7 +318,7 @@ def worker(method: str, case_key: str, result_path: Path, twitter_eval_rows: int
     if method == "ceiling":
         result_path.write_text(json.dumps(measure_ceiling()))
         return
-    case = CASES[case_key] if epochs is None else replace(CASES[case_key], epochs=epochs)
+    case = replace(CASES[case_key], seed=seed, **({} if epochs is None else {"epochs": epochs}))
     base = load_base_model(MODEL)
     train_set, held_out = load_data(case, base.tokenizer, twitter_eval_rows)
     run = run_peft if method == "peft" else run_softprompt
@@ -315,9 +341,9 @@ def worker(method: str, case_key: str, result_path: Path, twitter_eval_rows: int
 # Driver
 
 
-def spawn(method: str, case: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
-    path = out / f"{case}-{method}.json"
-    cmd = [sys.executable, __file__, "--worker", method, "--case", case, "--result", str(path)]
+def spawn(method: str, case: str, out: Path, args: argparse.Namespace, seed: int = 0) -> dict[str, Any]:
+    path = out / f"{case}-{method}-seed{seed}.json"
+    cmd = [sys.executable, __file__, "--worker", method, "--case", case, "--result", str(path), "--seed", str(seed)]
     cmd += ["--twitter-eval-rows", str(args.twitter_eval_rows)] + (
         ["--epochs", str(args.epochs)] if args.epochs else []
     )
@@ -372,6 +398,21 @@ def table(case: Case, peft: dict[str, Any], sp: dict[str, Any], ceiling: dict[st
     return head + "\n".join(rows) + "\n"
 
 
+def ce_spread(out: Path, args: argparse.Namespace, seeds: list[int]) -> None:
+    """Held-out CE after the twitter recipe, per seed (batch order), for PEFT, softprompt and softprompt ungrouped."""
+    runs = [("PEFT + Trainer", "peft", "twitter"), ("softprompt", "softprompt", "twitter")]
+    runs.append(("softprompt, batches not grouped by length", "softprompt", "twitter-ungrouped"))
+    found = {name: [spawn(method, case, out, args, seed)["ce_after"] for seed in seeds] for name, method, case in runs}
+    lines = ["| twitter, held-out CE after | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | range |"]
+    lines.append("|---" * (len(seeds) + 3) + "|")
+    for name, values in found.items():
+        cells = " | ".join(f"{v:.3f}" for v in values)
+        lines.append(f"| {name} | {cells} | {sum(values) / len(values):.3f} | {min(values):.3f}-{max(values):.3f} |")
+    text = "\n".join(lines)
+    (out / "ce_spread.md").write_text(text + "\n")
+    print(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -381,15 +422,20 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="directory for the JSON results (default: a temp dir)")
     parser.add_argument("--twitter-eval-rows", type=int, default=200, help="held-out rows of twitter test.jsonl")
     parser.add_argument("--epochs", type=int, default=None, help="override every case's epochs (smoke tests)")
+    parser.add_argument("--ce-seeds", default=None, help="e.g. 0,1,2,3,4: the twitter CE gap over batch orders")
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.case, Path(args.result), args.twitter_eval_rows, args.epochs)
+        worker(args.worker, args.case, Path(args.result), args.twitter_eval_rows, args.epochs, args.seed)
         return
     out = Path(args.out or tempfile.mkdtemp(prefix="train-vs-peft-"))
     out.mkdir(parents=True, exist_ok=True)
+    if args.ce_seeds:
+        ce_spread(out, args, [int(s) for s in args.ce_seeds.split(",")])
+        return
     ceilings = [spawn("ceiling", "-", out, args)]
     results = {}
     for key in args.cases.split(","):

@@ -65,7 +65,7 @@ class Prompt:
 
     @property
     def num_virtual_tokens(self) -> int:
-        return int(self.weights.shape[0] if self.form is Form.VECTORS else self.weights.shape[3])
+        return virtual_tokens(self.form, self.weights)
 
     @property
     def is_input(self) -> bool:
@@ -90,6 +90,11 @@ class Prompt:
     def nbytes(self) -> int:
         held = [self.weights] + ([] if self.below is None else [self.below])
         return sum(t.numel() * t.element_size() for t in held)
+
+
+def virtual_tokens(form: Form, weights: torch.Tensor) -> int:
+    """P, from a prompt's weights: [P, H] vectors, or [layers, 2, kv, P, d] keys/values."""
+    return int(weights.shape[0] if form is Form.VECTORS else weights.shape[3])
 
 
 def as_prompt(prompt: Prompt | torch.Tensor) -> Prompt:

@@ -27,7 +27,7 @@ from softprompt.core.config_types import check_types, shown
 from softprompt.core.decoder import embed_tokens, run_slots
 from softprompt.core.errors import ConfigError
 from softprompt.core.files import require_dir
-from softprompt.core.forms import Form, Prompt, as_prompt
+from softprompt.core.forms import Form, Prompt, as_prompt, virtual_tokens
 from softprompt.core.frozen import FrozenModel
 
 
@@ -155,10 +155,8 @@ class SoftPrompt(nn.Module):
         below: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
-        value = Prompt(
-            Form(form), embedding.detach(), entry, None if below is None else below.detach()
-        )  # checks shapes
-        self.form, self.entry = value.form, entry
+        checked = Prompt(Form(form), embedding.detach(), entry, None if below is None else below.detach())
+        self.form, self.entry = checked.form, entry
         self.embedding = nn.Parameter(embedding.detach().clone().float())
         self.register_buffer("below", None if below is None else below.detach().clone().float(), persistent=False)
         self.mlp: nn.Sequential | None = None
@@ -179,7 +177,7 @@ class SoftPrompt(nn.Module):
 
     @property
     def num_virtual_tokens(self) -> int:
-        return value_length(self.form, self.embedding)
+        return virtual_tokens(self.form, self.embedding)
 
     def forward(self) -> torch.Tensor:
         """The weights as they are used: the vectors [P, H] that enter (through the MLP, if any), or the keys/values."""
@@ -201,10 +199,6 @@ class SoftPrompt(nn.Module):
     def folded(self) -> torch.Tensor:
         """The current weights as a plain detached tensor (for vectors at the input: the whole prompt)."""
         return self.frozen().weights.clone()
-
-
-def value_length(form: Form, weights: torch.Tensor) -> int:
-    return int(weights.shape[0] if form is Form.VECTORS else weights.shape[3])
 
 
 def initial_prompt(config: PromptConfig, base: FrozenModel, generator: torch.Generator) -> Prompt:

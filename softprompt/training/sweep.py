@@ -153,19 +153,18 @@ def _turn(loops: list[TrainingLoop], indices: list[int], failed: dict[int, Train
                 if other is not loop:
                     other.pause(spent)
         return
+    batches = [batch for batch in wanted if batch is not None]  # no evaluation was due: every loop has a batch
     results: dict[int, tuple[float, int]] = {}
     for group in _by_entry(loops):
         started = time.perf_counter()
-        means, slots = _joint_backward([loops[i] for i in group], [wanted[i] for i in group])  # type: ignore[misc]
+        means, slots = _joint_backward([loops[i] for i in group], [batches[i] for i in group])
         elapsed = time.perf_counter() - started
         total = max(sum(slots), 1)
         for j, loop in enumerate(loops):
             mine = slots[group.index(j)] if j in group else 0
             loop.pause(elapsed * (1 - mine / total))  # the rest of the pass trained the others
         results.update({i: (mean, slot) for i, mean, slot in zip(group, means, slots, strict=True)})
-    for j, (index, loop) in enumerate(zip(indices, loops, strict=True)):
-        batch = wanted[j]
-        assert batch is not None
+    for j, (index, loop, batch) in enumerate(zip(indices, loops, batches, strict=True)):
         mean, slot = results[j]
         try:
             loop.after_backward(loop.account(mean, batch.real_tokens, slot))

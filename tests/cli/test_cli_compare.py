@@ -10,107 +10,23 @@ def test_eval_compare_inspect(tiny_dirs, tmp_path, capsys):
     data = tiny_task_dir(tmp_path / "data")
     model = str(tiny_dirs["llama"])
     out = tmp_path / "cmp"
-    code = main(
-        [
-            "compare",
-            "--model",
-            model,
-            "--preset",
-            "twitter_complaints",
-            "--data",
-            str(data),
-            "--output",
-            str(out),
-            "--budget",
-            "1",
-            "--methods",
-            "zero-shot",
-            "prompt-tuning",
-            "lora",
-            "--pt-inits",
-            "text",
-            "labels",
-            "--pt-lengths",
-            "2",
-            "3",
-            "--pt-lrs",
-            "0.1",
-            "--pt-reparam",
-            "0",
-            "--search-budget",
-            "3",
-            "--seeds",
-            "2",
-            "--eval-every",
-            "1",
-            "--no-isolate",
-        ]
-    )
-    assert code == 0
+    task = ["--model", model, "--preset", "twitter_complaints", "--data", str(data)]
+    search = "--pt-inits text labels --pt-lengths 2 3 --pt-lrs 0.1 --pt-reparam 0 --search-budget 3 --seeds 2"
+    budget = "--budget 1 --eval-every 1 --no-isolate --methods zero-shot prompt-tuning lora"
+    assert main(["compare", *task, "--output", str(out), *search.split(), *budget.split()]) == 0
     assert "goal:" in capsys.readouterr().out
     adapters = sorted(str(p) for p in (out / "runs" / "prompt-tuning").glob("*"))
     assert len(adapters) == 3 + 1  # three candidates with the first seed, the chosen one with the second
 
-    assert (
-        main(
-            [
-                "eval",
-                "--model",
-                model,
-                "--preset",
-                "twitter_complaints",
-                "--data",
-                str(data),
-                "--json",
-                "--adapter",
-                *adapters,
-                "--vote",
-                "majority",
-            ]
-        )
-        == 0
-    )
+    evaluate = ["eval", *task, "--json"]
+    assert main([*evaluate, "--adapter", *adapters, "--vote", "majority"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["rows"] == 10 and len(result["members"]) == 4 and 0 <= result["accuracy"] <= 1
 
-    assert (
-        main(
-            [
-                "eval",
-                "--model",
-                model,
-                "--preset",
-                "twitter_complaints",
-                "--data",
-                str(data),
-                "--json",
-                "--shots",
-                "2",
-                "--exact-match",
-            ]
-        )
-        == 0
-    )
+    assert main([*evaluate, "--shots", "2", "--exact-match"]) == 0
     assert "exact_match" in json.loads(capsys.readouterr().out)
 
-    assert (
-        main(
-            [
-                "eval",
-                "--model",
-                model,
-                "--preset",
-                "twitter_complaints",
-                "--data",
-                str(data),
-                "--json",
-                "--peft-adapter",
-                str(out / "runs" / "lora" / "candidate0"),
-                "--exact-match",
-            ]
-        )
-        == 0
-    )
+    assert main([*evaluate, "--peft-adapter", str(out / "runs" / "lora" / "candidate0"), "--exact-match"]) == 0
     assert json.loads(capsys.readouterr().out)["rows"] == 10
 
     text = tmp_path / "text.csv"
