@@ -9,7 +9,7 @@ model's cache holds.
 vLLM serves soft prompts through its ``prompt_embeds`` input: one ``[seq, hidden]`` tensor per
 request, fed to the decoder in place of the embedding lookup, with position ids counting from 0.
 :func:`build_prompt_embeds` builds that tensor exactly as softprompt injects a single unpadded
-request, ``[virtual tokens][token embeddings]``, by calling the same :func:`~softprompt.inject.inject`
+request, ``[virtual tokens][token embeddings]``, by calling the same :func:`~softprompt.core.inject.inject`
 that training and generation use, so the engine sees what softprompt's own decode loop sees.
 
 The tensor already contains the (optional) chat template, so it belongs in vLLM's

@@ -1,4 +1,4 @@
-"""Text generation with soft prompts: a thin front end over :mod:`softprompt.engine`.
+"""Text generation with soft prompts: a thin front end over :mod:`softprompt.inference.engine`.
 
 Owning the decode loop (instead of patching ``model.generate``) is what keeps virtual tokens
 correct: each prompt's keys/values are computed once and placed before its row's tokens, and

@@ -3,7 +3,7 @@
 Data parallelism (softprompt.training.distributed) gives every process the whole frozen model; a model
 that does not fit one device needs its weights sharded instead. Each decoder layer becomes one
 ``torch.distributed.fsdp.fully_shard`` unit, and the decoder stack (``model.base_model``, the
-module :func:`softprompt.model.run_decoder` calls) the root unit holding what is left (final
+module :func:`softprompt.core.decoder.run_decoder` calls) the root unit holding what is left (final
 norm, rotary tables, position embeddings). A unit's weights are all-gathered just before its
 ``forward`` and freed after it, and gathered again for its backward; the weights are frozen, so
 there is never a gradient reduce-scatter. The soft prompt is outside every unit: a plain,
