@@ -171,6 +171,7 @@ function panel(info) {
   const card = info.card || {};
   const rows = [
     ["base model", config.base_model_name_or_path || card.base_model || "unknown"],
+    ["form", formText(config)],
     ["init", initText(config)],
     ["virtual tokens", `${info.num_virtual_tokens}${config.token_dim ? ` × ${config.token_dim}` : ""}`],
     ["training data", dataText(card, metrics)],
@@ -190,6 +191,13 @@ function panel(info) {
 }
 
 const fmt = (x, digits = 3) => (typeof x === "number" && isFinite(x) ? x.toFixed(digits) : "n/a");
+
+function formText(config) {
+  const entry = config.softprompt_entry_layer || 0;
+  const kv = config.softprompt_form === "kv" || config.peft_type === "PREFIX_TUNING";
+  const what = kv ? "keys/values per layer" : "vectors";
+  return entry ? `${what}, entering at layer ${entry} (late)` : kv ? `${what} (deep)` : `${what} at the input`;
+}
 
 function initText(config) {
   const init = (config.prompt_tuning_init || "unknown").toLowerCase();
