@@ -115,3 +115,39 @@ def test_every_command_has_help(capsys):
             main([command, "--help"])
         assert info.value.code == 0
     assert "--num-virtual-tokens" in capsys.readouterr().out
+
+
+PARSED_BEFORE = [  # command lines of the documented options before issue 23: they parse to the same configs
+    (
+        "train --limit 50 --num-virtual-tokens 8 --init text --lr 0.03 --epochs 5 --output o --batch-size 4 "
+        "--grad-accum 2 --scheduler cosine --warmup-ratio 0.1 --early-stopping 2 --eval-every 5 --model-dtype float32"
+    ),
+    (
+        "compare --preset sst2 --data d --budget 40 --search-budget 4 --seeds 3 --eval-every 10 --patience 2 "
+        "--val-max-rows 200 --test-rows 1000 --eval-batch-size 32 --pt-lengths 10 20 --pt-lrs 0.3 0.1 "
+        "--lora-ranks 4 8 --pt-inits labels text --methods zero-shot prompt-tuning lora"
+    ),
+    "eval --preset sst2 --data d --adapter a --adapter b --vote majority --shots 2",
+    "serve --adapters a --port 9000 --max-batch-size 8 --max-loaded-bytes 1000",
+    "export --adapter a --to vllm-prompt-embeds --output x.safetensors hello",
+]
+
+
+@pytest.mark.parametrize("line", PARSED_BEFORE)
+def test_options_documented_before_still_parse_to_the_same_values(line):
+    from softprompt.cli.main import build_parser
+
+    args = build_parser().parse_args(line.split())
+    if args.command == "compare":
+        from softprompt.cli.args import config_from_args
+        from softprompt.measuring.compare import CompareConfig
+
+        config = config_from_args(CompareConfig, args)
+        assert config.pt_lengths == (10, 20) and config.pt_lrs == (0.3, 0.1) and config.lora_ranks == (4, 8)
+        assert config.methods == ("zero-shot", "prompt-tuning", "lora") and args.budget == 40
+    if args.command == "train":
+        from softprompt.cli.args import config_from_args
+        from softprompt.training.train import TrainConfig
+
+        config = config_from_args(TrainConfig, args)
+        assert (config.epochs, config.grad_accum, config.scheduler, config.eval_every) == (5, 2, "cosine", 5)
