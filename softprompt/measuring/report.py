@@ -194,7 +194,9 @@ def _accuracy_curves(methods: list[dict[str, Any]], ax: Any) -> None:
             labelled = True
     ax.set_xlabel("training seconds")
     ax.set_ylabel("validation accuracy (%)")
-    ax.set_title("validation accuracy while training: every candidate (thin) and chosen setting's seeds", fontsize=9)
+    ax.set_title(
+        "validation accuracy while training\n(thin: every candidate; bold: the chosen setting, each seed)", fontsize=9
+    )
 
 
 def write_report(report: dict[str, Any], output: Path) -> None:
