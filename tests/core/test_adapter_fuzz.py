@@ -18,6 +18,7 @@ from safetensors.torch import save as safetensors_bytes
 from fuzz.properties import HOSTILE_JSON, fuzz_settings, json_dumps_or_none, safetensors_files
 from fuzz.targets import SHAPE, expect_clean
 from softprompt.core import adapter as adapter_module
+from softprompt.core import files as files_module
 from softprompt.core.adapter import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig, load_adapter, save_adapter
 from softprompt.core.errors import AdapterError, SoftPromptError
 
@@ -171,7 +172,7 @@ def _interrupt_weights(tensors, filename, metadata=None):
     [
         ("weights", lambda mp: mp.setattr(adapter_module, "save_file", _fail_weights)),
         ("config", lambda mp: mp.setattr(Path, "write_text", _fail_config)),
-        ("fsync", lambda mp: mp.setattr(adapter_module.os, "fsync", _fail_fsync)),
+        ("fsync", lambda mp: mp.setattr(files_module.os, "fsync", _fail_fsync)),
         ("interrupt", lambda mp: mp.setattr(adapter_module, "save_file", _interrupt_weights)),
     ],
 )

@@ -55,5 +55,5 @@ def test_bfloat16_base_trains_a_float32_prompt_and_resumes_in_bfloat16(tiny_dirs
 
 
 def test_unknown_model_dtype_is_a_config_error():
-    with pytest.raises(ConfigError, match="model_dtype must be one of float32, bfloat16, float16"):
+    with pytest.raises(ConfigError, match="model_dtype must be one of float32, auto, bfloat16, float16"):
         TrainConfig(model_dtype="int4")

@@ -159,3 +159,22 @@ def test_prompt_engineering_results_are_shared_across_budgets(tiny_dirs, tmp_pat
     other = {"phase": "search", "setup": bigger.__dict__, "job": {"kind": "zero-shot"}}
     assert _same_job(job, other, Kind.ZERO_SHOT)
     assert not _same_job(job, other, Kind.LORA)
+
+
+def test_few_shot_settings_that_give_the_same_context_are_tried_once(tiny_dirs, tmp_path):
+    """With one example per class, two example orders can be the same text: the search does not score it twice."""
+    from softprompt.measuring.methods.search import search
+
+    setup = _setup(tiny_dirs, tmp_path)
+    _, _, jobs = plan(
+        setup,
+        CompareConfig(
+            methods=("few-shot",),
+            pe_shots=(1,),
+            pe_orders=4,
+            **{k: v for k, v in SMALL.items() if k not in ("pe_shots", "pe_orders")},
+        ),
+    )
+    found = search(jobs[0], setup)
+    contexts = [c["context"] for c in found["candidates"]]
+    assert len(contexts) == len(set(contexts)) and len(contexts) < len(jobs[0].candidates)

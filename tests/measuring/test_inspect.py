@@ -33,3 +33,23 @@ def test_similarity_bounds():
     a = torch.randn(4, 8)
     pooled, best = similarity(a, a)
     assert abs(pooled - 1) < 1e-5 and abs(best - 1) < 1e-5
+
+
+def test_deep_and_late_prompts_report_norms_and_their_inputs(llama, tmp_path):
+    """Keys/values live in no token space: per-layer norms; a late prompt's nearest tokens are its frozen inputs'."""
+    import math
+
+    from softprompt.core.prompt import PromptConfig
+    from softprompt.core.prompted import SoftPromptModel
+
+    config = dict(num_virtual_tokens=3, init="text", init_text="abc")
+    deep = SoftPromptModel.with_new_prompt(llama, PromptConfig(**config, form="kv"))
+    late = SoftPromptModel.with_new_prompt(llama, PromptConfig(**config, entry_layer=1))
+    deep.save_pretrained(tmp_path / "deep")
+    late.save_pretrained(tmp_path / "late")
+    report = inspect_prompts(llama, [tmp_path / "deep", tmp_path / "late"], top_k=1)
+    kv, vectors = report.prompts
+    assert kv.kind.startswith("deep") and len(kv.layer_norms) == 2 and all(n > 0 for n in kv.layer_norms)
+    assert vectors.kind == "late prompt" and vectors.layer_norms is None
+    assert [t.nearest[0][0] for t in vectors.tokens] == ["a", "b", "c"]  # the text it started from, below layer 1
+    assert math.isnan(report.pooled_similarity[0][1])  # keys/values and states are not comparable
