@@ -1,13 +1,14 @@
 """A bf16 frozen base against fp32 on this machine: training speed, and whether the tuned prompt is as good.
 
 The seed recipe with softprompt's defaults (awesome-chatgpt-prompts, rows 0-49 train, 50-168 held
-out; 8 virtual tokens, TEXT init, lr 0.03, 5 epochs, 4 rows a step), once with the frozen model in
+out; 8 virtual tokens, TEXT init, lr 0.03, 5 epochs, auto batch size), once with the frozen model in
 float32 and once in bfloat16 (the prompt is fp32 in both), each in its own process, one after the
-other (``--rounds 2``: fp32, bf16, bf16, fp32 so a drift of the host's speed cancels). The batch
-size is fixed for both: left to pick (``--batch-size 0``), auto picks a larger batch for bf16, which
-changes the number of steps and so the loss. Reported: training tokens/s, and each prompt's
-held-out CE scored in float32, the same computation for both (the bf16 run's own number beside it). ``auto`` would choose bfloat16 here when ``lscpu``
-shows ``amx_bf16`` or ``avx512_bf16``.
+other (``--rounds 2``: fp32, bf16, bf16, fp32 so a drift of the host's speed cancels). Left to
+pick, the batch size can differ between the dtypes (bf16 activations are smaller), which changes
+the number of steps and so the loss; ``--batch-size N`` fixes it for both. Reported: training
+tokens/s, and each prompt's held-out CE scored in float32, the same computation for both (the bf16
+run's own number beside it). ``auto`` would choose bfloat16 here when ``lscpu`` shows ``amx_bf16``
+or ``avx512_bf16``.
 
     .venv/bin/python bench/bf16.py
 """
