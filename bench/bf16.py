@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument(
         "--batch-size",
         type=int,
-        default=4,
+        default=0,
         help="rows per step for both dtypes (0: each picks what fits, as train does)",
     )
     args = parser.parse_args()
