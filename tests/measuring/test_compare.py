@@ -11,6 +11,7 @@ from softprompt.core.errors import DataError
 from softprompt.measuring.compare import DEFAULT_METHODS, CompareConfig, compare, method_candidates, plan
 from softprompt.measuring.methods import TRAINED, Kind, MethodSpec
 from softprompt.measuring.methods.run import RunSetup
+from softprompt.measuring.methods.search import search
 from tests.measuring.compare_helpers import tiny_task_dir
 
 SMALL = dict(seeds=2, search_budget=2, eval_every=1, patience=2, pt_lengths=(2,), pe_shots=(1,), pe_orders=2)
@@ -163,8 +164,6 @@ def test_prompt_engineering_results_are_shared_across_budgets(tiny_dirs, tmp_pat
 
 def test_few_shot_settings_that_give_the_same_context_are_tried_once(tiny_dirs, tmp_path):
     """With one example per class, two example orders can be the same text: the search does not score it twice."""
-    from softprompt.measuring.methods.search import search
-
     setup = _setup(tiny_dirs, tmp_path)
     _, _, jobs = plan(
         setup,

@@ -1,8 +1,12 @@
 """inspect: nearest vocabulary tokens, norms, and cross-prompt similarity."""
 
+import math
+
 import torch
 
 from softprompt.core.adapter import AdapterConfig, save_adapter
+from softprompt.core.prompt import PromptConfig
+from softprompt.core.prompted import SoftPromptModel
 from softprompt.measuring.inspect import inspect_prompts, similarity
 
 
@@ -37,11 +41,6 @@ def test_similarity_bounds():
 
 def test_deep_and_late_prompts_report_norms_and_their_inputs(llama, tmp_path):
     """Keys/values live in no token space: per-layer norms; a late prompt's nearest tokens are its frozen inputs'."""
-    import math
-
-    from softprompt.core.prompt import PromptConfig
-    from softprompt.core.prompted import SoftPromptModel
-
     config = dict(num_virtual_tokens=3, init="text", init_text="abc")
     deep = SoftPromptModel.with_new_prompt(llama, PromptConfig(**config, form="kv"))
     late = SoftPromptModel.with_new_prompt(llama, PromptConfig(**config, entry_layer=1))
