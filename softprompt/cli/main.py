@@ -18,6 +18,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from softprompt.cli.args import add_config_args, config_from_args
+from softprompt.cli.shown import shown_text
 from softprompt.core.data import DataConfig
 from softprompt.core.errors import SoftPromptError, TrainingInterrupted
 from softprompt.core.loading import DEFAULT_MODEL
@@ -57,7 +58,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
         if distributed.is_main():
             _print_metrics(result.metrics)
-            console.print(f"adapter saved to [bold]{result.output}[/bold]")
+            console.print("adapter saved to", shown_text(result.output, "bold"))
     finally:
         distributed.shutdown()
     return 0
@@ -83,14 +84,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     tuned = generate(model.base, args.prompts, prompt, config)
     if not args.side_by_side:
         for text in tuned:
-            console.print(text, markup=False, highlight=False)
+            console.print(shown_text(text))
         return 0
     bare = generate(model.base, args.prompts, None, config)
     table = Table(show_lines=True)
-    for title in ("prompt", "base model", f"with {args.adapter}"):
+    for title in ("prompt", "base model", shown_text(f"with {args.adapter}")):
         table.add_column(title, ratio=1)
     for row in zip(args.prompts, bare, tuned):
-        table.add_row(*row)
+        table.add_row(*map(shown_text, row))
     console.print(table)
     return 0
 
@@ -105,10 +106,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     model = _load_with_adapter(args)
     if config.to == "peft-prefix":
         path = export_peft_prefix(model, config.output)
-        console.print(f"{args.adapter} as a PEFT prefix-tuning adapter saved to [bold]{path}[/bold]")
+        console.print(shown_text(args.adapter), "as a PEFT prefix-tuning adapter saved to", shown_text(path, "bold"))
         return 0
     path = export_prompt_embeds(model, args.prompt, config)
-    console.print(f"{config.to} for {args.prompt!r} saved to [bold]{path}[/bold]")
+    console.print(f"{config.to} for", shown_text(repr(args.prompt)), "saved to", shown_text(path, "bold"))
     return 0
 
 
@@ -123,12 +124,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         prompt=config_from_args(PromptConfig, args),
         training=config_from_args(TrainConfig, args),
         generation=replace(DEMO_GENERATION, max_new_tokens=args.max_new_tokens),
-        notify=lambda message: console.print(f"[dim]{message}[/dim]"),
+        notify=lambda message: console.print(shown_text(message, "dim")),
     )
-    table = Table(title=f"Prompt: {report.query!r}", show_lines=True)
+    table = Table(title=shown_text(f"Prompt: {report.query!r}", "table.title"), show_lines=True)
     table.add_column("before prompt tuning", ratio=1)
     table.add_column("after prompt tuning", ratio=1)
-    table.add_row(report.baseline, report.tuned)
+    table.add_row(shown_text(report.baseline), shown_text(report.tuned))
     console.print(table)
     _print_metrics(report.metrics)
     times = Table(title="wall time per stage")
@@ -137,7 +138,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for stage, seconds in report.stage_seconds.items():
         times.add_row(stage, f"{seconds:.1f}")
     console.print(times)
-    console.print(f"adapter saved to [bold]{report.adapter_dir}[/bold] (metrics.json, loss_curve.png beside it)")
+    console.print(
+        "adapter saved to", shown_text(report.adapter_dir, "bold"), "(metrics.json, loss_curve.png beside it)"
+    )
     return 0
 
 

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from softprompt.cli.args import add_config_args, config_from_args
+from softprompt.cli.shown import shown_text
 
 console = Console(stderr=False)
 
@@ -30,7 +31,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         console.print_json(json.dumps(result))
         return 0
-    table = Table(title=f"eval: {result.get('task', config.data)} ({result['rows']} rows)")
+    title = shown_text(f"eval: {result.get('task', config.data)} ({result['rows']} rows)", "table.title")
+    table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in result.items():
@@ -38,9 +40,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(table)
     for member in result.get("members", []):
-        console.print(
-            f"  member {member['adapter']}: accuracy {member['accuracy']:.4f}, macro-F1 {member['macro_f1']:.4f}"
-        )
+        scores = f"accuracy {member['accuracy']:.4f}, macro-F1 {member['macro_f1']:.4f}"
+        console.print(shown_text(f"  member {member['adapter']}:"), scores)
     return 0
 
 
@@ -50,10 +51,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     setup = config_from_args(RunSetup, args, model=args.model, device=args.device)
     report = compare(setup, config_from_args(CompareConfig, args))
-    console.print(Path(setup.output, "report.md").read_text(encoding="utf-8"), markup=False)
+    console.print(shown_text(Path(setup.output, "report.md").read_text(encoding="utf-8")))
     for goal in report["goals"]:
-        console.print(f"goal: {goal['goal']}: {goal['text']}", markup=False)
-    console.print(f"report written to [bold]{setup.output}[/bold] (report.md, report.json, report.png)")
+        console.print(shown_text(f"goal: {goal['goal']}: {goal['text']}"))
+    written = "report.md, report.json, report.png" + (", report.html" if report.get("kind") == "text" else "")
+    console.print("report written to", shown_text(setup.output, "bold"), f"({written})")
     return 0
 
 
@@ -71,16 +73,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         return 0
     console.print(f"vocabulary embedding norm: {report.vocab_mean_norm:.3f} ± {report.vocab_norm_std:.3f}")
     for prompt in report.prompts:
-        table = Table(title=f"{prompt.adapter}: {prompt.kind} (mean norm {prompt.mean_norm:.3f})")
+        title = f"{prompt.adapter}: {prompt.kind} (mean norm {prompt.mean_norm:.3f})"
+        table = Table(title=shown_text(title, "table.title"))
         if prompt.layer_norms is not None:
             shown = ", ".join(f"{n:.2f}" for n in prompt.layer_norms)
-            console.print(f"{prompt.adapter}: key/value norm per layer from its entry up: {shown}")
+            console.print(shown_text(f"{prompt.adapter}:"), f"key/value norm per layer from its entry up: {shown}")
         table.add_column("#", justify="right")
         table.add_column("norm", justify="right")
         table.add_column(f"nearest {args.top_k} tokens (cosine)")
         for token in prompt.tokens:
             near = "  ".join(f"{text!r} {cos:.2f}" for text, cos in token.nearest)
-            table.add_row(str(token.index), f"{token.norm:.3f}", near)
+            table.add_row(str(token.index), f"{token.norm:.3f}", shown_text(near))
         console.print(table)
     if len(report.prompts) > 1:
         sim = Table(title="cross-prompt similarity: pooled cosine / mean best-match token cosine")
@@ -89,7 +92,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             sim.add_column(str(i))
         for i, prompt in enumerate(report.prompts):
             cells = [f"{p:.2f} / {t:.2f}" for p, t in zip(report.pooled_similarity[i], report.token_similarity[i])]
-            sim.add_row(f"{i}: {prompt.adapter}", *cells)
+            sim.add_row(shown_text(f"{i}: {prompt.adapter}"), *cells)
         console.print(sim)
     return 0
 

@@ -30,7 +30,14 @@ CARD_NAME = "README.md"
 CURVE_NAME = "loss_curve.png"
 TAGS = ("prompt-tuning", "softprompt")
 # Metrics a run may carry beyond the losses (compare's methods do), as model-index metric types.
-SCORES = {"accuracy": "accuracy", "macro_f1": "f1", "exact_match": "exact_match"}
+SCORES = {
+    "accuracy": "accuracy",
+    "macro_f1": "f1",
+    "exact_match": "exact_match",
+    "bleu": "bleu",
+    "chrf": "chrf",
+    "rougeL": "rouge",
+}
 
 
 def write_model_card(

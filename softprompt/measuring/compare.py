@@ -26,7 +26,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +39,8 @@ from softprompt.measuring.classify import VOTES
 from softprompt.measuring.methods import PROMPTS, TRAINED, Kind, MethodSpec
 from softprompt.measuring.methods.run import RunSetup, run_phase
 from softprompt.measuring.methods.search import SearchJob
-from softprompt.measuring.presets import Preset, load_preset, load_test_rows, load_train_rows
-from softprompt.measuring.selection import Split, design, split_validation
+from softprompt.measuring.presets import AnyPreset, TextPreset, load_preset, load_test_rows, load_train_rows
+from softprompt.measuring.selection import Split, design, split_groups, split_validation
 from softprompt.training.train import SCHEDULERS
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,14 @@ class CompareConfig:
     )
     vote: str = field(default="mean", metadata=_help("ensemble vote over the seeds' prompts: mean or majority"))
     isolate: bool = field(default=True, metadata=_help("run each method in its own process (measures peak RSS)"))
+    joint: bool = field(
+        default=True,
+        metadata=_help(
+            "train a soft-prompt method's candidates together, in shared passes, each charged its share; "
+            "--no-joint trains each alone (faster where a joint pass costs more than the separate ones: "
+            "docs/results.md, run 6)"
+        ),
+    )
 
     def __post_init__(self) -> None:
         check_types(self)  # lists become tuples, ints floats where floats are asked; anything else is refused
@@ -191,28 +199,48 @@ def _lrs(kind: Kind, config: CompareConfig) -> tuple[float, ...]:
     }[kind]
 
 
-def plan(setup: RunSetup, config: CompareConfig) -> tuple[Preset, Split, list[SearchJob]]:
+def plan(setup: RunSetup, config: CompareConfig) -> tuple[AnyPreset, Split, list[SearchJob]]:
     """The validation split and every method's search, from the training file alone."""
     preset = load_preset(setup.preset)
     rows = load_train_rows(preset, setup.data, setup.train_rows)
-    labels = [preset.label_index(row, f"training row {i + 1}") for i, row in enumerate(rows)]
-    split = split_validation(labels, config.val_fraction, config.val_max_rows, config.split_seed)
+    if isinstance(preset, TextPreset):
+        column = preset.group_column
+        groups = [str(row.get(column)) if column else str(i) for i, row in enumerate(rows)]
+        split = split_groups(groups, config.val_fraction, config.val_max_rows, config.split_seed)
+        config = _for_text(config)
+    else:
+        labels = [preset.label_index(row, f"training row {i + 1}") for i, row in enumerate(rows)]
+        split = split_validation(labels, config.val_fraction, config.val_max_rows, config.split_seed)
     seeds = tuple(setup.seed + i for i in range(config.seeds))
     jobs = []
     for kind in (Kind(m) for m in config.methods):
         stopping = (config.eval_every, config.patience) if kind in TRAINED else (0, 0)  # nothing trains
         candidates = tuple(method_candidates(kind, config, len(preset.labels)))
         every_seconds = config.eval_every_seconds if kind in TRAINED else 0.0
+        joint = config.joint or kind not in PROMPTS
         jobs.append(
-            SearchJob(kind, candidates, seeds, tuple(split.train), tuple(split.validation), *stopping, every_seconds)
+            SearchJob(
+                kind, candidates, seeds, tuple(split.train), tuple(split.validation), *stopping, every_seconds, joint
+            )
         )
     return preset, split, jobs
 
 
+def _for_text(config: CompareConfig) -> CompareConfig:
+    """A text task has no label words to start a prompt from: the label init gives way to the text init."""
+
+    def inits(values: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(v for v in values if v != "labels") or ("text",)
+
+    return replace(config, pt_inits=inits(config.pt_inits), prefix_inits=inits(config.prefix_inits))
+
+
 def compare(setup: RunSetup, config: CompareConfig) -> dict[str, Any]:
     """Select every method on validation, write the choices, then score the test rows; returns the report."""
+    from softprompt.measuring.generation import items
     from softprompt.measuring.report import write_report
-    from softprompt.measuring.summary import summarise
+    from softprompt.measuring.report_text import write_text_report
+    from softprompt.measuring.summary import summarise, summarise_text
 
     output = Path(setup.output)
     (output / "results").mkdir(parents=True, exist_ok=True)
@@ -232,7 +260,6 @@ def compare(setup: RunSetup, config: CompareConfig) -> dict[str, Any]:
         },
     )
     test_rows = load_test_rows(preset, setup.data, setup.test_rows)
-    gold = [preset.label_index(row, f"test row {i + 1}") for i, row in enumerate(test_rows)]
     tests = []
     for job, selection in zip(jobs, selections, strict=True):
         if "error" in selection:
@@ -241,18 +268,26 @@ def compare(setup: RunSetup, config: CompareConfig) -> dict[str, Any]:
         limit = min((n for n in (job.candidates[0].test_rows, setup.test_rows) if n), default=None)
         payload = {"selection": {"kind": selection["kind"], "runs": selection["runs"]}, "test_rows": limit}
         tests.append(_run_one("test", payload, setup, config.isolate, job.kind))
-    report = summarise(preset, setup, config, split, selections, tests, gold)
+    if isinstance(preset, TextPreset):
+        inputs = items(preset, test_rows, "test row")
+        report = summarise_text(preset, setup, config, split, selections, tests, inputs)
+    else:
+        gold = [preset.label_index(row, f"test row {i + 1}") for i, row in enumerate(test_rows)]
+        report = summarise(preset, setup, config, split, selections, tests, gold)
     report.update(
         total_seconds=time.perf_counter() - started + _reused_seconds(selections + tests),
         torch_threads=torch.get_num_threads(),
         cpu_count=os.cpu_count(),
     )
-    write_report(report, output)
+    (write_text_report if isinstance(preset, TextPreset) else write_report)(report, output)
     return report
 
 
 def _job_json(job: SearchJob) -> dict[str, Any]:
-    return json.loads(json.dumps(asdict(job), default=str))
+    found = json.loads(json.dumps(asdict(job), default=str))
+    if job.joint:  # the default: a finished phase from before the option existed is the same job
+        del found["joint"]
+    return dict(found)
 
 
 def _choices(selection: dict[str, Any]) -> dict[str, Any]:
@@ -267,7 +302,7 @@ def _choices(selection: dict[str, Any]) -> dict[str, Any]:
         "kind": selection["kind"],
         "method": selection["method"],
         "chosen": chosen["settings"],
-        "val_accuracy": chosen["val_accuracy"],
+        **{key: value for key, value in chosen.items() if key.startswith("val_")},
         "runs": runs,
     }
 

@@ -26,7 +26,7 @@ from softprompt.core.forms import Prompt
 from softprompt.core.frozen import FrozenModel
 from softprompt.core.prompted import SoftPromptModel, Tunable
 from softprompt.measuring.classify import VOTES, Scorer, classify_rows, engine_scorer, hf_scorer, metrics, vote
-from softprompt.measuring.presets import few_shot_context, load_preset, load_task
+from softprompt.measuring.presets import Preset, few_shot_context, load_preset, load_task
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,11 @@ def evaluate_task(base: FrozenModel, config: EvalConfig) -> dict[str, Any]:
     if config.preset is None:
         return _text_metrics(base, config, *load_model(base, config)[1:])
     preset = load_preset(config.preset)
+    if not isinstance(preset, Preset):
+        raise ConfigError(
+            f"preset {preset.name!r} is a text task: eval scores label presets; "
+            "measure text tasks with softprompt compare --preset " + preset.name
+        )
     task = load_task(preset, config.data, test_rows=config.rows)
     rows = task.test if config.split == "test" else task.train[: config.rows]
     context = few_shot_context(preset, task.train, config.shots) if config.shots else ""

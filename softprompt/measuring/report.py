@@ -23,7 +23,7 @@ COLORS = {
 }
 
 
-def _size(n: float | None) -> str:
+def size(n: float | None) -> str:
     if n is None:
         return "-"
     for unit in ("B", "KB", "MB", "GB"):
@@ -33,11 +33,11 @@ def _size(n: float | None) -> str:
     return f"{n:.1f} GB"
 
 
-def _params(n: int, percent: float) -> str:
+def params(n: int, percent: float) -> str:
     return "0" if not n else f"{n:,} ({percent:.4f}%)" if percent < 0.1 else f"{n:,} ({percent:.2f}%)"
 
 
-def _family(row: dict[str, Any]) -> str:
+def family(row: dict[str, Any]) -> str:
     return FAMILY[Kind(row["kind"])]
 
 
@@ -54,7 +54,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"training file (stratified by label) for every choice; {report['test_rows']} test rows, read only after "
         f"every choice was made (methods marked * scored fewer); majority-class accuracy "
         f"{100 * report['majority_class_accuracy']:.1f}%. Every trained method tried {compare['search_budget']} "
-        f"candidates of {_budget(setup, compare)}, stopping after {compare['patience']} validation scores without "
+        f"candidates of {budget(setup, compare)}, stopping after {compare['patience']} validation scores without "
         f"improvement; the best on validation accuracy was trained with {compare['seeds']} seeds.",
         "",
         "| method | chosen on validation | val acc | test acc (mean ± std) | 95% CI | macro-F1 | trainable params "
@@ -71,9 +71,9 @@ def markdown(report: dict[str, Any]) -> str:
         rows.append(
             f"| {m['method']}{star} | {m['chosen']} | {_pct(m['val_accuracy'])} | "
             f"{_pct(m['accuracy'])} ± {_pct(m['accuracy_std'])} ({len(m['test_runs'])}) | {_pct(low)}-{_pct(high)} | "
-            f"{_pct(m['macro_f1'])} | {_params(m['trainable_params'], m['trainable_percent'])} | "
+            f"{_pct(m['macro_f1'])} | {params(m['trainable_params'], m['trainable_percent'])} | "
             f"{m['train_seconds']:.0f} s | {m['select_seconds']:.0f} s | {f'{rss:.0f} MB' if rss else '-'} | "
-            f"{_size(m['adapter_bytes'])} | {m['ms_per_example']:.0f} ms |"
+            f"{size(m['adapter_bytes'])} | {m['ms_per_example']:.0f} ms |"
         )
     ensemble = report.get("ensemble")
     if ensemble:
@@ -104,7 +104,7 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(rows) + "\n"
 
 
-def _budget(setup: dict[str, Any], compare: dict[str, Any]) -> str:
+def budget(setup: dict[str, Any], compare: dict[str, Any]) -> str:
     """A candidate's budget in words: training seconds (steps unbounded) or steps."""
     rows = f"{setup['batch_size']} rows a step"
     if not setup["budget"]:
@@ -117,11 +117,19 @@ def _budget(setup: dict[str, Any], compare: dict[str, Any]) -> str:
 
 
 def _candidates(report: dict[str, Any]) -> list[str]:
+    return candidates(
+        report["methods"], ("val acc", lambda c: _pct(c["val_accuracy"])), ("val label CE", "val_label_loss")
+    )
+
+
+def candidates(methods: list[dict[str, Any]], score: tuple[str, Any], tie: tuple[str, str]) -> list[str]:
+    """Every candidate of every method on validation: ``score`` (column name, how a candidate shows it) and
+    the ``tie``-breaking loss (column name, record key), steps and training time."""
     out = [
-        "| method | candidate | val acc | val label CE | steps (best) | train time |",
+        f"| method | candidate | {score[0]} | {tie[0]} | steps (best) | train time |",
         "|---|---|---:|---:|---:|---:|",
     ]
-    for m in report["methods"]:
+    for m in methods:
         for c in m.get("candidates", []):
             if c.get("error"):
                 out.append(f"| {m['method']} | {c['settings']} | failed: {c['error']} | | | |")
@@ -130,8 +138,8 @@ def _candidates(report: dict[str, Any]) -> list[str]:
             steps = f"{c['steps']} ({c['best_step']})" if c.get("steps") is not None else "-"
             seconds = f"{c['train_seconds']:.0f} s" if c.get("train_seconds") is not None else "-"
             out.append(
-                f"| {m['method']} | {c['settings']}{chosen} | {_pct(c['val_accuracy'])} | "
-                f"{c['val_label_loss']:.3f} | {steps} | {seconds} |"
+                f"| {m['method']} | {c['settings']}{chosen} | {score[1](c)} | {c.get(tie[1], float('nan')):.3f} | "
+                f"{steps} | {seconds} |"
             )
     return out
 
@@ -147,7 +155,7 @@ def chart(report: dict[str, Any], path: Path) -> Path:
     fig, (acc_ax, curve_ax) = plt.subplots(1, 2, figsize=(13, 0.5 * max(len(ok), 4) + 3))
     names = [f"{m['method']}\n({m['chosen']})" for m in ok]
     for y, m in enumerate(ok):
-        color = COLORS[_family(m)]
+        color = COLORS[family(m)]
         low, high = m["accuracy_ci"]
         acc_ax.barh(y, 100 * m["accuracy"], color=color, alpha=0.8)
         acc_ax.plot([100 * low, 100 * high], [y, y], color="black", lw=1.5)
@@ -160,7 +168,14 @@ def chart(report: dict[str, Any], path: Path) -> Path:
     acc_ax.set_xlim(0, 100)
     acc_ax.legend(loc="lower right")
     acc_ax.invert_yaxis()
-    _accuracy_curves(report["methods"], curve_ax)
+    curves(report["methods"], curve_ax)
+    return save_chart(fig, curve_ax, report, path)
+
+
+def save_chart(fig: Any, curve_ax: Any, report: dict[str, Any], path: Path) -> Path:
+    """Title, legend and an atomic PNG write: how every comparison chart ends."""
+    import matplotlib.pyplot as plt
+
     if curve_ax.lines:
         curve_ax.legend()
     fig.suptitle(f"{report['task']} on {report['model']}")
@@ -171,14 +186,15 @@ def chart(report: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def _accuracy_curves(methods: list[dict[str, Any]], ax: Any) -> None:
-    """Validation accuracy against training seconds: every run of every trained method (the chosen ones bold)."""
+def curves(methods: list[dict[str, Any]], ax: Any, scale: float = 100, name: str = "validation accuracy (%)") -> None:
+    """The score choices are made on against training seconds: every run of every trained method (the chosen
+    ones bold)."""
     for m in methods:
         chosen = {id(r) for r in m.get("seed_runs", [])}
         runs = [*m.get("candidates", []), *m.get("seed_runs", [])]
         labelled = False
         for run in runs:
-            points = [(p[1], 100 * p[3]) for p in run.get("curve") or [] if len(p) == 4 and p[3] is not None]
+            points = [(p[1], scale * p[3]) for p in run.get("curve") or [] if len(p) == 4 and p[3] is not None]
             if not points:
                 continue
             seconds, accuracy = zip(*points)
@@ -186,17 +202,15 @@ def _accuracy_curves(methods: list[dict[str, Any]], ax: Any) -> None:
             ax.plot(
                 seconds,
                 accuracy,
-                color=COLORS[_family(m)],
+                color=COLORS[family(m)],
                 alpha=0.9 if bold else 0.35,
                 lw=1.6 if bold else 0.8,
                 label=None if labelled else m["method"],
             )
             labelled = True
     ax.set_xlabel("training seconds")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.set_title(
-        "validation accuracy while training\n(thin: every candidate; bold: the chosen setting, each seed)", fontsize=9
-    )
+    ax.set_ylabel(name)
+    ax.set_title(f"{name} while training\n(thin: every candidate; bold: the chosen setting, each seed)", fontsize=9)
 
 
 def write_report(report: dict[str, Any], output: Path) -> None:

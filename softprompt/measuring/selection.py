@@ -65,6 +65,37 @@ def split_validation(labels: Sequence[int], fraction: float, max_rows: int | Non
     return Split([i for i in range(len(labels)) if i not in chosen], sorted(validation))
 
 
+def split_groups(groups: Sequence[str], fraction: float, max_rows: int | None = None, seed: int = 0) -> Split:
+    """A validation split of rows that keeps every group (an input with several references) on one side.
+
+    Rows of one group are the same input written several ways: split apart, the model would
+    validate on inputs it trained on. Groups are drawn by a seeded shuffle until the validation
+    rows reach ``round(fraction x rows)`` (at most ``max_rows``); at least one group validates and
+    one trains.
+    """
+    if not 0 < fraction < 1:
+        raise ConfigError(f"the validation fraction must be between 0 and 1, got {fraction}")
+    members: dict[str, list[int]] = {}
+    for index, group in enumerate(groups):
+        members.setdefault(group, []).append(index)
+    if len(members) < 2:
+        raise ConfigError(f"{len(groups)} training rows form {len(members)} input(s): a validation split needs two")
+    wanted = max(1, round(fraction * len(groups)))
+    if max_rows is not None:
+        wanted = min(wanted, max_rows)
+    order = sorted(members)
+    random.Random(f"{seed}:groups").shuffle(order)
+    validation: list[int] = []
+    for group in order[:-1]:  # the last group always trains
+        if validation and len(validation) + len(members[group]) > wanted:
+            continue
+        validation += members[group]
+        if len(validation) >= wanted:
+            break
+    chosen = set(validation)
+    return Split([i for i in range(len(groups)) if i not in chosen], sorted(validation))
+
+
 def _allot(total: int, sizes: dict[int, int]) -> dict[int, int]:
     """Share ``total`` validation rows among labels in proportion to their sizes (largest remainder).
 

@@ -8,16 +8,20 @@ validation chose among those compared (prompt tuning, P-tuning, prefix tuning, l
 
 from __future__ import annotations
 
+import math
+import statistics
 from dataclasses import asdict
 from typing import Any
 
+import numpy as np
 import torch
 
 from softprompt.measuring.classify import VOTES, metrics, vote
+from softprompt.measuring.generation import LOWER_IS_BETTER, METRICS, Item, metric_of, row_stats
 from softprompt.measuring.methods import Kind
-from softprompt.measuring.presets import Preset
+from softprompt.measuring.presets import Preset, TextPreset
 from softprompt.measuring.selection import Split
-from softprompt.measuring.stats import difference, interval, spread
+from softprompt.measuring.stats import difference, interval, metric_difference, metric_interval, spread
 
 PROMPT_ENGINEERING = (Kind.ZERO_SHOT.value, Kind.FEW_SHOT.value)
 SOFT_PROMPTS = tuple(k.value for k in (Kind.PROMPT_TUNING, Kind.P_TUNING, Kind.PREFIX_TUNING, Kind.LATE_PROMPT))
@@ -42,12 +46,8 @@ def summarise(
         if "test_runs" in row:
             correct[row["kind"]] = [[p == g for p, g in zip(r.pop("predictions"), gold)] for r in row["test_runs"]]
     return {
-        "task": preset.name,
-        "model": setup.model,
-        "setup": asdict(setup),
-        "compare": asdict(config),
-        "train_rows": len(split.train),
-        "validation_rows": len(split.validation),
+        "kind": "labels",
+        **_header(preset, setup, config, split),
         "test_rows": len(gold),
         "majority_class_accuracy": max(gold.count(c) for c in set(gold)) / len(gold),
         "methods": rows,
@@ -56,49 +56,22 @@ def summarise(
     }
 
 
+def _header(preset: Any, setup: Any, config: Any, split: Split) -> dict[str, Any]:
+    """What every report starts with: the task, the model, every setting, the split's sizes."""
+    return {
+        "task": preset.name,
+        "model": setup.model,
+        "setup": asdict(setup),
+        "compare": asdict(config),
+        "train_rows": len(split.train),
+        "validation_rows": len(split.validation),
+    }
+
+
 def _method_row(selection: dict[str, Any], test: dict[str, Any], gold: list[int]) -> dict[str, Any]:
-    row: dict[str, Any] = {"kind": selection.get("kind"), "method": selection.get("method", selection.get("kind"))}
-    if "error" in selection:
-        return {**row, "error": f"selection: {selection['error']}"}
-    chosen = selection["candidates"][selection["chosen"]]
-    base = max(selection.get("base_params", 0), 1)
-    runs = selection["runs"]
-    row.update(
-        chosen=chosen["settings"],
-        chosen_spec=chosen["spec"],
-        val_accuracy=chosen["val_accuracy"],
-        val_macro_f1=chosen["val_macro_f1"],
-        val_label_loss=chosen["val_label_loss"],
-        candidates=[
-            {
-                k: c.get(k)
-                for k in (
-                    "settings",
-                    "val_accuracy",
-                    "val_label_loss",
-                    "steps",
-                    "best_step",
-                    "stopped_early",
-                    "train_seconds",
-                    "curve",
-                    "error",
-                )
-            }
-            for c in selection["candidates"]
-        ],
-        seed_runs=[
-            {k: r.get(k) for k in ("seed", "val_accuracy", "steps", "best_step", "train_seconds", "curve", "error")}
-            for r in runs
-        ],
-        trainable_params=selection["trainable_params"],
-        trainable_percent=100 * selection["trainable_params"] / base,
-        stored_params=selection["stored_params"],
-        stored_percent=100 * selection["stored_params"] / base,
-        base_params=selection.get("base_params"),
-        select_seconds=selection.get("select_seconds", 0.0),
-        select_peak_rss_mb=selection.get("peak_rss_mb"),
-        train_seconds=chosen.get("train_seconds", 0.0),
-    )
+    row = _selection_row(selection)
+    if "error" in row:
+        return row
     if "error" in test:
         return {**row, "error": f"test: {test['error']}"}
     scored = [torch.tensor(r["scores"]) for r in test["runs"]]
@@ -118,13 +91,49 @@ def _method_row(selection: dict[str, Any], test: dict[str, Any], gold: list[int]
         accuracy_ci=[low, high],
         macro_f1=spread(f1s)[0],
         macro_f1_std=spread(f1s)[1],
-        eval_rows=n,
-        test_seconds=test.get("test_seconds"),
-        test_peak_rss_mb=test.get("peak_rss_mb"),
-        ms_per_example=test.get("ms_per_example"),
-        adapter_bytes=test.get("adapter_bytes"),
+        **_test_costs(test),
     )
     return row
+
+
+def _selection_row(selection: dict[str, Any]) -> dict[str, Any]:
+    """What a method's selection chose and cost, whatever the kind of task."""
+    row: dict[str, Any] = {"kind": selection.get("kind"), "method": selection.get("method", selection.get("kind"))}
+    if "error" in selection:
+        return {**row, "error": f"selection: {selection['error']}"}
+    chosen = selection["candidates"][selection["chosen"]]
+    base = max(selection.get("base_params", 0), 1)
+    runs = selection["runs"]
+    kept = ("settings", "steps", "best_step", "stopped_early", "train_seconds", "curve", "error")
+    row.update(
+        chosen=chosen["settings"],
+        chosen_spec=chosen["spec"],
+        **{key: value for key, value in chosen.items() if key.startswith("val_")},
+        candidates=[{k: v for k, v in c.items() if k in kept or k.startswith("val_")} for c in selection["candidates"]],
+        seed_runs=[
+            {k: r.get(k) for k in ("seed", "val_accuracy", "steps", "best_step", "train_seconds", "curve", "error")}
+            for r in runs
+        ],
+        trainable_params=selection["trainable_params"],
+        trainable_percent=100 * selection["trainable_params"] / base,
+        stored_params=selection["stored_params"],
+        stored_percent=100 * selection["stored_params"] / base,
+        base_params=selection.get("base_params"),
+        select_seconds=selection.get("select_seconds", 0.0),
+        select_peak_rss_mb=selection.get("peak_rss_mb"),
+        train_seconds=chosen.get("train_seconds", 0.0),
+    )
+    return row
+
+
+def _test_costs(test: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "eval_rows": test["eval_rows"],
+        "test_seconds": test.get("test_seconds"),
+        "test_peak_rss_mb": test.get("test_peak_rss_mb", test.get("peak_rss_mb")),
+        "ms_per_example": test.get("ms_per_example"),
+        "adapter_bytes": test.get("adapter_bytes"),
+    }
 
 
 def _ensemble(
@@ -202,3 +211,123 @@ def _gap(
         "met": value >= target,
         "text": f"{value:+.1f} points, 95% CI [{low:+.1f}, {high:+.1f}] on {rows} rows: {verdict}{sure}",
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Text tasks
+
+GOAL_TEXT_VS_LORA = -1.0  # points of a generation metric: the best soft prompt >= LoRA - 1
+GOAL_CE_VS_LORA = 0.02  # the best soft prompt's reference cross-entropy <= LoRA's x 1.02
+
+
+def summarise_text(
+    preset: TextPreset,
+    setup: Any,
+    config: Any,
+    split: Split,
+    selections: list[dict[str, Any]],
+    tests: list[dict[str, Any]],
+    inputs: list[Item],
+) -> dict[str, Any]:
+    """A text task's numbers: per method its reference cross-entropy, perplexity, BLEU, chrF and ROUGE-L
+    (seed mean, std, 95% bootstrap interval over test inputs), its outputs, and the goals."""
+    rows, metrics_of = [], {}
+    for selection, test in zip(selections, tests, strict=True):
+        row = _selection_row(selection)
+        if "error" not in row and "error" in test:
+            row["error"] = f"test: {test['error']}"
+        if "error" not in row:
+            runs = test["runs"]
+            n = test["eval_rows"]
+            refs = [item.references for item in inputs[:n]]
+            stats = [{"nll": np.asarray(r["nll"]), **row_stats(r["outputs"], refs)} for r in runs]
+            metrics_of[row["kind"]] = {name: [metric_of(name, s) for s in stats] for name in METRICS}
+            found: dict[str, dict[str, Any]] = {}
+            for name in METRICS:
+                mean, std = spread([r[name] for r in runs])
+                low, high = metric_interval(metrics_of[row["kind"]][name], len(stats[0]["nll"]))
+                found[name] = {"mean": mean, "std": std, "ci": [low, high], "runs": [r[name] for r in runs]}
+            row.update(
+                scores=found,
+                ppl=math.exp(min(found["ce"]["mean"], 50.0)),
+                seeds=[r["seed"] for r in runs],
+                outputs=runs[0]["outputs"][: preset.showcase_rows],
+                showcase=runs[0].get("showcase", []),
+                **_test_costs(test),
+            )
+        rows.append(row)
+    return {
+        "kind": "text",
+        **_header(preset, setup, config, split),
+        "primary_metric": preset.primary_metric,
+        "test_rows": len(inputs),
+        "references_per_input": statistics.fmean(len(item.references) for item in inputs),
+        "side_by_side": {
+            "inputs": [item.text for item in inputs[: preset.showcase_rows]],
+            "references": [item.references for item in inputs[: preset.showcase_rows]],
+            "showcase": list(preset.showcase),
+        },
+        "methods": rows,
+        "goals": text_goals(rows, metrics_of, preset.primary_metric, len(inputs)),
+    }
+
+
+def text_goals(
+    rows: list[dict[str, Any]], metrics_of: dict[str, dict[str, list[Any]]], primary: str, n: int
+) -> list[dict[str, Any]]:
+    """The best soft prompt (chosen on validation) against LoRA and against the best prompt engineering, on the
+    primary metric, with paired 95% intervals over test inputs."""
+    done = {r["kind"]: r for r in rows if "scores" in r}
+    soft = [done[k] for k in SOFT_PROMPTS if k in done]
+    if not soft:
+        return []
+    key = f"val_{primary}"
+    lower = primary in LOWER_IS_BETTER
+
+    def chosen(candidates: list[dict[str, Any]]) -> dict[str, Any]:
+        return (min if lower else max)(candidates, key=lambda r: r[key])
+
+    tuned = chosen(soft)
+    name = f"best soft prompt (chosen on validation: {tuned['method']}, {tuned['chosen']})"
+    out = []
+    engineered = [done[k] for k in PROMPT_ENGINEERING if k in done]
+    if engineered:
+        baseline = chosen(engineered)
+        a, b = metrics_of[tuned["kind"]][primary], metrics_of[baseline["kind"]][primary]
+        value, low, high = metric_difference(b, a, n) if lower else metric_difference(a, b, n)
+        met = low > 0
+        label = "ahead of" if not lower else "below"
+        out.append(
+            {
+                "goal": f"{name} {label} the best prompt engineering ({baseline['method']}, {baseline['chosen']}) "
+                f"on {primary}, the 95% interval excluding zero",
+                "value": value,
+                "interval": [low, high],
+                "met": met,
+                "text": f"margin {value:+.3f}, 95% CI [{low:+.3f}, {high:+.3f}] on {n} inputs: "
+                + ("met" if met else "not met"),
+            }
+        )
+    lora = done.get(Kind.LORA.value)
+    if lora is not None:
+        a, b = metrics_of[tuned["kind"]][primary], metrics_of[lora["kind"]][primary]
+        value, low, high = metric_difference(a, b, n)
+        if lower:
+            relative = value / lora["scores"][primary]["mean"]
+            met = relative <= GOAL_CE_VS_LORA
+            goal = f"{name} {primary} <= LoRA's x {1 + GOAL_CE_VS_LORA:g}"
+            text = f"{100 * relative:+.1f}% of LoRA's ({value:+.4f} nats, 95% CI [{low:+.4f}, {high:+.4f}])"
+        else:
+            met = value >= GOAL_TEXT_VS_LORA
+            goal = f"{name} - LoRA >= {GOAL_TEXT_VS_LORA:+.1f} {primary}"
+            text = f"{value:+.2f}, 95% CI [{low:+.2f}, {high:+.2f}]"
+        out.append(
+            {
+                "goal": goal,
+                "value": value,
+                "interval": [low, high],
+                "met": met,
+                "text": f"{text}: " + ("met" if met else "not met"),
+            }
+        )
+    return out

@@ -12,17 +12,23 @@ from softprompt.measuring.presets import (
     few_shot_context,
     load_preset,
     load_task,
+    load_test_rows,
+    load_train_rows,
 )
 from tests.measuring.compare_helpers import tiny_task_dir
 
 
 def test_all_presets_load():
     names = available_presets()
-    assert {"twitter_complaints", "sst2", "trec", "rte"} <= set(names)
+    assert {"twitter_complaints", "sst2", "trec", "rte", "roles", "dart"} <= set(names)
     for name in names:
         preset = load_preset(name)
-        assert preset.name == name and len(preset.labels) >= 2
-        assert preset.fill({k: "x" for k in ("text", "premise", "hypothesis")})
+        assert preset.name == name
+        assert preset.fill({k: "x" for k in ("text", "premise", "hypothesis", "act", "triples")})
+        if isinstance(preset, Preset):
+            assert len(preset.labels) >= 2
+        else:
+            assert preset.target_column and preset.max_new_tokens >= 1
     assert len(load_preset("trec").labels) == 6
 
 
@@ -62,3 +68,20 @@ def test_few_shot_context_is_balanced_and_seeded(tmp_path):
     assert context.startswith(preset.instruction)
     assert context.count("Complaint: yes") == 2 and context.count("Complaint: no") == 2
     assert context == few_shot_context(preset, task.train, 4, seed=1)
+
+
+def test_text_presets_read_the_shared_data(tmp_path):
+    """The walkthrough's task: the first 50 rows of the role file train, the rest test; DART tests on reference lists."""
+    from pathlib import Path
+
+    shared = Path(__file__).parents[3] / "shared" / "data"
+    if not shared.is_dir():
+        pytest.skip("../shared/data is not beside the repository")
+    roles = load_preset("roles")
+    train = load_train_rows(roles, shared / "awesome-chatgpt-prompts")
+    test = load_test_rows(roles, shared / "awesome-chatgpt-prompts")
+    assert len(train) == 50 and len(test) == 119 and train[0]["act"] == "An Ethereum Developer"
+    assert load_test_rows(roles, shared / "awesome-chatgpt-prompts", 5) == test[:5]
+    dart = load_preset("dart")
+    rows = load_test_rows(dart, shared / "dart", 3)
+    assert all(dart.references(row, "row") for row in rows) and dart.group_column == "triples"

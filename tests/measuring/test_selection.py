@@ -6,7 +6,7 @@ import itertools
 import pytest
 
 from softprompt.core.errors import ConfigError
-from softprompt.measuring.selection import best, design, split_validation
+from softprompt.measuring.selection import best, design, split_groups, split_validation
 
 
 def test_split_is_stratified_deterministic_and_disjoint():
@@ -61,3 +61,15 @@ def test_best_takes_accuracy_then_loss_then_the_first():
     assert best([(float("nan"), 0.1), (0.5, float("nan"))]) == 1
     with pytest.raises(ConfigError):
         best([])
+
+
+def test_group_split_keeps_every_input_on_one_side():
+    groups = [f"g{i // 3}" for i in range(30)] + ["solo"]  # ten inputs of three references, one of one
+    split = split_groups(groups, 0.2, seed=1)
+    assert split == split_groups(groups, 0.2, seed=1) and split != split_groups(groups, 0.2, seed=2)
+    assert not set(split.train) & set(split.validation) and len(split.train) + len(split.validation) == 31
+    assert {groups[i] for i in split.validation}.isdisjoint(groups[i] for i in split.train)
+    assert 3 <= len(split.validation) <= 7  # round(0.2 x 31) = 6, whole groups
+    assert len(split_groups(groups, 0.5, max_rows=4).validation) <= 4
+    with pytest.raises(ConfigError, match="form 1 input"):
+        split_groups(["a", "a"], 0.5)

@@ -11,6 +11,12 @@ position ids from the row's prompt length on, so every row sees exactly what it 
 rotary and learned position embeddings are already baked into the cached keys, and ALiBi (bloom)
 counts positions from the mask, where masked slots do not count. Merging two batches left-pads
 the shorter one with more masked slots, which changes nothing for the same reasons.
+
+Speed: a prefill runs rows of similar length together (:func:`prefill_groups`), so left padding
+costs little; the merged cache's full-attention layers are :class:`RoomyLayer` views into buffers
+with room for the tokens still to come, so a decode step writes one slot in place rather than
+copying the whole cache (transformers' ``DynamicLayer`` concatenates), and :func:`drop` fills a
+finished row's place with a live row from the end instead of copying every row.
 """
 
 from __future__ import annotations
@@ -19,11 +25,20 @@ from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache, PretrainedConfig
+from transformers.cache_utils import DynamicLayer
 
 from softprompt.core.decoder import cache_of, layers_of
 
 # Per layer: (keys, values), each [B, kv_heads, S, head_dim].
 Layers = list[tuple[torch.Tensor, torch.Tensor]]
+
+# A prefill pass's fixed cost in prompt tokens' worth of compute: rows are split into several
+# passes only where that saves more padded tokens than this per extra pass.
+PASS_OVERHEAD_TOKENS = 32
+# Most rows :func:`prefill_groups` puts in one pass (and the span its search looks back over).
+MAX_GROUP_ROWS = 64
+# Most slots a merged cache reserves ahead for decoding; beyond it the buffers grow geometrically.
+MAX_ROOM = 256
 
 
 @dataclass(frozen=True)
@@ -79,32 +94,196 @@ def prompt_prefix(prompts: list[PromptKV | None], device: torch.device) -> tuple
     return layers, mask
 
 
-def _left_pad(layers: Layers, mask: torch.Tensor, extra: int) -> tuple[Layers, torch.Tensor]:
-    if extra == 0:
-        return layers, mask
-    padded = [(_pad_seq(k, extra), _pad_seq(v, extra)) for k, v in layers]
-    return padded, torch.cat([mask.new_zeros(mask.shape[0], extra), mask], dim=1)
+def prefill_groups(lengths: list[int], overhead: int = PASS_OVERHEAD_TOKENS) -> list[list[int]]:
+    """Indices of rows to prefill together: sorted by length, cut where it saves padding.
+
+    One pass over rows left-padded to the longest costs about (rows x longest) token positions plus a
+    fixed ``overhead``; the cuts minimise that sum (dynamic programming over the sorted lengths, each
+    group at most ``MAX_GROUP_ROWS`` rows). Rows of equal length always share a pass when they fit.
+    """
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    best = [0] + [float("inf")] * len(order)
+    cut = [0] * (len(order) + 1)
+    for end in range(1, len(order) + 1):
+        width = lengths[order[end - 1]]
+        for start in range(max(0, end - MAX_GROUP_ROWS), end):
+            cost = best[start] + (end - start) * width + overhead
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
+    groups: list[list[int]] = []
+    end = len(order)
+    while end:
+        groups.append(order[cut[end] : end])
+        end = cut[end]
+    return groups[::-1]
+
+
+class RoomyLayer(DynamicLayer):
+    """A full-attention layer's cache as views [B, h, S, d] of buffers with room for more slots.
+
+    ``keys``/``values`` are ``buffer[:rows, :, start:end]``: an update writes its slots after ``end``
+    in place; :meth:`move_rows` and :meth:`narrow` keep fewer rows or drop leading slots without
+    copying the rest. Only written slots are ever in view, so the room's contents never matter. If
+    anything replaces ``keys``/``values`` from outside, the next update takes them over (one copy).
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, room: int = 0) -> None:
+        super().__init__()
+        self._hold(keys, values, room)
+
+    @classmethod
+    def joined(cls, parts: Layers, length: int, room: int) -> RoomyLayer:
+        """Rows of every part one below the other, each right-aligned in ``length`` slots (zeros before it)."""
+        layer = cls.__new__(cls)
+        DynamicLayer.__init__(layer)
+        rows = sum(k.shape[0] for k, _ in parts)
+        layer._kbuf, layer._vbuf = (_buffer(parts[0][i], rows, length + room) for i in (0, 1))
+        row = 0
+        for keys, values in parts:
+            span, pad = slice(row, row + keys.shape[0]), length - keys.shape[2]
+            for buffer, tensor in ((layer._kbuf, keys), (layer._vbuf, values)):
+                buffer[span, :, :pad] = 0  # masked slots, but attention must not see NaN garbage
+                buffer[span, :, pad:length] = tensor
+            row += keys.shape[0]
+        layer._set(rows, 0, length, parts[0][0].device)
+        return layer
+
+    def _hold(self, keys: torch.Tensor, values: torch.Tensor, room: int) -> None:
+        self._kbuf = _buffer(keys, keys.shape[0], keys.shape[2] + room)
+        self._vbuf = _buffer(values, values.shape[0], values.shape[2] + room)
+        self._kbuf[:, :, : keys.shape[2]] = keys
+        self._vbuf[:, :, : values.shape[2]] = values
+        self._set(keys.shape[0], 0, keys.shape[2], keys.device)
+
+    def _set(self, rows: int, start: int, end: int, device: torch.device) -> None:
+        self._rows, self._start, self._end = rows, start, end
+        self.keys = self._kbuf[:rows, :, start:end]
+        self.values = self._vbuf[:rows, :, start:end]
+        self._views: tuple[torch.Tensor, torch.Tensor] = (self.keys, self.values)
+        self.device, self.is_initialized = device, True
+
+    def _ours(self) -> bool:
+        return self.is_initialized and self.keys is self._views[0] and self.values is self._views[1]
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self._hold(key_states[:, :, :0], value_states[:, :, :0], key_states.shape[2])
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        new = key_states.shape[2]
+        if not self._ours():
+            if self.keys is None or self.values is None:
+                self.lazy_initialization(key_states, value_states)
+            else:
+                self._hold(self.keys, self.values, new)
+        keys, values = self._views
+        if self._end + new > self._kbuf.shape[2]:  # out of room: move to buffers with as much room again
+            self._hold(keys, values, max(new, keys.shape[2], 16))
+        end = self._end + new
+        self._kbuf[: self._rows, :, self._end : end] = key_states
+        self._vbuf[: self._rows, :, self._end : end] = value_states
+        self._set(self._rows, self._start, end, self.device)
+        return self._views
+
+    def move_rows(self, sources: list[int], targets: list[int], rows: int) -> None:
+        """Row ``sources[i]`` takes the place of ``targets[i]``; then only the first ``rows`` rows remain."""
+        if sources:
+            to, frm = torch.tensor(targets, device=self.device), torch.tensor(sources, device=self.device)
+            view = slice(self._start, self._end)
+            self._kbuf[to, :, view] = self._kbuf[frm, :, view]
+            self._vbuf[to, :, view] = self._vbuf[frm, :, view]
+        self._set(rows, self._start, self._end, self.device)
+
+    def narrow(self, drop: int) -> None:
+        """Forget the first ``drop`` slots of every row."""
+        self._set(self._rows, self._start + drop, self._end, self.device)
+
+
+def _buffer(like: torch.Tensor, rows: int, slots: int) -> torch.Tensor:
+    return like.new_empty(rows, like.shape[1], slots, like.shape[3])
+
+
+def merge(parts: list[BatchKV], config: PretrainedConfig, room: int = 0) -> BatchKV:
+    """Rows of every part in one batch, the shorter caches left-padded with masked slots.
+
+    Full-attention layers become :class:`RoomyLayer` buffers with ``room`` free slots after the
+    longest row (at most ``MAX_ROOM``), so the next decode steps copy nothing; other kinds of layer
+    (sliding windows) are concatenated into the layers transformers makes for ``config``.
+    """
+    parts = [p for p in parts if len(p)]
+    if len(parts) == 1 and not room:
+        return parts[0]
+    length = max(p.mask.shape[1] for p in parts)
+    per_part = [layers_of(p.cache) for p in parts]
+    here = [[layers[index] for layers in per_part] for index in range(len(per_part[0]))]
+    cache = DynamicCache(config=config)
+    kinds = [layer for layer in cache.layers if isinstance(layer, DynamicLayer)]
+    if len(kinds) != len(here):  # no such layer list from the config: transformers' default layout
+        cache = cache_of([_joined(parts_of_layer, length) for parts_of_layer in here], config)
+    for index, layer in enumerate(kinds if len(kinds) == len(here) else []):
+        if type(layer) is DynamicLayer:
+            cache.layers[index] = RoomyLayer.joined(here[index], length, min(room, MAX_ROOM))
+        else:  # e.g. a sliding window's layer
+            layer.update(*_joined(here[index], length))
+    masks = [torch.cat([p.mask.new_zeros(len(p), length - p.mask.shape[1]), p.mask], dim=1) for p in parts]
+    return BatchKV(
+        seq_ids=[i for p in parts for i in p.seq_ids],
+        cache=cache,
+        mask=torch.cat(masks),
+        next_position=torch.cat([p.next_position for p in parts]),
+        last_token=torch.cat([p.last_token for p in parts]),
+    )
+
+
+def _joined(parts: Layers, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    keys = torch.cat([_pad_seq(k, length - k.shape[2]) for k, _ in parts])
+    values = torch.cat([_pad_seq(v, length - v.shape[2]) for _, v in parts])
+    return keys, values
 
 
 def _pad_seq(tensor: torch.Tensor, extra: int) -> torch.Tensor:
+    if extra == 0:
+        return tensor
     zeros = tensor.new_zeros(*tensor.shape[:2], extra, tensor.shape[3])
     return torch.cat([zeros, tensor], dim=2)
 
 
-def merge(a: BatchKV | None, b: BatchKV, config: PretrainedConfig) -> BatchKV:
-    """Append batch ``b``'s rows to ``a``, left-padding the shorter cache with masked slots."""
-    if a is None or len(a) == 0:
-        return b
-    length = max(a.mask.shape[1], b.mask.shape[1])
-    a_layers, a_mask = _left_pad(layers_of(a.cache), a.mask, length - a.mask.shape[1])
-    b_layers, b_mask = _left_pad(layers_of(b.cache), b.mask, length - b.mask.shape[1])
-    layers = [(torch.cat([ka, kb]), torch.cat([va, vb])) for (ka, va), (kb, vb) in zip(a_layers, b_layers)]
+def drop(batch: BatchKV, finished: set[int], config: PretrainedConfig) -> BatchKV | None:
+    """The batch without the rows of ``finished`` sequences (None when none is left).
+
+    When every layer is a :class:`RoomyLayer`, the live rows past the new end move into the
+    finished rows' places (rows change order; ``seq_ids`` follow) and leading slots that no row
+    attends to are dropped, without copying the rows that stay; otherwise as :func:`select`.
+    """
+    keep = [i for i, seq_id in enumerate(batch.seq_ids) if seq_id not in finished]
+    if len(keep) == len(batch):
+        return batch
+    if not keep:
+        return None
+    layers = [layer for layer in batch.cache.layers if isinstance(layer, RoomyLayer) and layer._ours()]
+    if not layers or len(layers) != len(batch.cache.layers):
+        return select(batch, keep, config)
+    rows = len(keep)
+    holes = [i for i in range(rows) if batch.seq_ids[i] in finished]
+    movers = [i for i in keep if i >= rows]
+    order = list(range(rows))
+    for hole, mover in zip(holes, movers):
+        order[hole] = mover
+    index = torch.tensor(order, dtype=torch.long, device=batch.mask.device)
+    mask = batch.mask.index_select(0, index)
+    used = mask.any(dim=0).nonzero()
+    start = int(used[0]) if used.numel() else mask.shape[1]
+    for layer in layers:
+        layer.move_rows(movers, holes, rows)
+        if start:
+            layer.narrow(start)
     return BatchKV(
-        seq_ids=a.seq_ids + b.seq_ids,
-        cache=cache_of(layers, config),
-        mask=torch.cat([a_mask, b_mask]),
-        next_position=torch.cat([a.next_position, b.next_position]),
-        last_token=torch.cat([a.last_token, b.last_token]),
+        seq_ids=[batch.seq_ids[i] for i in order],
+        cache=batch.cache,
+        mask=mask[:, start:],
+        next_position=batch.next_position.index_select(0, index),
+        last_token=batch.last_token.index_select(0, index),
     )
 
 

@@ -23,7 +23,7 @@ from softprompt.core.decoder import (
 )
 from softprompt.core.forms import Prompt
 from softprompt.core.frozen import FrozenModel
-from softprompt.inference.engine.kv import BatchKV, PromptKV, merge, prompt_prefix, select
+from softprompt.inference.engine.kv import BatchKV, PromptKV, drop, merge, prefill_groups, prompt_prefix
 from softprompt.inference.engine.sampler import new_generator, prompt_logprobs, sample
 from softprompt.inference.engine.sequence import Sequence
 
@@ -82,16 +82,28 @@ class ModelRunner:
 
     @torch.no_grad()
     def prefill(self, seqs: list[Sequence], prompts: list[PromptKV | None]) -> list[int]:
-        """Prefill ``seqs`` after their prompt KV, sample their first tokens, and join the running batch."""
-        ids, token_mask = left_pad([s.prompt_ids for s in seqs], self.pad_id, self.base.device)  # newest token last
-        hidden, new = self._forward(ids, token_mask, prompts)
-        self.score_prompts(seqs, hidden, ids)
-        for seq in seqs:
-            self.generators[seq.seq_id] = new_generator(seq.params.seed, self.base.device)
-        tokens = sample(lm_logits(self.base, hidden[:, -1]).float(), seqs, self.generators)
-        new.seq_ids = [s.seq_id for s in seqs]
-        new.last_token = torch.tensor(tokens, dtype=torch.long, device=self.base.device)
-        self.batch = merge(self.batch, new, self.config)
+        """Prefill ``seqs`` after their prompt KV, sample their first tokens, and join the running batch.
+
+        Rows of similar length are prefilled together (:func:`~softprompt.inference.engine.kv.prefill_groups`),
+        so little compute goes to left padding; each row's result is what it would be alone.
+        """
+        tokens = [0] * len(seqs)
+        parts = [] if self.batch is None else [self.batch]
+        for group in prefill_groups([len(s.prompt_ids) for s in seqs]):
+            rows = [seqs[i] for i in group]
+            ids, token_mask = left_pad([s.prompt_ids for s in rows], self.pad_id, self.base.device)  # newest last
+            hidden, new = self._forward(ids, token_mask, [prompts[i] for i in group])
+            self.score_prompts(rows, hidden, ids)
+            for seq in rows:
+                self.generators[seq.seq_id] = new_generator(seq.params.seed, self.base.device)
+            chosen = sample(lm_logits(self.base, hidden[:, -1]).float(), rows, self.generators)
+            new.seq_ids = [s.seq_id for s in rows]
+            new.last_token = torch.tensor(chosen, dtype=torch.long, device=self.base.device)
+            parts.append(new)
+            for i, token in zip(group, chosen):
+                tokens[i] = token
+        room = max(s.params.max_new_tokens for s in seqs)  # merge caps it; a longer request grows the cache
+        self.batch = merge(parts, self.config, room)
         return tokens
 
     def score_prompts(self, seqs: list[Sequence], hidden: torch.Tensor, ids: torch.Tensor) -> None:
@@ -126,11 +138,8 @@ class ModelRunner:
         """Drop finished rows from the batch cache (and their generators)."""
         for seq_id in finished:
             self.generators.pop(seq_id, None)
-        if self.batch is None:
-            return
-        keep = [i for i, seq_id in enumerate(self.batch.seq_ids) if seq_id not in finished]
-        if len(keep) != len(self.batch):
-            self.batch = select(self.batch, keep, self.config) if keep else None
+        if self.batch is not None:
+            self.batch = drop(self.batch, finished, self.config)
 
     @property
     def row_ids(self) -> list[int]:

@@ -8,8 +8,10 @@ clipping, budget and early stopping. Soft prompts (any form, any entry layer) ar
 :class:`~softprompt.core.weights.WeightsModel`, and PEFT wraps (and for LoRA, modifies) the base
 model in place, so every such run gets its own freshly loaded base.
 
-Compare trains during selection and scores the test rows later, from what was saved
-(:func:`saved_scorer`): the test phase needs nothing from the runs but their files.
+Every method, trained or not, scores and writes as a :class:`~softprompt.measuring.generation.Writer`:
+a base model (LoRA injected into it in place, or fine-tuned weights), soft prompts, a text context,
+all through the engine. Compare trains during selection and scores the test rows later, from what was
+saved (:func:`saved_writer`): the test phase needs nothing from the runs but their files.
 """
 
 from __future__ import annotations
@@ -26,23 +28,23 @@ from softprompt.core.frozen import FrozenModel
 from softprompt.core.prompt import Init, PromptConfig
 from softprompt.core.prompted import SoftPromptModel, Tunable
 from softprompt.core.weights import WeightsModel
-from softprompt.measuring.classify import Scorer, engine_scorer, hf_scorer
-from softprompt.measuring.methods import Kind, MethodSpec
-from softprompt.measuring.presets import Preset, few_shot_context
+from softprompt.measuring.generation import Writer
+from softprompt.measuring.methods import PROMPTS, Kind, MethodSpec
+from softprompt.measuring.presets import AnyPreset, few_shot_context
 
 # P-tuning's MLP width (Liu et al., 2021, use a two-layer MLP of a few hundred units).
 P_TUNING_HIDDEN = 128
 CONTEXT_FILE = "prompt.txt"  # what a prompt-engineering run saves: the text before every input
 
 
-def prompt_config(spec: MethodSpec, preset: Preset, base: FrozenModel) -> PromptConfig:
+def prompt_config(spec: MethodSpec, preset: AnyPreset, base: FrozenModel) -> PromptConfig:
     """The soft prompt a prompt method's setting trains: its form, entry layer, length and init."""
     init_text = preset.instruction.strip() or preset.template
     return PromptConfig(
         num_virtual_tokens=spec.num_virtual_tokens,
         init=Init(spec.init),
         init_text=init_text,
-        init_labels=tuple(preset.words),
+        init_labels=tuple(getattr(preset, "words", ())),
         reparam_hidden=P_TUNING_HIDDEN if spec.kind is Kind.P_TUNING else spec.reparam_hidden,
         form=Form(spec.prompt_form),
         entry_layer=spec.entry_layer(base.num_layers),
@@ -61,15 +63,15 @@ def weights_model(spec: MethodSpec, base: FrozenModel, seed: int) -> WeightsMode
     return WeightsModel(base, get_peft_model(base.model, config), spec.method)
 
 
-def scorer_of(model: Tunable) -> Scorer:
-    """Rank classification of what a run holds now: its prompt through the engine, or its weights."""
+def writer_of(model: Tunable) -> Writer:
+    """What a run holds now, to score and write with: its prompt, or its weights (LoRA injected into the
+    base model's own modules by peft, full fine-tuning trained in place, so the base runs them)."""
     if isinstance(model, SoftPromptModel):
-        return engine_scorer(model.base, [model.require_prompt().frozen()])
-    assert isinstance(model, WeightsModel)
-    return hf_scorer(model.model, model.base.pad_id, model.base.accepts_position_ids)
+        return Writer(model.base, [model.require_prompt().frozen()])
+    return Writer(model.base)
 
 
-def context_for(spec: MethodSpec, preset: Preset, train_rows: list[Row], seed: int) -> str:
+def context_for(spec: MethodSpec, preset: AnyPreset, train_rows: list[Row], seed: int) -> str:
     """Prompt engineering's text before every input: the instruction (or not), then any solved examples."""
     if spec.kind is Kind.FEW_SHOT:
         return few_shot_context(preset, train_rows, spec.shots, seed, order=spec.order, instruction=spec.instruction)
@@ -84,19 +86,22 @@ def save_context(directory: Path, context: str) -> Path:
     return directory
 
 
-def saved_scorer(kind: Kind, base: FrozenModel, directory: Path) -> Scorer:
-    """A scorer for what a run saved in ``directory``; LoRA wraps ``base`` in place."""
+def saved_writer(kind: Kind, base: FrozenModel, directories: list[Path]) -> Writer:
+    """What runs saved in ``directories`` write with. Soft prompts: one member per run, in one pass;
+    every other method takes one directory (LoRA is injected into ``base`` in place)."""
+    if kind in PROMPTS:
+        return Writer(base, [load_adapter(d).prompt.to(base.device) for d in directories])
+    (directory,) = directories
     if kind in (Kind.ZERO_SHOT, Kind.FEW_SHOT):
-        return engine_scorer(base, [None], (directory / CONTEXT_FILE).read_text(encoding="utf-8"))
-    if kind in (Kind.PROMPT_TUNING, Kind.P_TUNING, Kind.PREFIX_TUNING, Kind.LATE_PROMPT):
-        return engine_scorer(base, [load_adapter(directory).prompt.to(base.device)])
+        return Writer(base, [None], (directory / CONTEXT_FILE).read_text(encoding="utf-8"))
     if kind is Kind.FULL:
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=base.dtype)
         model.to(base.device).eval()  # type: ignore[arg-type]
-        return hf_scorer(model, base.pad_id, base.accepts_position_ids)
+        model.requires_grad_(False)
+        return Writer(FrozenModel(model, base.tokenizer, f"{base.name} fine-tuned"))
     from peft import PeftModel
 
-    wrapped = PeftModel.from_pretrained(base.model, str(directory)).eval()
-    return hf_scorer(wrapped, base.pad_id, base.accepts_position_ids)
+    PeftModel.from_pretrained(base.model, str(directory)).eval()  # injects the saved LoRA into base.model
+    return Writer(base)

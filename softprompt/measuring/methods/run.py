@@ -17,19 +17,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from softprompt.core.adapter import load_adapter
-from softprompt.core.card import write_model_card
+from softprompt.core.card import SCORES, write_model_card
+from softprompt.core.data import Row
 from softprompt.core.errors import ConfigError
 from softprompt.core.files import write_json
 from softprompt.core.frozen import FrozenModel
 from softprompt.core.loading import load_base_model, resolve_dtype
-from softprompt.measuring.classify import Classified, Scorer, classify_rows, engine_scorer
+from softprompt.measuring.classify import classify_rows
+from softprompt.measuring.generation import Writer, items, reference_nll, row_stats
+from softprompt.measuring.generation import scores as text_scores
 from softprompt.measuring.methods import PROMPTS, Kind, MethodSpec
-from softprompt.measuring.methods.build import saved_scorer
+from softprompt.measuring.methods.build import saved_writer
 from softprompt.measuring.methods.search import SearchJob, run_info, search
-from softprompt.measuring.presets import Preset, load_preset, load_test_rows
+from softprompt.measuring.presets import AnyPreset, Preset, load_preset, load_test_rows
 from softprompt.training.train import MODEL_DTYPES
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,7 @@ def run_phase(job: dict[str, Any]) -> dict[str, Any]:
             eval_every=raw["eval_every"],
             patience=raw["patience"],
             eval_every_seconds=raw.get("eval_every_seconds", 0.0),
+            joint=raw.get("joint", True),
         )
         return search(spec_job, setup)
     if job["phase"] == "test":
@@ -115,37 +116,24 @@ def score_test(selection: dict[str, Any], setup: RunSetup, limit: int | None) ->
     preset = load_preset(setup.preset)
     rows = load_test_rows(preset, setup.data, limit)
     started = time.perf_counter()
-    classified: list[Classified] = []
-
-    def scored(scorer: Scorer, base: Any) -> list[torch.Tensor]:
-        classified.append(classify_rows(scorer, base, preset, rows, setup.eval_batch_size, "test row"))
-        return [*classified[-1].scores]  # one [N, K] per member
-
-    if kind in PROMPTS:  # every seed's prompt in one batched pass, a member each
-        base = setup.load()
-        prompts = [load_adapter(run["artifact"]).prompt.to(base.device) for run in runs]
-        scores = scored(engine_scorer(base, prompts), base)
-    else:
-        shared = setup.load() if kind in (Kind.ZERO_SHOT, Kind.FEW_SHOT) else None
-        scores = []
-        for run in runs:  # PEFT wraps a base in place: each run gets its own
-            base = shared or setup.load()
-            (member,) = scored(saved_scorer(kind, base, Path(run["artifact"])), base)
-            scores.append(member)
+    directories = [Path(run["artifact"]) for run in runs]
+    # Soft prompts: every seed's prompt in one batched pass, a member each. PEFT injects LoRA into
+    # a base in place, so each LoRA run gets its own; prompt engineering shares one.
+    groups = [directories] if kind in PROMPTS else [[d] for d in directories]
+    shared = None if kind in (Kind.LORA, Kind.FULL) else setup.load()
+    members: list[dict[str, Any]] = []
+    for group in groups:
+        members += _test_members(saved_writer(kind, shared or setup.load(), group), preset, rows, setup)
     seconds = time.perf_counter() - started
-    first = Path(runs[0]["artifact"])
-    adapter_bytes = sum((first / name).stat().st_size for name in SHIPPED if (first / name).is_file())
+    adapter_bytes = sum((directories[0] / name).stat().st_size for name in SHIPPED if (directories[0] / name).is_file())
     if kind is Kind.FULL and not setup.keep_full_model:
-        for run in runs:
-            shutil.rmtree(run["artifact"], ignore_errors=True)
-    found = [{k: m[k] for k in ("accuracy", "macro_f1")} for c in classified for m in c.member_metrics()]
+        for directory in directories:
+            shutil.rmtree(directory, ignore_errors=True)
     if kind in PROMPTS:
-        for run, scored_run in zip(runs, found, strict=True):
-            _card_with_scores(Path(run["artifact"]), scored_run, setup, preset)
+        for directory, member in zip(directories, members, strict=True):
+            _card_with_scores(directory, member, setup, preset)
     return {
-        "runs": [
-            {"seed": run["seed"], **m, "scores": s.tolist()} for run, m, s in zip(runs, found, scores, strict=True)
-        ],
+        "runs": [{"seed": run["seed"], **member} for run, member in zip(runs, members, strict=True)],
         "eval_rows": len(rows),
         "test_seconds": seconds,
         "ms_per_example": 1000 * seconds / max(len(rows) * len(runs), 1),
@@ -153,15 +141,42 @@ def score_test(selection: dict[str, Any], setup: RunSetup, limit: int | None) ->
     }
 
 
-def _card_with_scores(directory: Path, scores: dict[str, Any], setup: RunSetup, preset: Preset) -> None:
-    """A compared prompt's model card, rewritten with its test accuracy and macro-F1 once they are known."""
+def _test_members(writer: Writer, preset: AnyPreset, rows: list[Row], setup: RunSetup) -> list[dict[str, Any]]:
+    """Per member: rank classification's accuracy, macro-F1 and label scores; or a text task's reference
+    negative log-likelihoods, greedy outputs (the preset's showcase inputs' too) and their metrics."""
+    if isinstance(preset, Preset):
+        found = classify_rows(writer.scorer(), writer.base, preset, rows, setup.eval_batch_size, "test row")
+        return [
+            {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "scores": s.tolist()}
+            for m, s in zip(found.member_metrics(), found.scores, strict=True)
+        ]
+    inputs = items(preset, rows, "test row")
+    nll = reference_nll(writer, preset, inputs, setup.max_length, setup.eval_batch_size)
+    written = writer.write([item.text for item in inputs] + list(preset.showcase), preset)
+    refs = [item.references for item in inputs]
+    out = []
+    for member_nll, outputs in zip(nll, written, strict=True):
+        measured = text_scores({"nll": member_nll, **row_stats(outputs[: len(inputs)], refs)})
+        out.append(
+            {
+                **measured,
+                "nll": member_nll.tolist(),
+                "outputs": outputs[: len(inputs)],
+                "showcase": outputs[len(inputs) :],
+            }
+        )
+    return out
+
+
+def _card_with_scores(directory: Path, scores: dict[str, Any], setup: RunSetup, preset: AnyPreset) -> None:
+    """A compared prompt's model card, rewritten with its test scores once they are known."""
     if not (directory / "metrics.json").is_file():
         return  # an adapter reused from elsewhere: nothing recorded to write a card from
     found = json.loads((directory / "metrics.json").read_text(encoding="utf-8"))
     log_file = directory / "metrics.jsonl"
     lines = log_file.read_text(encoding="utf-8").splitlines() if log_file.is_file() else []
     records = [json.loads(line) for line in lines if line.strip()]
-    measured = {**found, "accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"]}
+    measured = {**found, **{k: v for k, v in scores.items() if k in SCORES}}
     write_model_card(directory, measured, records, run_info(setup, preset), device=setup.device or "cpu")
 
 

@@ -23,15 +23,19 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from softprompt.core.data import DataConfig, Example, Row, tokenize_rows
 from softprompt.core.frozen import FrozenModel
 from softprompt.core.prompted import SoftPromptModel
-from softprompt.measuring.classify import Scorer, classify_rows, engine_scorer
+from softprompt.measuring.classify import classify_rows
+from softprompt.measuring.generation import GENERATION_METRICS, Writer, items, reference_nll, row_stats
+from softprompt.measuring.generation import scores as text_scores
 from softprompt.measuring.methods import PROMPTS, Kind, MethodSpec
-from softprompt.measuring.methods.build import context_for, prompt_config, save_context, scorer_of, weights_model
-from softprompt.measuring.presets import TARGET_COLUMN, Preset, load_preset, load_train_rows
+from softprompt.measuring.methods.build import context_for, prompt_config, save_context, weights_model, writer_of
+from softprompt.measuring.presets import TARGET_COLUMN, AnyPreset, Preset, load_preset, load_train_rows
 from softprompt.measuring.selection import best
-from softprompt.training.sweep import Candidate, train_sweep
+from softprompt.training.sweep import Candidate, SweepResult, train_sweep
 from softprompt.training.train import TrainConfig, TrainResult, train
 
 log = logging.getLogger(__name__)
@@ -49,13 +53,14 @@ class SearchJob:
     eval_every: int
     patience: int
     eval_every_seconds: float = 0.0
+    joint: bool = True  # soft-prompt candidates train together in shared passes (else one at a time)
 
 
 @dataclass
 class Task:
-    """The job's rows, read from the training file alone, and the base model they are scored with."""
+    """The job's rows, read from the training file alone, and how a method is scored on its validation rows."""
 
-    preset: Preset
+    preset: AnyPreset
     train: list[Row]
     validation: list[Row]
     setup: Any  # RunSetup (run.py imports this module)
@@ -64,20 +69,44 @@ class Task:
         data = data_config(self.setup, self.preset)
         return tokenize_rows(self.preset.with_target(rows, self.setup.data), data, base.tokenizer, self.setup.data)
 
-    def validate(self, scorer: Scorer, base: FrozenModel) -> list[dict[str, float]]:
-        """Per scorer member: validation accuracy, macro-F1 and label cross-entropy (rank classification)."""
-        result = classify_rows(scorer, base, self.preset, self.validation, self.setup.eval_batch_size, "validation row")
-        return [{f"val_{key}": value for key, value in found.items()} for found in result.member_metrics()]
+    @property
+    def objective(self) -> tuple[str, bool]:
+        """The validation score choices are made on, and whether higher is better."""
+        return ("val_accuracy", True) if isinstance(self.preset, Preset) else self.preset.selects_on
+
+    def rank(self, record: dict[str, Any]) -> tuple[float, float]:
+        """(higher is better, lower breaks ties): accuracy then label loss, or the text metric then reference CE."""
+        key, higher = self.objective
+        tie = "val_label_loss" if isinstance(self.preset, Preset) else "val_ce"
+        return (record[key] if higher else -record[key], record[tie])
+
+    def validate(self, writer: Writer) -> list[dict[str, float]]:
+        """Per member: rank classification's accuracy, macro-F1 and label cross-entropy; or a text task's
+        reference cross-entropy, and its generation metrics when validation selects on one."""
+        preset = self.preset
+        if isinstance(preset, Preset):
+            found = classify_rows(
+                writer.scorer(), writer.base, preset, self.validation, self.setup.eval_batch_size, "validation row"
+            )
+            return [{f"val_{key}": value for key, value in m.items()} for m in found.member_metrics()]
+        inputs = items(preset, self.validation, "validation row")
+        nll = reference_nll(writer, preset, inputs, self.setup.max_length, self.setup.eval_batch_size)
+        stats: list[dict[str, np.ndarray]] = [{"nll": member} for member in nll]
+        if preset.primary_metric in GENERATION_METRICS:
+            refs = [item.references for item in inputs]
+            for member, outputs in zip(stats, writer.write([item.text for item in inputs], preset), strict=True):
+                member.update(row_stats(outputs, refs))
+        return [{f"val_{key}": value for key, value in text_scores(member).items()} for member in stats]
 
 
-def data_config(setup: Any, preset: Preset) -> DataConfig:
+def data_config(setup: Any, preset: AnyPreset) -> DataConfig:
     """How compare reads a task's rows for training (what an adapter's card records as its data)."""
     return DataConfig(
         data=setup.data, template=preset.template, target_column=TARGET_COLUMN, max_length=setup.max_length
     )
 
 
-def run_info(setup: Any, preset: Preset) -> dict[str, Any]:
+def run_info(setup: Any, preset: AnyPreset) -> dict[str, Any]:
     """What a compare-trained adapter's model card says about its run."""
     return {"model": setup.model, "data": asdict(data_config(setup, preset))}
 
@@ -121,18 +150,18 @@ def _prompt_engineering(job: SearchJob, task: Task, directory: Path) -> dict[str
             if context in seen:
                 continue
             seen.add(context)
-            (scores,) = task.validate(_engine(base, context), base)
-            records.append(_record(spec, seed, scores, context=context, context_chars=len(context)))
+            (found,) = task.validate(Writer(base, [None], context))
+            records.append(_record(spec, seed, found, context=context, context_chars=len(context)))
         return records
 
     candidates = tried(job.candidates, job.seeds[0])
-    chosen = _best(candidates)
+    chosen = _best(candidates, task)
     runs = [candidates[chosen]]
     spec = MethodSpec(**candidates[chosen]["spec"])
     orders = sorted({c.order for c in job.candidates if replace(c, order=0) == replace(spec, order=0)})
     for seed in job.seeds[1:] if spec.kind is Kind.FEW_SHOT else ():  # zero-shot is one deterministic run
         variants = tried([replace(spec, order=order) for order in orders], seed)
-        runs.append(variants[_best(variants)])
+        runs.append(variants[_best(variants, task)])
     for run in runs:
         run["artifact"] = str(save_context(directory / f"seed{run['seed']}", run["context"]))
     return {
@@ -143,10 +172,6 @@ def _prompt_engineering(job: SearchJob, task: Task, directory: Path) -> dict[str
         "stored_params": 0,
         "base_params": _params(base),
     }
-
-
-def _engine(base: FrozenModel, context: str) -> Scorer:
-    return engine_scorer(base, [None], context)
 
 
 def _train_config(job: SearchJob, setup: Any, spec: MethodSpec, seed: int, output: Path) -> TrainConfig:
@@ -180,8 +205,8 @@ def _validation_measure(task: Task) -> Any:
     """The loop's hook at each validation: accuracy of what the run holds then (the curve compare plots)."""
 
     def measure(loop: Any) -> dict[str, float]:
-        (scores,) = task.validate(scorer_of(loop.model), loop.model.base)
-        return scores
+        (found,) = task.validate(writer_of(loop.model))
+        return found
 
     return measure
 
@@ -196,15 +221,18 @@ def _scored(result: TrainResult) -> dict[str, float]:
         evaluations = [r for r in evaluations if r["step"] == step]
     if not evaluations:
         return {}
-    return {key: evaluations[-1][key] for key in ("val_accuracy", "val_macro_f1", "val_label_loss")}
+    return {key: value for key, value in evaluations[-1].items() if key.startswith("val_")}
 
 
-def _run_record(spec: MethodSpec, seed: int, scores: dict[str, float], result: TrainResult) -> dict[str, Any]:
-    """What a search keeps of a trained run: validation scores, budget spent, and its validation curve."""
+def _run_record(
+    spec: MethodSpec, seed: int, scores: dict[str, float], result: TrainResult, task: Task
+) -> dict[str, Any]:
+    """What a search keeps of a trained run: validation scores, budget spent, and its validation curve
+    (step, training seconds, validation loss, the score choices are made on)."""
     records = result.records
     steps = [r for r in records if "loss" in r]
     curve = [
-        [r["step"], r.get("elapsed", 0.0), r["eval_loss"], r.get("val_accuracy")]
+        [r["step"], r.get("elapsed", 0.0), r["eval_loss"], r.get(task.objective[0])]
         for r in records
         if r.get("eval_loss") is not None
     ]
@@ -237,22 +265,28 @@ def _prompts(job: SearchJob, task: Task, directory: Path) -> dict[str, Any]:
         ]
         info = run_info(task.setup, task.preset)
         candidates = [Candidate(m, c, info, measure) for m, c in zip(models, configs, strict=True)]
-        result = train_sweep(candidates, train_set, validation)
+        if job.joint:
+            result = train_sweep(candidates, train_set, validation)
+        else:  # each alone: sweeps of one, the same loop and accounting
+            alone = [train_sweep([c], train_set, validation) for c in candidates]
+            result = SweepResult(
+                [r.results[0] for r in alone], sum(r.seconds for r in alone), sum(r.train_tokens for r in alone)
+            )
         unscored = [i for i, r in enumerate(result.results) if not isinstance(r, Exception) and not _scored(r)]
         prompts = [models[i].require_prompt().frozen() for i in unscored]
-        by_run = dict(zip(unscored, task.validate(engine_scorer(base, prompts), base) if prompts else [], strict=True))
+        by_run = dict(zip(unscored, task.validate(Writer(base, list(prompts))) if prompts else [], strict=True))
         records = []
         for i, ((spec, seed), outcome) in enumerate(zip(runs, result.results, strict=True)):
             if isinstance(outcome, Exception):
                 records.append(_record(spec, seed, {}, error=str(outcome)))
             else:
-                records.append(_run_record(spec, seed, by_run.get(i) or _scored(outcome), outcome))
+                records.append(_run_record(spec, seed, by_run.get(i) or _scored(outcome), outcome, task))
         log.info("sweep of %d: %.0f s, %d tokens", len(runs), result.seconds, result.train_tokens)
         return records
 
     first = [(spec, job.seeds[0]) for spec in job.candidates]
     candidates = sweep(first, [f"candidate{i}" for i in range(len(job.candidates))])
-    chosen = _best(candidates)
+    chosen = _best(candidates, task)
     spec = job.candidates[chosen]
     again = (
         sweep([(spec, seed) for seed in job.seeds[1:]], [f"seed{seed}" for seed in job.seeds[1:]])
@@ -290,7 +324,7 @@ def _weights(job: SearchJob, task: Task, directory: Path) -> dict[str, Any]:
                 model, examples, validation, config, run_info=run_info(task.setup, task.preset), measure=measure
             )
             base.model.requires_grad_(False)
-            scores = _scored(result) or task.validate(scorer_of(model), base)[0]
+            scores = _scored(result) or task.validate(writer_of(model))[0]
         except Exception as exc:  # noqa: BLE001 - one candidate's failure is a result, not the end of the search
             log.warning("%s (%s) failed: %s", spec.method, spec.settings, exc)
             return _record(spec, seed, {}, error=f"{type(exc).__name__}: {exc}")
@@ -298,11 +332,11 @@ def _weights(job: SearchJob, task: Task, directory: Path) -> dict[str, Any]:
         facts.update(trainable_params=trainable, base_params=total, stored_params=trainable)
         del base, model
         gc.collect()
-        return _run_record(spec, seed, scores, result)
+        return _run_record(spec, seed, scores, result, task)
 
     first = job.seeds[0]
     candidates = [run(spec, first, directory / f"candidate{i}") for i, spec in enumerate(job.candidates)]
-    chosen = _best(candidates)
+    chosen = _best(candidates, task)
     if job.kind is Kind.FULL:  # 0.5 GB a model: keep only the chosen one
         for i, record in enumerate(candidates):
             if i != chosen and record.get("artifact"):
@@ -312,11 +346,10 @@ def _weights(job: SearchJob, task: Task, directory: Path) -> dict[str, Any]:
     return {"candidates": candidates, "chosen": chosen, "runs": [candidates[chosen], *again], **facts}
 
 
-def _best(records: list[dict[str, Any]]) -> int:
+def _best(records: list[dict[str, Any]], task: Task) -> int:
     """The best finished candidate (see :func:`softprompt.measuring.selection.best`); failed ones never win."""
     finished = [i for i, r in enumerate(records) if "error" not in r]
-    scores = [(records[i]["val_accuracy"], records[i]["val_label_loss"]) for i in finished]
-    return finished[best(scores)]
+    return finished[best([task.rank(records[i]) for i in finished])]
 
 
 def _load(setup: Any) -> FrozenModel:

@@ -1,0 +1,83 @@
+"""compare on a text task end to end on a tiny model: grouped validation, every kind of method, metrics with
+intervals, outputs side by side (escaped), the test file read once after every choice."""
+
+import json
+from pathlib import Path
+
+from softprompt.measuring.compare import CompareConfig, compare, plan
+from softprompt.measuring.methods.run import RunSetup
+from softprompt.measuring.report_text import _side_by_side, page
+from tests.measuring.text_helpers import tiny_text_dir
+
+SMALL = dict(seeds=2, search_budget=2, eval_every=1, patience=2, pt_lengths=(2,), pe_shots=(1,), pe_orders=1)
+METHODS = ("zero-shot", "few-shot", "prompt-tuning", "prefix-tuning", "lora")
+
+
+def _setup(tiny_dirs, tmp_path, **preset):
+    data, path = tiny_text_dir(tmp_path / "data", **preset)
+    return RunSetup(
+        model=str(tiny_dirs["llama"]),
+        preset=str(path),
+        data=str(data),
+        output=str(tmp_path / "out"),
+        budget=2,
+        batch_size=4,
+    )
+
+
+def test_validation_keeps_each_input_whole_and_drops_the_label_init(tiny_dirs, tmp_path):
+    setup = _setup(tiny_dirs, tmp_path)
+    _, split, jobs = plan(setup, CompareConfig(pt_inits=("labels", "text"), **SMALL))
+    rows = [json.loads(line) for line in (Path(setup.data) / "train.jsonl").read_text().splitlines()]
+    validating = {rows[i]["triples"] for i in split.validation}
+    assert validating and not validating & {rows[i]["triples"] for i in split.train}
+    assert all(c.init == "text" for job in jobs for c in job.candidates if c.kind.value == "prompt-tuning")
+
+
+def test_compare_on_a_text_task(tiny_dirs, tmp_path):
+    setup = _setup(tiny_dirs, tmp_path)
+    report = compare(setup, CompareConfig(methods=METHODS, isolate=False, joint=False, **SMALL))
+    by_kind = {m["kind"]: m for m in report["methods"]}
+    assert all("error" not in m for m in report["methods"]), [m.get("error") for m in report["methods"]]
+    assert report["test_rows"] == 5 and report["references_per_input"] == 2.0
+    for m in report["methods"]:
+        for name in ("ce", "bleu", "chrf", "rougeL"):
+            found = m["scores"][name]
+            assert found["ci"][0] <= found["mean"] + 1e-9 and found["mean"] <= found["ci"][1] + 1e-9, (m["kind"], name)
+        assert len(m["outputs"]) == 2 and len(m["showcase"]) == 1
+    tuned = by_kind["prompt-tuning"]
+    assert len(tuned["scores"]["bleu"]["runs"]) == 2 and "val_bleu" in tuned and "val_ce" in tuned
+    assert all(len(c["curve"][0]) == 4 for c in tuned["candidates"])  # step, seconds, loss, validation BLEU
+    assert [g["goal"].split(" (")[0] for g in report["goals"]] == ["best soft prompt"] * 2
+    out = Path(setup.output)
+    for name in ("report.md", "report.json", "report.png", "report.html", "selection.json"):
+        assert (out / name).stat().st_size > 0
+    md = (out / "report.md").read_text()
+    assert "## Outputs side by side" in md and "name[Blue Spice] [/b]" in md and "| prompt tuning |" in md
+
+
+def test_outputs_are_shown_as_text_never_markup():
+    report = {
+        "side_by_side": {"inputs": ["<b>in</b>"], "references": [["``` ref"]], "showcase": []},
+        "methods": [{"method": "LoRA", "scores": {}, "outputs": ["<script>x</script> ```` end"], "showcase": []}],
+        "task": "t",
+        "model": "m",
+    }
+    shown = page(report)
+    assert "<script>" not in shown and "&lt;script&gt;x&lt;/script&gt;" in shown and "&lt;b&gt;in&lt;/b&gt;" in shown
+
+    lines = _side_by_side(report)
+    fences = [line for line in lines if line.startswith("`")]
+    assert "`````text" in fences  # longer than the output's run of four backticks: it cannot close the block
+
+
+def test_no_joint_changes_only_the_soft_prompt_jobs(tiny_dirs, tmp_path):
+    """--no-joint trains soft-prompt candidates one at a time; every other method's finished phase stays reusable."""
+    from softprompt.measuring.compare import _job_json
+
+    setup = _setup(tiny_dirs, tmp_path)
+    _, _, together = plan(setup, CompareConfig(methods=METHODS, **SMALL))
+    _, _, alone = plan(setup, CompareConfig(methods=METHODS, joint=False, **SMALL))
+    for a, b in zip(together, alone, strict=True):
+        same = _job_json(a) == _job_json(b)
+        assert same == (a.kind.value not in ("prompt-tuning", "prefix-tuning")), a.kind
