@@ -110,7 +110,7 @@ def budget(setup: dict[str, Any], compare: dict[str, Any]) -> str:
     if not setup["budget"]:
         return (
             f"{setup['max_seconds']:g} s of training each ({rows}, as many steps as fit), validation loss and "
-            f"accuracy every {compare.get('eval_every_seconds', 0):g} s of training"
+            f"score every {compare.get('eval_every_seconds', 0):g} s of training"
         )
     cap = f", at most {setup['max_seconds']:g} s" if setup.get("max_seconds") else ""
     return f"at most {setup['budget']} steps of {rows}{cap}, validation loss every {compare['eval_every']} steps"
