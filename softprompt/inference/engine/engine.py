@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from softprompt.core.data import encode_input
 from softprompt.core.errors import ConfigError, RequestError, SoftPromptError
 from softprompt.core.frozen import FrozenModel
+from softprompt.inference.engine.detokenizer import Detokenizer, OutputText
+from softprompt.inference.engine.gemm import prepack
 from softprompt.inference.engine.kv import PromptKV
 from softprompt.inference.engine.registry import AdapterRegistry
 from softprompt.inference.engine.runner import ModelRunner
 from softprompt.inference.engine.scheduler import Scheduler, SchedulerConfig
-from softprompt.inference.engine.sequence import SamplingParams, Sequence, cut_at_stop
+from softprompt.inference.engine.sequence import SamplingParams, Sequence
 
 # Context limit for models whose config names none (e.g. bloom, whose ALiBi has no fixed maximum).
 DEFAULT_CONTEXT = 2048
@@ -28,6 +30,12 @@ DEFAULT_CONTEXT = 2048
 class EngineConfig:
     max_batch_size: int = field(default=32, metadata={"help": "most sequences decoded together"})
     max_prefill_tokens: int = field(default=4096, metadata={"help": "most prompt tokens prefilled in one step"})
+    packed_weights: bool = field(
+        default=True,
+        metadata={
+            "help": "CPU: run the frozen model's linear layers on oneDNN-prepacked weights (faster; their memory again)"
+        },
+    )
     max_context: int | None = field(
         default=None,
         metadata={"help": "cap on virtual + prompt + generated tokens (default: the model's position limit)"},
@@ -43,11 +51,15 @@ class Engine:
         self.base = base
         self.config = config or EngineConfig()
         self.registry = registry or AdapterRegistry(base)
-        self.runner = ModelRunner(base)
+        if self.config.packed_weights:
+            prepack(base.model)
+        self.runner = ModelRunner(base, self.config.max_batch_size)
+        self.detokenizer = Detokenizer(base.tokenizer)
         span = base.family.max_span
         self.scheduler = Scheduler(SchedulerConfig(self.config.max_batch_size, self.config.max_prefill_tokens, span))
         self.max_context = min(self.config.max_context or _model_context(base), span or 1 << 62)
         self._live: dict[int, Sequence] = {}  # admitted, not yet released
+        self._texts: dict[int, OutputText] = {}  # a live sequence's text as its tokens arrive
         self._inbox: list[Sequence] = []
         self._lock = threading.Lock()
         self.eos_id = base.tokenizer.eos_token_id
@@ -97,7 +109,7 @@ class Engine:
             self.scheduler.add(seq)
         changed = [s for s in self._all() if s.cancelled and not s.finished]
         for seq in changed:
-            seq.finish("cancelled")
+            self._finish(seq, "cancelled")
         self._release()
         plan = self.scheduler.schedule()
         if plan.admit:
@@ -115,7 +127,7 @@ class Engine:
         hit = inbox + self._all()
         for seq in hit:
             if not seq.finished:
-                seq.finish("error", reason)
+                self._finish(seq, "error", reason)
         self._release()
         return hit
 
@@ -140,21 +152,30 @@ class Engine:
 
     def _append(self, seqs: list[Sequence], tokens: list[int]) -> list[Sequence]:
         """Post-process: record each new token, update text, finish on eos, stop string or length."""
-        tokenizer = self.base.tokenizer
         for seq, token in zip(seqs, tokens):
             if seq.finished:
                 continue
             if seq.params.stop_at_eos and token == self.eos_id:
-                seq.finish("stop")
+                self._finish(seq, "stop")
                 continue
             seq.output_ids.append(token)
-            text, hit = cut_at_stop(str(tokenizer.decode(seq.output_ids, skip_special_tokens=True)), seq.params.stop)
-            seq.text = text
-            if hit:
-                seq.finish("stop")
-            elif len(seq.output_ids) >= seq.params.max_new_tokens:
-                seq.finish("length")
+            last = len(seq.output_ids) >= seq.params.max_new_tokens
+            text = self._texts.get(seq.seq_id)
+            if text is None:
+                text = self._texts[seq.seq_id] = self.detokenizer.text(seq.params.stop)
+            hit = text.add(seq.output_ids, last)
+            seq.text, seq.revisions = text.text, text.revisions
+            if hit or last:
+                seq.finish("stop" if hit else "length")
         return seqs
+
+    def _finish(self, seq: Sequence, reason: str, error: str | None = None) -> None:
+        """Finish ``seq``, its text first completed (a last character it held back) as a full decode gives it."""
+        text = self._texts.get(seq.seq_id)
+        if text is not None:
+            text.flush(seq.output_ids)
+            seq.text, seq.revisions = text.text, text.revisions
+        seq.finish(reason, error)
 
     def _release(self) -> None:
         done = {i for i, s in self._live.items() if s.finished}
@@ -162,6 +183,7 @@ class Engine:
             self.runner.release(done)
             for seq_id in done:
                 del self._live[seq_id]
+                self._texts.pop(seq_id, None)
         self.scheduler.drop_finished()
 
     def _all(self) -> list[Sequence]:

@@ -13,10 +13,13 @@ counts positions from the mask, where masked slots do not count. Merging two bat
 the shorter one with more masked slots, which changes nothing for the same reasons.
 
 Speed: a prefill runs rows of similar length together (:func:`prefill_groups`), so left padding
-costs little; the merged cache's full-attention layers are :class:`RoomyLayer` views into buffers
-with room for the tokens still to come, so a decode step writes one slot in place rather than
-copying the whole cache (transformers' ``DynamicLayer`` concatenates), and :func:`drop` fills a
-finished row's place with a live row from the end instead of copying every row.
+costs little; the batch cache's full-attention layers are :class:`RoomyLayer` views into buffers
+with spare rows and room for slots before and after, so a decode step writes one slot in place
+rather than copying the whole cache (transformers' ``DynamicLayer`` concatenates), :func:`admit`
+writes newly prefilled rows into spare rows without copying the running ones, and :func:`drop`
+fills a finished row's place with a live row from the end instead of copying every row. When
+rows or room run out, everything moves to buffers with more of both (:func:`merge`), growing
+geometrically so such copies stay rare.
 """
 
 from __future__ import annotations
@@ -119,12 +122,14 @@ def prefill_groups(lengths: list[int], overhead: int = PASS_OVERHEAD_TOKENS) -> 
 
 
 class RoomyLayer(DynamicLayer):
-    """A full-attention layer's cache as views [B, h, S, d] of buffers with room for more slots.
+    """A full-attention layer's cache as views [B, h, S, d] of buffers with spare rows and slots.
 
     ``keys``/``values`` are ``buffer[:rows, :, start:end]``: an update writes its slots after ``end``
-    in place; :meth:`move_rows` and :meth:`narrow` keep fewer rows or drop leading slots without
-    copying the rest. Only written slots are ever in view, so the room's contents never matter. If
-    anything replaces ``keys``/``values`` from outside, the next update takes them over (one copy).
+    in place; :meth:`admit` writes new rows below the others, right-aligned at ``end`` (the view
+    starts earlier when they are longer); :meth:`move_rows` and :meth:`narrow` keep fewer rows or
+    drop leading slots. None of them copies the rows already in view. Only written slots are ever in
+    view, so the spare rows' and slots' contents never matter. If anything replaces
+    ``keys``/``values`` from outside, the next update takes them over (one copy).
     """
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor, room: int = 0) -> None:
@@ -132,21 +137,43 @@ class RoomyLayer(DynamicLayer):
         self._hold(keys, values, room)
 
     @classmethod
-    def joined(cls, parts: Layers, length: int, room: int) -> RoomyLayer:
-        """Rows of every part one below the other, each right-aligned in ``length`` slots (zeros before it)."""
+    def joined(cls, parts: Layers, length: int, room: int, rows: int = 0, before: int = 0) -> RoomyLayer:
+        """Rows of every part one below the other, each right-aligned in ``length`` slots (zeros before it).
+
+        The buffers hold ``rows`` rows (at least the parts'), ``before`` free slots before the
+        ``length`` and ``room`` after them.
+        """
         layer = cls.__new__(cls)
         DynamicLayer.__init__(layer)
-        rows = sum(k.shape[0] for k, _ in parts)
-        layer._kbuf, layer._vbuf = (_buffer(parts[0][i], rows, length + room) for i in (0, 1))
+        count, end = sum(k.shape[0] for k, _ in parts), before + length
+        layer._kbuf, layer._vbuf = (_buffer(parts[0][i], max(rows, count), end + room) for i in (0, 1))
         row = 0
         for keys, values in parts:
-            span, pad = slice(row, row + keys.shape[0]), length - keys.shape[2]
+            span, pad = slice(row, row + keys.shape[0]), end - keys.shape[2]
             for buffer, tensor in ((layer._kbuf, keys), (layer._vbuf, values)):
-                buffer[span, :, :pad] = 0  # masked slots, but attention must not see NaN garbage
-                buffer[span, :, pad:length] = tensor
+                buffer[span, :, before:pad] = 0  # masked slots, but attention must not see NaN garbage
+                buffer[span, :, pad:end] = tensor
             row += keys.shape[0]
-        layer._set(rows, 0, length, parts[0][0].device)
+        layer._set(count, before, end, parts[0][0].device)
         return layer
+
+    def fits(self, rows: int, length: int) -> bool:
+        """Whether ``rows`` more rows of ``length`` slots can join in place (:meth:`admit`)."""
+        return self._ours() and self._rows + rows <= self._kbuf.shape[0] and length <= self._end
+
+    def admit(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """New rows [n, h, w, d] below the others, right-aligned at ``end``, as :meth:`joined` would lay them out.
+
+        Writes only the new rows, and when ``w`` exceeds the width, the slots that come into view
+        before the other rows (all masked). The caller checked :meth:`fits`.
+        """
+        rows, first = slice(self._rows, self._rows + keys.shape[0]), self._end - keys.shape[2]
+        start = min(self._start, first)
+        for buffer, tensor in ((self._kbuf, keys), (self._vbuf, values)):
+            buffer[: self._rows, :, start : self._start] = 0  # masked slots, but attention must not see NaN garbage
+            buffer[rows, :, start:first] = 0
+            buffer[rows, :, first : self._end] = tensor
+        self._set(rows.stop, start, self._end, self.device)
 
     def _hold(self, keys: torch.Tensor, values: torch.Tensor, room: int) -> None:
         self._kbuf = _buffer(keys, keys.shape[0], keys.shape[2] + room)
@@ -177,14 +204,28 @@ class RoomyLayer(DynamicLayer):
                 self.lazy_initialization(key_states, value_states)
             else:
                 self._hold(self.keys, self.values, new)
-        keys, values = self._views
         if self._end + new > self._kbuf.shape[2]:  # out of room: move to buffers with as much room again
-            self._hold(keys, values, max(new, keys.shape[2], 16))
+            self._grow(max(new, self._end - self._start, 16))
         end = self._end + new
         self._kbuf[: self._rows, :, self._end : end] = key_states
         self._vbuf[: self._rows, :, self._end : end] = value_states
         self._set(self._rows, self._start, end, self.device)
         return self._views
+
+    def _grow(self, room: int) -> None:
+        """Move to buffers with ``room`` free slots after the view, keeping the spare rows.
+
+        At most half the view's width stays free before it: a batch that never empties keeps
+        writing further right, and the slots its finished rows left behind must not pile up.
+        """
+        width = self._end - self._start
+        before = min(self._start, width // 2)
+        kbuf, vbuf = (_buffer(b, b.shape[0], before + width + room) for b in (self._kbuf, self._vbuf))
+        keys, values = self._views
+        kbuf[: self._rows, :, before : before + width] = keys
+        vbuf[: self._rows, :, before : before + width] = values
+        self._kbuf, self._vbuf = kbuf, vbuf
+        self._set(self._rows, before, before + width, self.device)
 
     def move_rows(self, sources: list[int], targets: list[int], rows: int) -> None:
         """Row ``sources[i]`` takes the place of ``targets[i]``; then only the first ``rows`` rows remain."""
@@ -204,11 +245,37 @@ def _buffer(like: torch.Tensor, rows: int, slots: int) -> torch.Tensor:
     return like.new_empty(rows, like.shape[1], slots, like.shape[3])
 
 
-def merge(parts: list[BatchKV], config: PretrainedConfig, room: int = 0) -> BatchKV:
+def admit(batch: BatchKV | None, new: BatchKV, config: PretrainedConfig, room: int, rows: int) -> BatchKV:
+    """The running ``batch`` with ``new``'s rows below its own (``batch`` None: ``new`` alone, in roomy buffers).
+
+    When every full-attention layer has spare rows and enough slots before its view
+    (:meth:`RoomyLayer.fits`), only the new rows are written; other layers (sliding windows) are
+    joined as in :func:`merge`. Otherwise everything moves to new buffers: :func:`merge` with
+    ``room`` and ``rows`` (room for that many rows in all).
+    """
+    roomy = [] if batch is None else [layer for layer in batch.cache.layers if isinstance(layer, RoomyLayer)]
+    if batch is None or not roomy or not all(layer.fits(len(new), new.mask.shape[1]) for layer in roomy):
+        return merge([new] if batch is None else [batch, new], config, room, rows)
+    length = max(batch.mask.shape[1], new.mask.shape[1])
+    kinds = DynamicCache(config=config).layers  # fresh layers of the kinds ``config`` asks for
+    for index, (old, added) in enumerate(zip(layers_of(batch.cache), layers_of(new.cache))):
+        layer = batch.cache.layers[index]
+        if isinstance(layer, RoomyLayer):
+            layer.admit(*added)
+        else:  # e.g. a sliding window's layer: joined as merge joins it
+            fresh = kinds[index]
+            assert isinstance(fresh, DynamicLayer)  # as merge laid the batch out
+            fresh.update(*_joined([old, added], length))
+            batch.cache.layers[index] = fresh
+    return _stacked([batch, new], batch.cache, length)
+
+
+def merge(parts: list[BatchKV], config: PretrainedConfig, room: int = 0, rows: int = 0) -> BatchKV:
     """Rows of every part in one batch, the shorter caches left-padded with masked slots.
 
     Full-attention layers become :class:`RoomyLayer` buffers with ``room`` free slots after the
-    longest row (at most ``MAX_ROOM``), so the next decode steps copy nothing; other kinds of layer
+    longest row (at most ``MAX_ROOM``), half as many again as the width before it, and room for
+    ``rows`` rows, so the next decode steps and admissions copy nothing; other kinds of layer
     (sliding windows) are concatenated into the layers transformers makes for ``config``.
     """
     parts = [p for p in parts if len(p)]
@@ -223,9 +290,14 @@ def merge(parts: list[BatchKV], config: PretrainedConfig, room: int = 0) -> Batc
         cache = cache_of([_joined(parts_of_layer, length) for parts_of_layer in here], config)
     for index, layer in enumerate(kinds if len(kinds) == len(here) else []):
         if type(layer) is DynamicLayer:
-            cache.layers[index] = RoomyLayer.joined(here[index], length, min(room, MAX_ROOM))
+            cache.layers[index] = RoomyLayer.joined(here[index], length, min(room, MAX_ROOM), rows, length // 2)
         else:  # e.g. a sliding window's layer
             layer.update(*_joined(here[index], length))
+    return _stacked(parts, cache, length)
+
+
+def _stacked(parts: list[BatchKV], cache: DynamicCache, length: int) -> BatchKV:
+    """The parts' rows one below the other around ``cache``; masks left-padded to ``length`` (small: no KV)."""
     masks = [torch.cat([p.mask.new_zeros(len(p), length - p.mask.shape[1]), p.mask], dim=1) for p in parts]
     return BatchKV(
         seq_ids=[i for p in parts for i in p.seq_ids],

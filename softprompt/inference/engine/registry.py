@@ -107,8 +107,13 @@ class AdapterRegistry:
     def add(self, name: str, path: str | Path | None = None) -> None:
         """Load and check adapter ``name`` from ``path`` (default: ``root/name``), replacing any old one."""
         check_name(name)
-        directory = self._confine(Path(path) if path is not None else None, name)
-        adapter = load_adapter(directory)
+        try:
+            directory = self._confine(Path(path) if path is not None else None, name)
+            adapter = load_adapter(directory)
+        except (OSError, ValueError) as exc:  # NUL, lone surrogates, over-long names: no such adapter directory
+            raise AdapterError(
+                f"adapter path {str(path)[:80]!r} cannot be read as a directory ({type(exc).__name__})"
+            ) from exc
         check_compatible(self.base, adapter.config, directory, allow_mismatch=False)
         entry = Entry(name, directory, adapter.config.num_virtual_tokens, adapter.prompt)
         self._insert(entry)

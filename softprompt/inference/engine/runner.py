@@ -23,14 +23,15 @@ from softprompt.core.decoder import (
 )
 from softprompt.core.forms import Prompt
 from softprompt.core.frozen import FrozenModel
-from softprompt.inference.engine.kv import BatchKV, PromptKV, drop, merge, prefill_groups, prompt_prefix
+from softprompt.inference.engine.kv import BatchKV, PromptKV, admit, drop, prefill_groups, prompt_prefix
 from softprompt.inference.engine.sampler import new_generator, prompt_logprobs, sample
 from softprompt.inference.engine.sequence import Sequence
 
 
 class ModelRunner:
-    def __init__(self, base: FrozenModel) -> None:
+    def __init__(self, base: FrozenModel, max_rows: int = 32) -> None:
         self.base = base
+        self.max_rows = max_rows  # most rows the batch cache keeps room for (the engine's batch size)
         self.config = base.model.config
         self.pad_id = base.pad_id if base.tokenizer.pad_token_id is not None else 0
         self.batch: BatchKV | None = None
@@ -85,11 +86,15 @@ class ModelRunner:
         """Prefill ``seqs`` after their prompt KV, sample their first tokens, and join the running batch.
 
         Rows of similar length are prefilled together (:func:`~softprompt.inference.engine.kv.prefill_groups`),
-        so little compute goes to left padding; each row's result is what it would be alone.
+        so little compute goes to left padding; each row's result is what it would be alone. Each group
+        joins the batch cache as it is done (:func:`~softprompt.inference.engine.kv.admit`), the longest
+        first so that the others fit in its width.
         """
         tokens = [0] * len(seqs)
-        parts = [] if self.batch is None else [self.batch]
-        for group in prefill_groups([len(s.prompt_ids) for s in seqs]):
+        needed = len(seqs) + (0 if self.batch is None else len(self.batch))
+        capacity = max(needed, min(2 * needed, self.max_rows))  # rows to grow into, should the cache move
+        room = max(s.params.max_new_tokens for s in seqs)  # merge caps it; a longer request grows the cache
+        for group in reversed(prefill_groups([len(s.prompt_ids) for s in seqs])):
             rows = [seqs[i] for i in group]
             ids, token_mask = left_pad([s.prompt_ids for s in rows], self.pad_id, self.base.device)  # newest last
             hidden, new = self._forward(ids, token_mask, [prompts[i] for i in group])
@@ -99,11 +104,9 @@ class ModelRunner:
             chosen = sample(lm_logits(self.base, hidden[:, -1]).float(), rows, self.generators)
             new.seq_ids = [s.seq_id for s in rows]
             new.last_token = torch.tensor(chosen, dtype=torch.long, device=self.base.device)
-            parts.append(new)
+            self.batch = admit(self.batch, new, self.config, room, capacity)
             for i, token in zip(group, chosen):
                 tokens[i] = token
-        room = max(s.params.max_new_tokens for s in seqs)  # merge caps it; a longer request grows the cache
-        self.batch = merge(parts, self.config, room)
         return tokens
 
     def score_prompts(self, seqs: list[Sequence], hidden: torch.Tensor, ids: torch.Tensor) -> None:

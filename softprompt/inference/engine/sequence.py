@@ -84,7 +84,7 @@ class Sequence:
     virtual_tokens: int = 0  # the adapter's soft-prompt length
     seq_id: int = field(default_factory=lambda: next(_ids))
     output_ids: list[int] = field(default_factory=list)
-    text: str = ""  # decoded output, already cut at a stop string
+    text: str = ""  # decoded output, already cut at a stop string; grows at its end (see revisions)
     status: Status = Status.WAITING
     finish_reason: str | None = None  # "stop", "length", "cancelled" or "error"
     error: str | None = None
@@ -93,6 +93,9 @@ class Sequence:
     # included, though it is not in output_ids), and one per prompt token after the first.
     logprobs: list[TokenLogprob] = field(default_factory=list)
     prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
+    # Times ``text`` changed other than at its end: only for tokenizers decoded in full after every
+    # token whose decoding rewrites earlier text (see engine/detokenizer.py); a reader re-checks then.
+    revisions: int = 0
 
     @property
     def finished(self) -> bool:
@@ -102,17 +105,25 @@ class Sequence:
         self.status, self.finish_reason, self.error = Status.FINISHED, reason, error
 
     def stream_text(self) -> str:
-        """Text safe to send now: holds back an incomplete UTF-8 character or a possible stop-string start."""
+        return self.text[: self.stream_end()]
+
+    def stream_end(self) -> int:
+        """How much of ``text`` is safe to send now: not an incomplete UTF-8 character or a possible stop-string start.
+
+        Its cost does not grow with the text (a streaming server asks after every token).
+        """
+        text, end = self.text, len(self.text)
         if self.finished:
-            return self.text
-        text = self.text.rstrip("\ufffd")
+            return end
+        while end and text[end - 1] == "\ufffd":
+            end -= 1
         hold = 0
         for stop in self.params.stop:
-            for size in range(min(len(stop) - 1, len(text)), 0, -1):
-                if text.endswith(stop[:size]):
+            for size in range(min(len(stop) - 1, end), 0, -1):
+                if text.endswith(stop[:size], 0, end):
                     hold = max(hold, size)
                     break
-        return text[: len(text) - hold]
+        return end - hold
 
 
 def cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:

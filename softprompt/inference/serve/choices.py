@@ -75,7 +75,9 @@ class Choice:
         self, seq: Sequence, texts: TokenTexts, chat: bool, top: int | None, echo: str | None, hide: bool
     ) -> None:
         self.seq, self.texts, self.chat, self.top, self.echo, self.hide = seq, texts, chat, top, echo, hide
-        self.sent_text = ""
+        self.sent = 0  # characters of the text already sent: the first ones of ``shown``
+        self.shown = ""
+        self.revisions = 0  # the snapshots' count that ``shown`` was checked against
         self.sent_tokens = 0  # entries of seq.logprobs already reported
         self.offset = 0  # text_offset of the next token
         self.started = False
@@ -87,9 +89,7 @@ class Choice:
             self.started = True
             if self.echo is not None:
                 prefix, entries = self.echo, self._prompt_entries()
-        text = "" if self.hide else snap.text
-        delta = text[len(self.sent_text) :] if text.startswith(self.sent_text) else ""
-        self.sent_text += delta
+        delta = "" if self.hide else self._new_text(snap)
         shown = 0 if self.hide else snap.sampled
         if self.top is not None and shown > self.sent_tokens:
             entries += [(e.token, e) for e in self.seq.logprobs[self.sent_tokens : shown]]
@@ -97,6 +97,20 @@ class Choice:
         reason = None if snap.finish_reason is None else ("length" if self.hide else public_reason(snap.finish_reason))
         logprobs = None if self.top is None else self._render(entries)
         return Delta(prefix + delta, logprobs, reason, bool(prefix or delta or entries or reason))
+
+    def _new_text(self, snap: Snapshot) -> str:
+        """Text after what was sent, in time that does not grow with the text: it only grows at its end,
+        unless the tokenizer's decoding rewrote it (``revisions``); then more goes out once it again
+        starts with what was sent."""
+        text, end = snap.text, snap.safe
+        if snap.revisions != self.revisions:
+            if not text.startswith(self.shown[: self.sent]):
+                return ""
+            self.revisions = snap.revisions
+        self.shown = text
+        delta = text[self.sent : end]
+        self.sent += len(delta)
+        return delta
 
     def _prompt_entries(self) -> list[Entry]:
         if self.top is None:

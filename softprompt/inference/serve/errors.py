@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -33,6 +34,24 @@ TYPES = {
 }
 
 
+# Every character str.splitlines() breaks on (as softprompt.core.errors escapes them).
+_LINE_BREAKS = str.maketrans(
+    {c: c.encode("unicode_escape").decode() for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+)
+_FIELD = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+SHOWN_CHARS = 40  # of a client's own key (an unknown field, a logit_bias key) quoted in a message
+
+
+def one_line(text: str) -> str:
+    """Line breaks escaped, and lone surrogates too (JSON bodies are UTF-8): one printable line."""
+    text = text.translate(_LINE_BREAKS)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 class APIError(Exception):
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -40,8 +59,15 @@ class APIError(Exception):
 
 
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+    """The one error shape; the message is always one line, whatever client text it quotes."""
+    param = None if param is None else one_line(param)
     return {
-        "error": {"message": message, "type": TYPES.get(status, "invalid_request_error"), "param": param, "code": code}
+        "error": {
+            "message": one_line(message) or "error",
+            "type": TYPES.get(status, "invalid_request_error"),
+            "param": param,
+            "code": code,
+        }
     }
 
 
@@ -71,9 +97,12 @@ def _validation(request: Request, exc: Exception) -> JSONResponse:
     if any(e.get("type") == "json_invalid" for e in errors):
         return error_response(400, "the request body is not valid JSON", code="invalid_json")
     if any(tuple(e.get("loc", ())) == ("body",) for e in errors):
+        if isinstance(getattr(exc, "body", None), bytes):  # not parsed: the content type is not JSON
+            message = "the request body must be JSON sent with the header 'Content-Type: application/json'"
+            return error_response(400, message, code="invalid_json")
         return error_response(400, "the request body must be a JSON object", code="invalid_json")
     first = errors[0] if errors else {"loc": (), "msg": str(exc)}
-    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    loc = [_shown(part) for part in first.get("loc", ()) if part != "body"]
     param = loc[0] if loc else None  # the top-level field, as OpenAI reports it
     if param in SHAPES:
         return error_response(400, SHAPES[param], param=param, code="invalid_value")
@@ -81,7 +110,20 @@ def _validation(request: Request, exc: Exception) -> JSONResponse:
     return error_response(400, message, param=param, code="invalid_value")
 
 
+def _shown(part: object) -> str:
+    """A location part as a message quotes it: a field name or index as is; a client's own key
+    (an unknown field, a logit_bias key) quoted, escaped and cut, since it may hold anything."""
+    text = str(part)
+    if isinstance(part, int) or _FIELD.match(text):
+        return text
+    cut = text[:SHOWN_CHARS] + ("..." if len(text) > SHOWN_CHARS else "")
+    return json.dumps(cut)
+
+
 def _http(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc.__cause__, (UnicodeDecodeError, RecursionError)):  # FastAPI's "error parsing the body"
+        message = "the request body is not valid JSON (it must be UTF-8 and not nested too deeply)"
+        return error_response(400, message, code="invalid_json")
     status = exc.status_code if isinstance(exc, StarletteHTTPException) else 500
     detail = exc.detail if isinstance(exc, StarletteHTTPException) else "internal error"
     return error_response(status, str(detail))

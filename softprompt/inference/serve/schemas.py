@@ -120,8 +120,28 @@ class ChatRequest(_Request):
         return (self.top_logprobs or 0) if self.logprobs else None
 
 
+MAX_PATH_CHARS = 4096  # PATH_MAX on Linux
+
+
 class AdapterLoad(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: StrictStr
-    path: StrictStr | None = Field(default=None, description="directory under the adapters root (default: the name)")
+    path: StrictStr | None = Field(
+        default=None,
+        max_length=MAX_PATH_CHARS,
+        description="directory under the adapters root (default: the name)",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _usable_path(cls, value: str | None) -> str | None:
+        """What no filesystem call takes (a NUL byte, a lone surrogate) is refused here, not failed on."""
+        if value is not None:
+            if "\x00" in value:
+                raise ValueError("the path holds a NUL character")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("the path is not valid Unicode (a lone surrogate)") from None
+        return value

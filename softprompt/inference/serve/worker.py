@@ -30,11 +30,13 @@ IDLE_WAIT_S = 0.5
 class Snapshot:
     """What a handler sees of its sequence after a step; built in the engine thread."""
 
-    text: str  # safe-to-send text (see Sequence.stream_text)
+    text: str  # Sequence.text as it was (the same string, not a copy)
+    safe: int  # how much of it may be sent now (see Sequence.stream_end)
     completion_tokens: int
     finish_reason: str | None
     error: str | None
     sampled: int = 0  # entries in Sequence.logprobs so far (read by the handler; the list only grows)
+    revisions: int = 0  # Sequence.revisions: a change means text may differ before its end
 
 
 class Observer(Protocol):
@@ -168,7 +170,15 @@ class EngineWorker:
         if watcher is None:
             return
         loop, updates, index = watcher
-        snapshot = Snapshot(seq.stream_text(), len(seq.output_ids), seq.finish_reason, seq.error, len(seq.logprobs))
+        snapshot = Snapshot(
+            seq.text,
+            seq.stream_end(),
+            len(seq.output_ids),
+            seq.finish_reason,
+            seq.error,
+            len(seq.logprobs),
+            seq.revisions,
+        )
         try:
             loop.call_soon_threadsafe(updates.put_nowait, (index, snapshot))
         except RuntimeError:  # the loop is closed: the server is shutting down
