@@ -115,9 +115,9 @@ class Server:
             self.process.kill()
 
 
-def softprompt_server(adapters: Path, port: int, threads: int) -> Server:
+def softprompt_server(adapters: Path, port: int, threads: int, extra: list[str]) -> Server:
     command = [sys.executable, "-m", "softprompt", "serve", "--model", MODEL, "--adapters", str(adapters)]
-    command += ["--port", str(port), "--max-batch-size", "32", "--max-concurrent", "64"]
+    command += ["--port", str(port), "--max-batch-size", "32", "--max-concurrent", "64", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}  # this checkout's softprompt
     return Server("softprompt", command, port, env)
 
@@ -233,6 +233,10 @@ def main() -> None:
         "--check", type=int, default=16, help="requests of each workload compared through the openai SDK"
     )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--servers", default="softprompt,vllm", help="which to run (one alone: no ratios)")
+    parser.add_argument(
+        "--serve-args", default="", help="extra `softprompt serve` flags, e.g. '--max-prefill-tokens 1024'"
+    )
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "serve_vs_vllm.json")
     args = parser.parse_args()
     version = check_vllm()
@@ -243,12 +247,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="serve-vs-vllm-") as tmp:
         models = make_adapters(base, Path(tmp), args.virtual_tokens)
         bodies = {s: bodies_for(s, prompts, models, args.max_tokens) for s in ("softprompt", "vllm")}
-        order = ["softprompt", "vllm"]
+        order = args.servers.split(",")
         for round_ in range(args.rounds):
             for name in order if round_ % 2 == 0 else order[::-1]:
                 port = free_port()
                 server = (
-                    softprompt_server(Path(tmp), port, args.threads)
+                    softprompt_server(Path(tmp), port, args.threads, args.serve_args.split())
                     if name == "softprompt"
                     else vllm_server(port, args.threads)
                 )
@@ -264,6 +268,8 @@ def main() -> None:
                         )
                 finally:
                     server.stop()
+    if len(results) < 2:
+        return
     best = {
         n: {w: max(runs, key=lambda r: r["tokens_per_s"]) for w, runs in loads.items()} for n, loads in results.items()
     }
