@@ -8,10 +8,15 @@ and where (file, row, field), so the CLI can print it as one line and exit non-z
     ├── ModelLoadError       a base model cannot be found or loaded
     ├── DataError            a dataset file, row or column is unusable
     ├── AdapterError         an adapter directory is missing, corrupt or unsafe
-    │   └── BaseModelMismatchError   the adapter was trained on another base model
+    │   ├── BaseModelMismatchError   the adapter was trained on another base model
+    │   ├── AdapterNameError         a name that can never be an adapter's
+    │   └── UnknownAdapterError      no adapter of that name is served (or no longer); a RequestError too
     ├── TrainingError        training cannot go on (non-finite loss, unwritable output)
     │   └── TrainingInterrupted      Ctrl-C: a checkpoint was saved, resume with --resume
     └── RequestError         a generation request is invalid (server and API)
+        └── ContextOverflowError     prompt + new tokens + soft prompt exceed the context
+
+The server maps these types to HTTP statuses; it never reads a message to decide.
 """
 
 from __future__ import annotations
@@ -52,6 +57,10 @@ class BaseModelMismatchError(AdapterError):
     pass
 
 
+class AdapterNameError(AdapterError):
+    pass
+
+
 class TrainingError(SoftPromptError):
     pass
 
@@ -62,3 +71,11 @@ class TrainingInterrupted(TrainingError):
 
 class RequestError(SoftPromptError, ValueError):
     pass
+
+
+class ContextOverflowError(RequestError):
+    pass
+
+
+class UnknownAdapterError(AdapterError, RequestError):
+    """Raised by the registry (adapter admin) and by a request that names the adapter: both, by type."""

@@ -9,6 +9,7 @@ import httpx
 import openai
 import pytest
 
+from softprompt.core.errors import AdapterError, ContextOverflowError, UnknownAdapterError
 from softprompt.core.prompt import PromptConfig
 from softprompt.core.prompted import SoftPromptModel
 from softprompt.inference.engine import AdapterRegistry, Engine, SamplingParams
@@ -269,6 +270,31 @@ def test_adapters_load_and_unload_at_runtime(raw):
     assert raw.delete("/v1/adapters/gamma").json()["deleted"] is True
     _error(raw.delete("/v1/adapters/gamma"), 404)
     _error(raw.post("/v1/completions", json={"model": "gamma", "prompt": "x"}), 404)
+
+
+@pytest.mark.parametrize(
+    ("raised", "status", "code"),
+    [(UnknownAdapterError("gone"), 404, "model_not_found"), (AdapterError("unknown to the disk"), 400, None)],
+)
+def test_an_unload_is_answered_by_the_error_type_never_its_words(raw, monkeypatch, raised, status, code):
+    def remove(self, name):
+        raise raised
+
+    monkeypatch.setattr(AdapterRegistry, "remove", remove)
+    assert _error(raw.delete("/v1/adapters/alpha"), status)["code"] == code
+
+
+@pytest.mark.parametrize(
+    ("raised", "status", "param"),
+    [(ContextOverflowError("too long"), 400, "max_tokens"), (UnknownAdapterError("gone"), 404, "model")],
+)
+def test_a_request_is_answered_by_the_error_type_never_its_words(raw, monkeypatch, raised, status, param):
+    def make_request(self, *args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(Engine, "make_request", make_request)
+    error = _error(raw.post("/v1/completions", json={"model": "alpha", "prompt": "x", "max_tokens": 2}), status)
+    assert error["param"] == param
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,13 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 
 from softprompt.core.data import encode_input
-from softprompt.core.errors import ConfigError, RequestError, SoftPromptError
+from softprompt.core.errors import (
+    ConfigError,
+    ContextOverflowError,
+    RequestError,
+    SoftPromptError,
+    UnknownAdapterError,
+)
 from softprompt.core.frozen import FrozenModel
 from softprompt.inference.engine.detokenizer import Detokenizer, OutputText
 from softprompt.inference.engine.gemm import prepack
@@ -78,10 +84,10 @@ class Engine:
         if not prompt_ids:
             raise RequestError("the prompt is empty")
         if adapter is not None and adapter not in self.registry:
-            raise RequestError(f"unknown adapter {adapter!r}")
+            raise UnknownAdapterError(f"unknown adapter {adapter!r}")
         total = len(prompt_ids) + params.max_new_tokens + self.virtual_tokens(adapter)
         if total > self.max_context:
-            raise RequestError(
+            raise ContextOverflowError(
                 f"prompt ({len(prompt_ids)} tokens) + max_new_tokens ({params.max_new_tokens}) + soft prompt "
                 f"({self.virtual_tokens(adapter)}) = {total} tokens exceeds the context limit of {self.max_context}"
                 + _window_note(self.base)
@@ -144,7 +150,7 @@ class Engine:
                 prompts.append(self._prompt_kv(seq.adapter))
                 ready.append(seq)
             except SoftPromptError as exc:  # e.g. the adapter was removed or its file vanished
-                seq.finish("error", str(exc))
+                seq.finish("error", str(exc), exc)
         if ready:
             self._live.update((s.seq_id, s) for s in ready)
             self._append(ready, self.runner.prefill(ready, prompts))

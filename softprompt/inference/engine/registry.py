@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from softprompt.core.adapter import CONFIG_NAME, check_compatible, load_adapter
-from softprompt.core.errors import AdapterError, ConfigError, SoftPromptError
+from softprompt.core.errors import AdapterError, AdapterNameError, ConfigError, SoftPromptError, UnknownAdapterError
 from softprompt.core.forms import Form, Prompt, as_prompt
 from softprompt.core.frozen import FrozenModel
 from softprompt.inference.engine.kv import PromptKV
@@ -71,7 +71,7 @@ class Entry:
 
 def check_name(name: object) -> str:
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise AdapterError(
+        raise AdapterNameError(
             f"invalid adapter name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
     return name
@@ -137,7 +137,7 @@ class AdapterRegistry:
     def remove(self, name: str) -> None:
         with self._lock:
             if name not in self._entries:
-                raise AdapterError(f"unknown adapter {name!r}")
+                raise UnknownAdapterError(f"unknown adapter {name!r}")
             del self._entries[name]
             self._loaded.pop(name, None)
 
@@ -154,7 +154,7 @@ class AdapterRegistry:
         with self._lock:
             entry = self._entries.get(name)
             if entry is None:
-                raise AdapterError(f"unknown adapter {name!r}")
+                raise UnknownAdapterError(f"unknown adapter {name!r}")
             return entry.num_virtual_tokens
 
     def path(self, name: str) -> Path | None:
@@ -162,7 +162,7 @@ class AdapterRegistry:
         with self._lock:
             entry = self._entries.get(name)
             if entry is None:
-                raise AdapterError(f"unknown adapter {name!r}")
+                raise UnknownAdapterError(f"unknown adapter {name!r}")
             return entry.path
 
     def __contains__(self, name: object) -> bool:
@@ -174,7 +174,7 @@ class AdapterRegistry:
         with self._lock:
             entry = self._entries.get(name)
             if entry is None:
-                raise AdapterError(f"unknown adapter {name!r}")
+                raise UnknownAdapterError(f"unknown adapter {name!r}")
             if entry.prompt is None and entry.path is not None:
                 entry.prompt = load_adapter(entry.path).prompt
                 self.stats.loads += 1

@@ -88,6 +88,7 @@ class Sequence:
     status: Status = Status.WAITING
     finish_reason: str | None = None  # "stop", "length", "cancelled" or "error"
     error: str | None = None
+    cause: Exception | None = None  # what raised ``error``, so callers decide by its type, never its text
     cancelled: bool = False  # set from any thread; the engine acts on it at its next step
     # Filled only when params ask: one entry per sampled token (a final end-of-sequence token
     # included, though it is not in output_ids), and one per prompt token after the first.
@@ -101,8 +102,8 @@ class Sequence:
     def finished(self) -> bool:
         return self.status is Status.FINISHED
 
-    def finish(self, reason: str, error: str | None = None) -> None:
-        self.status, self.finish_reason, self.error = Status.FINISHED, reason, error
+    def finish(self, reason: str, error: str | None = None, cause: Exception | None = None) -> None:
+        self.status, self.finish_reason, self.error, self.cause = Status.FINISHED, reason, error, cause
 
     def stream_text(self) -> str:
         return self.text[: self.stream_end()]

@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from softprompt.core.errors import AdapterError, BaseModelMismatchError
+from softprompt.core.errors import AdapterError, AdapterNameError, BaseModelMismatchError, UnknownAdapterError
 from softprompt.inference.engine import Engine
 from softprompt.inference.engine.registry import check_name
 from softprompt.inference.serve import errors, playground
@@ -108,8 +108,10 @@ def load_adapter(body: AdapterLoad, request: Request) -> dict:
         service.engine.registry.add(check_name(body.name), body.path)
     except BaseModelMismatchError as exc:
         raise APIError(400, str(exc), param="path", code="base_model_mismatch") from exc
+    except AdapterNameError as exc:
+        raise APIError(400, str(exc), param="name") from exc
     except AdapterError as exc:
-        raise APIError(400, str(exc), param="name" if "name" in str(exc) else "path") from exc
+        raise APIError(400, str(exc), param="path") from exc
     except OSError as exc:  # a path the filesystem refuses (a component over 255 bytes, a symlink loop)
         reason = exc.strerror or type(exc).__name__
         shown = repr(body.path if len(str(body.path)) <= 100 else f"{str(body.path)[:100]}...")
@@ -127,9 +129,10 @@ def unload_adapter(name: str, request: Request) -> dict:
     service = _admin(request)
     try:
         service.engine.registry.remove(check_name(name))
+    except UnknownAdapterError as exc:
+        raise APIError(404, str(exc), param="name", code="model_not_found") from exc
     except AdapterError as exc:
-        status = 404 if "unknown" in str(exc) else 400
-        raise APIError(status, str(exc), param="name", code="model_not_found" if status == 404 else None) from exc
+        raise APIError(400, str(exc), param="name") from exc
     return {"id": name, "object": "model", "deleted": True}
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from softprompt.core.data import encode_input, encode_text
-from softprompt.core.errors import AdapterError, RequestError
+from softprompt.core.errors import AdapterError, ContextOverflowError, RequestError, UnknownAdapterError
 from softprompt.inference.engine import Engine, SamplingParams, Sequence
 from softprompt.inference.serve.config import ServeConfig
 from softprompt.inference.serve.errors import APIError
@@ -18,7 +18,6 @@ from softprompt.inference.serve.schemas import ChatRequest, CompletionRequest
 
 Request = CompletionRequest | ChatRequest
 SEED_SPACE = 1 << 64  # torch seeds are taken modulo 2**64
-UNKNOWN_ADAPTER = "unknown adapter"  # how the engine and registry say an adapter name is not (or no longer) known
 
 
 @dataclass(frozen=True)
@@ -143,14 +142,12 @@ class Planner:
     def _sequence(self, ids: list[int], adapter: str | None, params: SamplingParams) -> Sequence:
         try:
             return self.engine.make_request(ids, adapter, params)
-        except (AdapterError, RequestError) as exc:
-            message = str(exc)
-            if message.startswith(UNKNOWN_ADAPTER):  # unloaded between the name check and now
-                raise APIError(404, message, param="model", code="model_not_found") from exc
-            over = "context" in message  # else an empty prompt
-            raise APIError(
-                400, message, "max_tokens" if over else "prompt", "context_length_exceeded" if over else None
-            ) from exc
+        except UnknownAdapterError as exc:  # unloaded between the name check and now
+            raise APIError(404, str(exc), param="model", code="model_not_found") from exc
+        except ContextOverflowError as exc:
+            raise APIError(400, str(exc), "max_tokens", "context_length_exceeded") from exc
+        except (AdapterError, RequestError) as exc:  # an empty prompt
+            raise APIError(400, str(exc), "prompt") from exc
 
 
 def _refuse_unsupported(request: Request) -> None:

@@ -10,7 +10,7 @@ import copy
 import time
 from collections.abc import AsyncIterator
 
-from softprompt.core.errors import AdapterError
+from softprompt.core.errors import AdapterError, UnknownAdapterError
 from softprompt.inference.engine import Engine, Sequence
 from softprompt.inference.serve.choices import Choice, TokenTexts
 from softprompt.inference.serve.config import ServeConfig
@@ -19,7 +19,7 @@ from softprompt.inference.serve.drain import REFUSAL, Drain
 from softprompt.inference.serve.errors import APIError, error_body
 from softprompt.inference.serve.formats import Format, model_card, sse
 from softprompt.inference.serve.metrics import Metrics
-from softprompt.inference.serve.plan import UNKNOWN_ADAPTER, Job, Planner, Request
+from softprompt.inference.serve.plan import Job, Planner, Request
 from softprompt.inference.serve.worker import EngineWorker, Slots, Snapshot
 
 
@@ -66,10 +66,10 @@ class Service:
         """The status a failed sequence's request gets: why it failed decides who is to blame."""
         if self.drain.ended_early:
             return APIError(503, error, code="server_shutting_down")
-        # The engine reports the registry's "unknown adapter" when the adapter went between this
-        # request's checks and its prefill (it may be back by now, loaded again).
+        # The registry raises UnknownAdapterError when the adapter went between this request's
+        # checks and its prefill (it may be back by now, loaded again).
         gone = seq.adapter is not None and (
-            seq.adapter not in self.engine.registry or error.startswith(UNKNOWN_ADAPTER)
+            seq.adapter not in self.engine.registry or isinstance(seq.cause, UnknownAdapterError)
         )
         if gone:
             message = f"the model {seq.adapter!r} was unloaded before this request ran"
