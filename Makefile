@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench fuzz vllm-env clean
+.PHONY: setup demo test lint bench fuzz vllm-env install-check clean
 
 setup: $(STAMP)
 
@@ -47,8 +47,21 @@ $(VLLM_STAMP):
 	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $(VLLM_STAMP)
 
+# `pip install .` alone (plus the torch pin), in an empty venv, outside the checkout: every module
+# imports and every command's --help runs, so no dependency is missing from pyproject.toml.
+install-check:
+	rm -rf .venv-plain
+	python3 -m venv .venv-plain
+	.venv-plain/bin/python -m pip install -q torch==2.13.0 .
+	cd / && $(CURDIR)/.venv-plain/bin/python -c "import importlib, pkgutil, softprompt; \
+	  names = [m.name for m in pkgutil.walk_packages(softprompt.__path__, 'softprompt.') if not m.name.endswith('__main__')]; \
+	  assert 'site-packages' in softprompt.__file__, softprompt.__file__; \
+	  [importlib.import_module(n) for n in names]; print(len(names), 'modules import from', softprompt.__file__)"
+	cd / && for command in train generate demo eval compare inspect export serve; do \
+	  $(CURDIR)/.venv-plain/bin/softprompt $$command --help > /dev/null || exit 1; done
+
 bench: setup
 	$(PY) bench/train_vs_peft.py
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) softprompt-demo softprompt-out
+	rm -rf $(VENV) $(VLLM_VENV) .venv-plain build softprompt-demo softprompt-out
