@@ -11,6 +11,7 @@ tokens' logits were on each side, so a numerical tie is told apart from a bug.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -93,6 +94,12 @@ def check_vllm() -> str:
     python = venv() / "bin" / "python"
     if not python.is_file():
         raise ConfigError(f"no vLLM environment at {venv()} ({VENV_VARIABLE}): {SETUP_HINT}")
+    return _version(python)
+
+
+@functools.cache
+def _version(python: Path) -> str:
+    """Importing vLLM takes seconds: once per environment and process (a failure is not kept)."""
     probe = subprocess.run(
         [str(python), "-c", "import vllm; print(vllm.__version__)"], capture_output=True, text=True, check=False
     )
@@ -173,8 +180,8 @@ def differences(
             Difference(
                 row,
                 position,
-                int(mine or -1),
-                int(their or -1),
+                -1 if mine is None else mine,
+                -1 if their is None else their,
                 _margin(mine_lp, mine, their),
                 _margin(their_lp, their, mine),
             )

@@ -88,14 +88,14 @@ def test_seeded_sampling_does_not_depend_on_batch_mates(llama):
     assert mixed[0].output_ids == alone
 
 
-def test_stop_string_and_stream_text(llama):
+def test_stop_string_and_stream_end(llama):
     engine = _engine(llama)
     free = engine.generate(["abc"], [None], SamplingParams(max_new_tokens=30, stop_at_eos=False))[0]
     stop = next(free.text[i : i + 2] for i in range(1, len(free.text)) if free.text[i : i + 2].isascii())
     cut = engine.generate(["abc"], [None], SamplingParams(max_new_tokens=30, stop_at_eos=False, stop=(stop,)))[0]
     assert cut.text == free.text[: free.text.find(stop)] and cut.finish_reason == "stop"
     pending = Sequence([1], None, SamplingParams(stop=("STOP",)), text="abc ST\ufffd")
-    assert pending.stream_text() == "abc "
+    assert pending.text[: pending.stream_end()] == "abc "
 
 
 def test_a_long_stream_decodes_each_token_once_and_always_shows_the_full_decode(llama, monkeypatch):
@@ -129,7 +129,7 @@ def test_a_long_stream_decodes_each_token_once_and_always_shows_the_full_decode(
         full = full_decode(seq.output_ids, skip_special_tokens=True)
         held = full[len(seq.text) :]
         assert full.startswith(seq.text) and (not held or held.endswith("\ufffd"))
-        assert seq.text.startswith(shown) and seq.stream_text() == seq.text
+        assert seq.text.startswith(shown) and seq.text[: seq.stream_end()] == seq.text
         shown = seq.text
     assert len(seq.output_ids) == n and seq.text == full_decode(seq.output_ids, skip_special_tokens=True)
     assert sum(handed) <= 2 * n + 1

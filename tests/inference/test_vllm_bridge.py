@@ -156,3 +156,9 @@ ROLES = [
     "essay writer",
     "social media manager",
 ]
+
+
+def test_token_id_zero_is_reported_as_itself():
+    tops = [{0: -0.1, 5: -2.0}, {EOS: -0.1}]
+    (found,) = differences([_ours([0], tops)], [Output([5], [{5: -0.3, 0: -0.4}])], EOS)
+    assert (found.ours, found.theirs) == (0, 5) and found.ours_margin == pytest.approx(1.9)

@@ -110,10 +110,11 @@ class AdapterRegistry:
         try:
             directory = self._confine(Path(path) if path is not None else None, name)
             adapter = load_adapter(directory)
-        except (OSError, ValueError) as exc:  # NUL, lone surrogates, over-long names: no such adapter directory
-            raise AdapterError(
-                f"adapter path {str(path)[:80]!r} cannot be read as a directory ({type(exc).__name__})"
-            ) from exc
+        except SoftPromptError:
+            raise
+        except (OSError, ValueError) as exc:  # NUL, a lone surrogate, a name over 255 bytes, a symlink loop
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            raise AdapterError(f"adapter path {str(path)[:80]!r} cannot be read as a directory ({reason})") from exc
         check_compatible(self.base, adapter.config, directory, allow_mismatch=False)
         entry = Entry(name, directory, adapter.config.num_virtual_tokens, adapter.prompt)
         self._insert(entry)

@@ -105,9 +105,6 @@ class Sequence:
     def finish(self, reason: str, error: str | None = None, cause: Exception | None = None) -> None:
         self.status, self.finish_reason, self.error, self.cause = Status.FINISHED, reason, error, cause
 
-    def stream_text(self) -> str:
-        return self.text[: self.stream_end()]
-
     def stream_end(self) -> int:
         """How much of ``text`` is safe to send now: not an incomplete UTF-8 character or a possible stop-string start.
 
