@@ -14,13 +14,12 @@ import json
 import sys
 from pathlib import Path
 
-SOFT = ("prompt-tuning", "p-tuning", "prefix-tuning", "late-prompt")
-ENGINEERING = ("zero-shot", "few-shot")
+from softprompt.measuring.generation import LOWER_IS_BETTER
+from softprompt.measuring.summary import PROMPT_ENGINEERING as ENGINEERING
+from softprompt.measuring.summary import SOFT_PROMPTS as SOFT
+from softprompt.measuring.summary import best_on_validation
+
 SHOWN = ("zero-shot", "few-shot", "prompt-tuning", "prefix-tuning", "late-prompt", "lora")
-
-
-def _chosen(rows: list[dict]) -> dict:
-    return max(rows, key=lambda r: (r["val_accuracy"], -r["val_label_loss"]))
 
 
 def _acc(row: dict | None) -> str:
@@ -41,8 +40,8 @@ def text_table(reports: list[dict]) -> None:
         by_kind = {m["kind"]: m for m in report["methods"] if "scores" in m}
         key = f"val_{report['primary_metric']}"
         soft = [by_kind[k] for k in SOFT if k in by_kind]
-        lower = report["primary_metric"] == "ce"
-        chosen = (min if lower else max)(soft, key=lambda r: r[key]) if soft else None
+        lower = report["primary_metric"] in LOWER_IS_BETTER
+        chosen = best_on_validation(soft, key, lower) if soft else None
         met = sum(bool(g["met"]) for g in report["goals"])
         for metric, digits in (("ce", 3), ("bleu", 1)):
             cells = [report["task"], metric + (" (primary)" if metric == report["primary_metric"] else "")]
@@ -68,7 +67,7 @@ def main(directories: list[str]) -> None:
     for directory in directories:
         report = json.loads((Path(directory) / "report.json").read_text())
         by_kind = {m["kind"]: m for m in report["methods"] if "accuracy" in m}
-        soft = _chosen([by_kind[k] for k in SOFT if k in by_kind])
+        soft = best_on_validation([by_kind[k] for k in SOFT if k in by_kind])
         met = sum(bool(g["met"]) for g in report["goals"])
         cells = [report["task"], str(report["test_rows"]), f"{100 * report['majority_class_accuracy']:.1f}"]
         cells += [_acc(by_kind.get(k)) for k in SHOWN]

@@ -38,7 +38,11 @@ def add_config_args(
         elif isinstance(kind, type) and issubclass(kind, enum.Enum):
             choices = [m.value for m in kind]
             group.add_argument(
-                flag, default=_value(default), choices=choices, help=f"{help_text} (default: {_value(default)})"
+                flag,
+                default=_value(default),
+                type=_choice(choices),
+                metavar="{" + ",".join(choices) + "}",
+                help=f"{help_text} (default: {_value(default)})",
             )
         else:
             shown = "" if default is None else f" (default: {default})"
@@ -65,6 +69,17 @@ def _unwrap(hint: Any) -> tuple[Any, bool]:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         return args[0], True
     return hint, False
+
+
+def _choice(choices: list[str]) -> Any:
+    """One of ``choices``, or ``choice:ARGUMENT`` (``--init library:DIR``), which the config itself reads."""
+
+    def parse(text: str) -> str:
+        if text in choices or (":" in text and text.partition(":")[0] in choices):
+            return text
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(choices)})")
+
+    return parse
 
 
 def _value(default: Any) -> Any:

@@ -162,6 +162,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_library(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from softprompt.core.library import check_base, read_library
+    from softprompt.core.loading import load_base_model
+
+    found = read_library(args.directory)
+    if args.model:
+        check_base(found, load_base_model(args.model, trust_remote_code=args.trust_remote_code, device=args.device))
+    table = Table("adapter", "task", "form", "entry layer", "tokens", "base model", "validation", title=args.directory)
+    for prompt in found:
+        row = prompt.describe(Path(args.directory))
+        scores = ", ".join(f"{k.removeprefix('val_')} {v:.3g}" for k, v in sorted(row["validation"].items()))
+        table.add_row(
+            row["adapter"], row["task"], row["form"], str(row["entry_layer"]), str(row["virtual_tokens"]),
+            str(row["base_model"]), scores or "unrecorded",
+        )  # fmt: skip
+    console.print(table)
+    return 0
+
+
 def _print_metrics(metrics: dict) -> None:
     console.print(
         f"held-out loss: {metrics['heldout_loss_before']:.4f} -> {metrics['heldout_loss_after']:.4f} "
@@ -219,6 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(demo, TrainConfig, exclude=("model_dtype",), output="softprompt-demo")
     demo.add_argument("--max-new-tokens", type=int, default=48, help="tokens generated before and after")
     demo.set_defaults(func=cmd_demo)
+
+    lib = sub.add_parser(
+        "library", help="list a prompt library (a directory of adapters) that --init library:DIR starts prompts from"
+    )
+    lib.add_argument("directory", help="directory searched for soft-prompt adapters (compare's outputs are libraries)")
+    lib.add_argument("--model", default=None, help="also check every prompt against this base model (loads it)")
+    lib.add_argument("--trust-remote-code", action="store_true", help="allow the model's own Python code to run")
+    lib.add_argument("--device", default=None, help="cpu, cuda, ... (with --model)")
+    lib.set_defaults(func=cmd_library)
 
     from softprompt.inference.engine import EngineConfig, RegistryConfig
     from softprompt.inference.serve.config import ServeConfig

@@ -208,6 +208,7 @@ def _training_section(metrics: dict[str, Any], run: dict[str, Any], device: str)
         ("batch size", metrics.get("batch_size")),
         ("gradient accumulation", train.get("grad_accum")),
         ("early stopping", train.get("early_stopping")),
+        ("started from", _library_start(metrics.get("init_from"))),
         ("seed", train.get("seed")),
         ("base model dtype", train.get("model_dtype")),
         ("processes", metrics.get("processes")),
@@ -222,6 +223,7 @@ def _training_section(metrics: dict[str, Any], run: dict[str, Any], device: str)
         ("software", software()),
         ("finished", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")),
     ]
+    rows = [(k, v) for k, v in rows if k != "started from" or v]  # only a library start says where it began
     table = ["| setting | value |", "|---|---|"] + [f"| {k} | {_value(v)} |" for k, v in rows]
     configs = json.dumps(_configs(run, metrics), indent=2, default=str)
     details = [
@@ -235,6 +237,16 @@ def _training_section(metrics: dict[str, Any], run: dict[str, Any], device: str)
         "</details>",
     ]
     return "\n".join(["## Training", "", *table, *details])
+
+
+def _library_start(found: Any) -> str | None:
+    """init=library: which library prompt started this one, and among how many (core.library)."""
+    if not isinstance(found, dict) or not found.get("chosen"):
+        return None
+    return (
+        f"library prompt `{found['chosen']}` (trained on {found.get('task')}), best of {found.get('scored')} "
+        f"scored on this task's validation rows in {_value(found.get('seconds'), '.1f')} s"
+    )
 
 
 def _results_section(metrics: dict[str, Any], records: list[dict[str, Any]]) -> str:

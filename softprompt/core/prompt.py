@@ -40,6 +40,7 @@ class Init(str, Enum):
     VOCAB = "vocab"
     LABELS = "labels"
     FILE = "file"
+    LIBRARY = "library"  # the best of a directory of earlier prompts on this task's validation (core.library)
 
 
 # Lester et al. sample initial prompts from the 5,000 most common tokens; BPE vocabularies are
@@ -62,6 +63,7 @@ PEFT_INIT_NAMES = {
     Init.VOCAB: "SAMPLE_VOCAB",
     Init.LABELS: "SAMPLE_VOCAB",
     Init.FILE: "RANDOM",
+    Init.LIBRARY: "RANDOM",
 }
 
 
@@ -77,6 +79,13 @@ class PromptConfig:
         default=(), metadata={"help": "class label words (init=labels); taken from the data when empty"}
     )
     init_file: str | None = field(default=None, metadata={"help": "adapter directory to start from (init=file)"})
+    init_library: str | None = field(
+        default=None,
+        metadata={
+            "help": "directory of earlier prompts for one base model (init=library, or --init library:DIR): each "
+            "that fits this prompt's form is scored on the validation rows, the best one starts training"
+        },
+    )
     reparam_hidden: int = field(
         default=0,
         metadata={
@@ -100,6 +109,9 @@ class PromptConfig:
     )
 
     def __post_init__(self) -> None:
+        if isinstance(self.init, str) and self.init.startswith("library:"):  # --init library:DIR
+            object.__setattr__(self, "init_library", self.init.partition(":")[2] or None)
+            object.__setattr__(self, "init", Init.LIBRARY)
         check_types(self)  # also turns init into an Init and init_labels into a tuple
         if not 1 <= self.num_virtual_tokens <= MAX_VIRTUAL_TOKENS:
             raise ConfigError(
@@ -109,6 +121,8 @@ class PromptConfig:
             raise ConfigError("init=text needs a non-empty init_text")
         if self.init is Init.FILE and not self.init_file:
             raise ConfigError("init=file needs init_file (an adapter directory)")
+        if self.init is Init.LIBRARY and not self.init_library:
+            raise ConfigError("init=library needs a library directory: --init library:DIR or --init-library DIR")
         if not 0 <= self.reparam_hidden <= MAX_REPARAM_HIDDEN:
             raise ConfigError(
                 f"reparam_hidden must be between 0 and {MAX_REPARAM_HIDDEN}, got {shown(self.reparam_hidden)}"
@@ -122,6 +136,8 @@ class PromptConfig:
         """The adapter to start from exists (init=file): checked before a model loads."""
         if self.init is Init.FILE and self.init_file:
             require_dir(self.init_file, "--init-file: adapter directory", ConfigError)
+        if self.init is Init.LIBRARY and self.init_library:
+            require_dir(self.init_library, "--init library: prompt library", ConfigError)
 
     def check_depth(self, base: FrozenModel) -> None:
         """The entry layer exists in this model (the config alone cannot know its depth)."""
@@ -212,6 +228,8 @@ def initial_prompt(config: PromptConfig, base: FrozenModel, generator: torch.Gen
     PEFT's N(0, 1) keys/values, for comparisons.
     """
     config.check_depth(base)
+    if config.init is Init.LIBRARY:
+        raise ConfigError("init=library is chosen before a prompt is built: softprompt.core.library.choose")
     entry = config.entry_layer
     resumed = _same_kind_file(config, base)
     if resumed is not None:

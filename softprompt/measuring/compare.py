@@ -7,11 +7,14 @@ The protocol, in order:
 2. Each method chooses its settings on it (:mod:`softprompt.measuring.methods.search`): every
    trained method tries the same number of candidates (``--search-budget``), each with the same
    step budget and early stopping on validation loss, and the best by validation accuracy is
-   trained again with every seed; prompt engineering chooses instruction, shots and example order.
-   Every choice is written to ``OUTPUT/selection.json``.
+   trained again with every seed; prompt engineering chooses instruction, shots, example draw (one
+   per seed) and example order, and the context it chooses is its one run, the artifact a user
+   would deploy. Every choice is written to ``OUTPUT/selection.json``.
 3. Only then is the test file read, and every method's runs score it once. The report gives each
    method's chosen settings, validation score, test accuracy as mean +- standard deviation over
-   seeds, and a 95% bootstrap interval (:mod:`softprompt.measuring.stats`).
+   seeds (prompt engineering: the chosen context's), and a 95% bootstrap interval
+   (:mod:`softprompt.measuring.stats`). Few-shot's other draws of the chosen setting are tested
+   too and reported beside it, as the spread over draws, never averaged into its number.
 
 Each method's selection and test scoring run in their own processes (``methods/run.py``), so
 peak RSS is per method and one failure does not end the comparison. Finished phases are kept in
@@ -20,6 +23,7 @@ peak RSS is per method and one failure does not end the comparison. Finished pha
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -35,17 +39,18 @@ import torch
 from softprompt.core.config_types import check_types
 from softprompt.core.errors import ConfigError
 from softprompt.core.files import write_json
+from softprompt.core.library import check_base, read_library, refuse_own_data
 from softprompt.measuring.classify import VOTES
 from softprompt.measuring.methods import PROMPTS, TRAINED, Kind, MethodSpec
 from softprompt.measuring.methods.run import RunSetup, run_phase
 from softprompt.measuring.methods.search import SearchJob
 from softprompt.measuring.presets import AnyPreset, TextPreset, load_preset, load_test_rows, load_train_rows
-from softprompt.measuring.selection import Split, design, split_groups, split_validation
+from softprompt.measuring.selection import Split, design, k_folds, split_groups, split_validation
 from softprompt.training.train import SCHEDULERS
 
 log = logging.getLogger(__name__)
 
-INITS = ("random", "vocab", "text", "labels")
+INITS = ("random", "vocab", "text", "labels", "library")
 DEFAULT_METHODS = (Kind.ZERO_SHOT, Kind.FEW_SHOT, Kind.PROMPT_TUNING, Kind.PREFIX_TUNING, Kind.LATE_PROMPT, Kind.LORA)
 
 
@@ -59,11 +64,25 @@ class CompareConfig:
         default=tuple(k.value for k in DEFAULT_METHODS),
         metadata=_help("methods to run: " + ", ".join(k.value for k in Kind)),
     )
-    seeds: int = field(default=3, metadata=_help("seeds per method (mean, standard deviation, interval over them)"))
+    seeds: int = field(
+        default=3,
+        metadata=_help(
+            "seeds per method (mean, standard deviation, interval over them); few-shot: example draws, "
+            "validation chooses one context and the others show the spread"
+        ),
+    )
     search_budget: int = field(default=6, metadata=_help("candidates every trained method tries on validation"))
     val_fraction: float = field(default=0.2, metadata=_help("share of the training rows that validate every choice"))
     val_max_rows: int = field(default=300, metadata=_help("at most this many validation rows"))
     split_seed: int = field(default=0, metadata=_help("seed of the validation split and of the candidate design"))
+    cv_below: int = field(
+        default=50,
+        metadata=_help(
+            "when the validation split would hold fewer rows, trained methods choose by --cv-folds-fold "
+            "cross-validation of the training rows (label tasks; 0: never)"
+        ),
+    )
+    cv_folds: int = field(default=3, metadata=_help("folds of that cross-validation"))
     eval_every: int = field(default=25, metadata=_help("steps between validation scores, under a step --budget"))
     eval_every_seconds: float = field(
         default=30.0, metadata=_help("training seconds between validation scores, under a time budget (--budget 0)")
@@ -94,6 +113,14 @@ class CompareConfig:
         ),
     )
     full_lrs: tuple[float, ...] = field(default=(1e-5, 3e-5, 1e-4), metadata=_help("full fine-tuning: lrs"))
+    library: str | None = field(
+        default=None,
+        metadata=_help(
+            "prompt library (a directory of adapters for this base model, e.g. other tasks' compare outputs): every "
+            "soft-prompt method also tries starting from its best-scoring fitting prompt (init library); adapters "
+            "trained on this task's own data are refused"
+        ),
+    )
     pe_shots: tuple[int, ...] = field(default=(1, 2), metadata=_help("few-shot: examples per class to try"))
     pe_orders: int = field(default=2, metadata=_help("few-shot: seeded example orders to try"))
     slow_test_rows: int | None = field(
@@ -137,6 +164,8 @@ class CompareConfig:
         for init in (*self.pt_inits, *self.prefix_inits):
             if init not in INITS:
                 raise ConfigError(f"unknown init {init!r}: use {', '.join(INITS)}")
+            if init == "library" and not self.library:
+                raise ConfigError("init library needs --library DIR (a directory of earlier prompts)")
         if not self.late_forms or any(form not in ("vectors", "kv") for form in self.late_forms):
             raise ConfigError(f"late_forms must be vectors and/or kv, got {self.late_forms}")
         if any(not 0 < depth < 1 for depth in self.late_depths):
@@ -146,6 +175,8 @@ class CompareConfig:
         for schedule in self.schedules:
             if schedule not in SCHEDULERS:
                 raise ConfigError(f"unknown schedule {schedule!r}: use {', '.join(SCHEDULERS)}")
+        if self.cv_below < 0 or self.cv_folds < 2:
+            raise ConfigError(f"cv_below must be >= 0 and cv_folds >= 2, got {self.cv_below} and {self.cv_folds}")
         if min(self.seeds, self.search_budget, self.pe_orders, self.patience, self.eval_every, self.val_max_rows) < 1:
             raise ConfigError("seeds, search_budget, pe_orders, patience, eval_every and val_max_rows must be >= 1")
         if not 0 < self.val_fraction < 1:
@@ -172,9 +203,9 @@ def method_candidates(kind: Kind, config: CompareConfig, labels: int) -> list[Me
     if kind in PROMPTS:
         space["num_virtual_tokens"] = config.pt_lengths
     if kind in (Kind.PROMPT_TUNING, Kind.P_TUNING):
-        space["init"] = config.pt_inits
+        space["init"] = _with_library(config.pt_inits, config)
     if kind in (Kind.PREFIX_TUNING, Kind.LATE_PROMPT):
-        space["init"] = config.prefix_inits
+        space["init"] = _with_library(config.prefix_inits, config)
     if kind is Kind.LATE_PROMPT:
         space["depth"], space["form"] = config.late_depths, config.late_forms
     if kind is Kind.PROMPT_TUNING:
@@ -186,6 +217,11 @@ def method_candidates(kind: Kind, config: CompareConfig, labels: int) -> list[Me
         MethodSpec(kind, test_rows=test_rows, **values)
         for values in design(space, config.search_budget, config.split_seed)
     ]
+
+
+def _with_library(inits: tuple[str, ...], config: CompareConfig) -> tuple[str, ...]:
+    """With a library, transfer is one more init every soft-prompt method tries."""
+    return inits + ("library",) if config.library and "library" not in inits else inits
 
 
 def _lrs(kind: Kind, config: CompareConfig) -> tuple[float, ...]:
@@ -208,9 +244,13 @@ def plan(setup: RunSetup, config: CompareConfig) -> tuple[AnyPreset, Split, list
         groups = [str(row.get(column)) if column else str(i) for i, row in enumerate(rows)]
         split = split_groups(groups, config.val_fraction, config.val_max_rows, config.split_seed)
         config = _for_text(config)
+        folds: list[Split] = []
     else:
         labels = [preset.label_index(row, f"training row {i + 1}") for i, row in enumerate(rows)]
         split = split_validation(labels, config.val_fraction, config.val_max_rows, config.split_seed)
+        folds = k_folds(labels, config.cv_folds, config.split_seed) if len(split.validation) < config.cv_below else []
+        split = folds[0] if folds else split
+    other_folds = tuple((tuple(f.train), tuple(f.validation)) for f in folds[1:])
     seeds = tuple(setup.seed + i for i in range(config.seeds))
     jobs = []
     for kind in (Kind(m) for m in config.methods):
@@ -218,9 +258,19 @@ def plan(setup: RunSetup, config: CompareConfig) -> tuple[AnyPreset, Split, list
         candidates = tuple(method_candidates(kind, config, len(preset.labels)))
         every_seconds = config.eval_every_seconds if kind in TRAINED else 0.0
         joint = config.joint or kind not in PROMPTS
+        library = config.library if kind in PROMPTS else None
         jobs.append(
             SearchJob(
-                kind, candidates, seeds, tuple(split.train), tuple(split.validation), *stopping, every_seconds, joint
+                kind,
+                candidates,
+                seeds,
+                tuple(split.train),
+                tuple(split.validation),
+                *stopping,
+                every_seconds,
+                joint,
+                library,
+                other_folds if kind in TRAINED else (),
             )
         )
     return preset, split, jobs
@@ -243,10 +293,15 @@ def compare(setup: RunSetup, config: CompareConfig) -> dict[str, Any]:
     from softprompt.measuring.summary import summarise, summarise_text
 
     output = Path(setup.output)
+    check_library(config, setup)  # before anything is written or trained
     (output / "results").mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     preset, split, jobs = plan(setup, config)
-    write_json(output / "split.json", {"train": split.train, "validation": split.validation})
+    folds = next((job.folds for job in jobs if job.folds), ())  # cross-validation: the other folds
+    write_json(
+        output / "split.json",
+        {"train": split.train, "validation": split.validation, "other_folds": [list(held) for _, held in folds]},
+    )
     selections = []
     for index, job in enumerate(jobs, start=1):
         log.info("[%d/%d] selecting %s on %d validation rows", index, len(jobs), job.kind.value, len(split.validation))
@@ -255,7 +310,11 @@ def compare(setup: RunSetup, config: CompareConfig) -> dict[str, Any]:
     write_json(
         output / "selection.json",
         {
-            "split": {"train_rows": len(split.train), "validation_rows": len(split.validation)},
+            "split": {
+                "train_rows": len(split.train),
+                "validation_rows": len(split.validation),
+                "cv_folds": len(folds) + 1 if folds else None,
+            },
             "methods": [_choices(s) for s in selections],
         },
     )
@@ -266,7 +325,8 @@ def compare(setup: RunSetup, config: CompareConfig) -> dict[str, Any]:
             tests.append({"error": "selection failed"})
             continue
         limit = min((n for n in (job.candidates[0].test_rows, setup.test_rows) if n), default=None)
-        payload = {"selection": {"kind": selection["kind"], "runs": selection["runs"]}, "test_rows": limit}
+        chosen = {key: selection[key] for key in ("kind", "runs", "draws") if key in selection}
+        payload = {"selection": chosen, "test_rows": limit}
         tests.append(_run_one("test", payload, setup, config.isolate, job.kind))
     if isinstance(preset, TextPreset):
         inputs = items(preset, test_rows, "test row")
@@ -283,10 +343,37 @@ def compare(setup: RunSetup, config: CompareConfig) -> dict[str, Any]:
     return report
 
 
+def check_library(config: CompareConfig, setup: RunSetup) -> None:
+    """A library a comparison may start prompts from: readable, of this base model, and holding nothing of this
+    task (no prompt trained on its data files, no earlier run of this comparison's own output)."""
+    if not config.library:
+        return
+    root, output = Path(config.library).resolve(), Path(setup.output).resolve()
+    if root == output or root.is_relative_to(output) or output.is_relative_to(root):
+        raise ConfigError(
+            f"--library {config.library} and --output {setup.output} overlap: a comparison never starts from its own "
+            "runs; keep the library outside the output directory"
+        )
+    library = read_library(root)
+    refuse_own_data(library, setup.data, root)
+    base = setup.load()
+    try:
+        check_base(library, base)
+    finally:
+        del base
+        gc.collect()
+
+
 def _job_json(job: SearchJob) -> dict[str, Any]:
     found = json.loads(json.dumps(asdict(job), default=str))
     if job.joint:  # the default: a finished phase from before the option existed is the same job
         del found["joint"]
+    if job.library is None:
+        del found["library"]
+    if not job.folds:
+        del found["folds"]
+    if job.kind is Kind.FEW_SHOT:  # a few-shot search from before draws were searched chose otherwise: not reused
+        found["draws"] = "searched on validation"
     return dict(found)
 
 
@@ -294,16 +381,19 @@ def _choices(selection: dict[str, Any]) -> dict[str, Any]:
     if "error" in selection:
         return {"kind": selection.get("kind"), "error": selection["error"]}
     chosen = selection["candidates"][selection["chosen"]]
-    runs = [
-        {"seed": r["seed"], "settings": r.get("settings"), "artifact": r.get("artifact"), "error": r.get("error")}
-        for r in selection["runs"]
-    ]
+
+    def listed(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        kept = ("seed", "settings", "artifact", "error")
+        return [{k: r.get(k) for k in kept} | {k: v for k, v in r.items() if k.startswith("val_")} for r in records]
+
     return {
         "kind": selection["kind"],
         "method": selection["method"],
         "chosen": chosen["settings"],
         **{key: value for key, value in chosen.items() if key.startswith("val_")},
-        "runs": runs,
+        "runs": listed(selection["runs"]),
+        # few-shot: the other draws of the chosen setting, tested beside the chosen context, never for its score
+        **({"draws": listed(selection["draws"])} if "draws" in selection else {}),
     }
 
 

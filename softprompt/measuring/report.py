@@ -2,11 +2,13 @@
 
 Everything shown comes from :func:`softprompt.measuring.summary.summarise`: per method the settings
 chosen on validation, the validation score, the test accuracy as mean +- standard deviation over
-seeds with its 95% bootstrap interval, costs, and each candidate the search tried.
+seeds with its 95% bootstrap interval (prompt engineering: the context chosen, few-shot's other
+draws in a line under the table), costs, and each candidate the search tried.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +47,29 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
+def _rows(report: dict[str, Any]) -> str:
+    """How the training file was split for the choices: one validation split, or folds."""
+    split = (
+        f"{report['train_rows']} training rows, {report['validation_rows']} validation rows carved out of the "
+        "training file (stratified by label) for every choice"
+    )
+    folds = report.get("cv_folds")
+    if not folds:
+        return split
+    total = report["train_rows"] + report["validation_rows"]
+    return (
+        f"{total} training rows: trained methods chose by {folds}-fold cross-validation (stratified; every row "
+        f"validates once, val acc is the folds' mean) because a validation split would hold fewer than "
+        f"{report['compare']['cv_below']} rows; their runs and prompt engineering use the first fold: {split}"
+    )
+
+
 def markdown(report: dict[str, Any]) -> str:
     setup, compare = report["setup"], report["compare"]
     rows = [
         f"# softprompt compare: {report['task']} on {report['model']}",
         "",
-        f"{report['train_rows']} training rows, {report['validation_rows']} validation rows carved out of the "
-        f"training file (stratified by label) for every choice; {report['test_rows']} test rows, read only after "
+        f"{_rows(report)}; {report['test_rows']} test rows, read only after "
         f"every choice was made (methods marked * scored fewer); majority-class accuracy "
         f"{100 * report['majority_class_accuracy']:.1f}%. Every trained method tried {compare['search_budget']} "
         f"candidates of {budget(setup, compare)}, stopping after {compare['patience']} validation scores without "
@@ -75,6 +93,8 @@ def markdown(report: dict[str, Any]) -> str:
             f"{m['train_seconds']:.0f} s | {m['select_seconds']:.0f} s | {f'{rss:.0f} MB' if rss else '-'} | "
             f"{size(m['adapter_bytes'])} | {m['ms_per_example']:.0f} ms |"
         )
+    rows += draw_lines(report["methods"], _pct)
+    rows += transfer_lines(report["methods"])
     ensemble = report.get("ensemble")
     if ensemble:
         rows += [
@@ -95,13 +115,51 @@ def markdown(report: dict[str, Any]) -> str:
     rows += ["", "## Every candidate, on validation", ""] + _candidates(report)
     rows += [
         "",
-        "Test accuracy is the mean over seeds (their count in brackets); the interval is a 95% percentile bootstrap "
+        "Test accuracy is the mean over seeds (their count in brackets; prompt engineering: the one context "
+        "validation chose, as deployed); the interval is a 95% percentile bootstrap "
         "over test rows of that mean (softprompt/measuring/stats.py). Latency is batched scoring time divided by rows. "
         "Peak RSS is the larger of the method's selection and test processes (base model included). Trainable "
         "parameters include a residual MLP where one was chosen; the adapter stores only the prompt it produces.",
         f"Whole run: {report['total_seconds'] / 60:.1f} min, {report['torch_threads']} torch threads.",
     ]
     return "\n".join(rows) + "\n"
+
+
+def draw_lines(methods: list[dict[str, Any]], shown: Callable[[float], str]) -> list[str]:
+    """Under the table, for few-shot: the draw validation chose (the row's number) and every draw of that
+    setting on test, the spread a user's own draw could land in."""
+    out = []
+    for m in methods:
+        found = m.get("draws")
+        if not found or len(found["runs"]) < 2:
+            continue
+        chosen = next(r for r in found["runs"] if r["chosen"])
+        metric = found["metric"]
+        each = ", ".join(
+            f"draw {r['seed']} {shown(r[metric])}" + (" (chosen)" if r["chosen"] else "") for r in found["runs"]
+        )
+        out.append(
+            f"{m['method']}: validation chose draw {chosen['seed']} ({shown(chosen[metric])} on test, the row's "
+            f"number); the {len(found['runs'])} draws of that setting (examples drawn with each seed, each in its "
+            f"best order on validation) score {shown(found['mean'])} ± {shown(found['std'])} on test: {each}."
+        )
+    return ["", *out] if out else []
+
+
+def transfer_lines(methods: list[dict[str, Any]]) -> list[str]:
+    """Under the table, for every soft-prompt method given a library: which library prompt its init library
+    candidates started from, among how many, and what choosing cost (one shared scoring pass)."""
+    out = []
+    for m in methods:
+        for found in m.get("transfer") or []:
+            best = found.get("chosen_scores", {})
+            score = ", ".join(f"{k.removeprefix('val_')} {v:.3g}" for k, v in best.items() if k.startswith("val_"))
+            out.append(
+                f"{m['method']}, library init: {found['scored']} prompts of {found['library']} fit and were scored on "
+                f"validation in {found['seconds']:.1f} s (one shared pass; {found['skipped']} of other forms or "
+                f"lengths skipped); started from {found['chosen']} (trained on {found['task']}; {score})."
+            )
+    return ["", *out] if out else []
 
 
 def budget(setup: dict[str, Any], compare: dict[str, Any]) -> str:

@@ -14,7 +14,18 @@ from typing import Any
 
 from softprompt.core.files import atomic_path, write_json
 from softprompt.measuring.generation import LOWER_IS_BETTER
-from softprompt.measuring.report import COLORS, budget, candidates, curves, family, params, save_chart, size
+from softprompt.measuring.report import (
+    COLORS,
+    budget,
+    candidates,
+    curves,
+    draw_lines,
+    family,
+    params,
+    save_chart,
+    size,
+    transfer_lines,
+)
 
 NAMES = {"ce": "reference CE", "bleu": "BLEU", "chrf": "chrF", "rougeL": "ROUGE-L"}
 
@@ -55,9 +66,13 @@ def markdown(report: dict[str, Any]) -> str:
             f"{m['select_seconds']:.0f} s | {f'{rss:.0f} MB' if rss else '-'} | {size(m['adapter_bytes'])} | "
             f"{m['test_seconds']:.0f} s |"
         )
+    digits = 3 if primary == "ce" else 1
+    rows += draw_lines(report["methods"], lambda value: f"{value:.{digits}f}")
+    rows += transfer_lines(report["methods"])
     rows += [
         "",
-        "Each score: mean ± standard deviation over seeds, then its 95% bootstrap interval over test inputs "
+        "Each score: mean ± standard deviation over seeds (prompt engineering: the one context validation chose, "
+        "as deployed), then its 95% bootstrap interval over test inputs "
         "(each seed's corpus metric recomputed on every resample; softprompt/measuring/stats.py). Reference CE: "
         "mean cross-entropy per token of every reference (end-of-text included) after the input, as training "
         "measures it. BLEU and chrF: sacrebleu, corpus level, all references; ROUGE-L: rouge-score F1 against "

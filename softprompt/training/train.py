@@ -25,12 +25,15 @@ from softprompt.core.config_types import check_types
 from softprompt.core.data import DataConfig, Example, label_words, load_examples
 from softprompt.core.errors import ConfigError, TrainingError, TrainingInterrupted
 from softprompt.core.files import atomic_path, write_json
+from softprompt.core.forms import Prompt
+from softprompt.core.frozen import FrozenModel
+from softprompt.core.library import Choice, choose
 from softprompt.core.loading import load_base_model, resolve_dtype
-from softprompt.core.prompt import Init, PromptConfig
+from softprompt.core.prompt import Init, PromptConfig, SoftPrompt
 from softprompt.core.prompted import SoftPromptModel, Tunable
 from softprompt.training import distributed, sharding
 from softprompt.training.checkpoint import Checkpoint, load_checkpoint
-from softprompt.training.heldout import mean_token_loss
+from softprompt.training.heldout import mean_token_loss, mean_token_losses
 from softprompt.training.loop import Progress, TrainingLoop
 from softprompt.training.passes import MICRO_BATCH_TOKENS
 from softprompt.training.plots import save_loss_curve
@@ -352,6 +355,7 @@ def finish(loop: TrainingLoop, after: float | None = None) -> TrainResult:
         "frozen_rows_computed": getattr(reused, "computed_rows", 0),
         "frozen_rows_reused": getattr(reused, "reused_rows", 0),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        **provenance(loop),
         "config": asdict(config),
     }
     if distributed.is_main():
@@ -365,6 +369,26 @@ def finish(loop: TrainingLoop, after: float | None = None) -> TrainResult:
             write_model_card(loop.output, metrics, loop.records, loop.run_info, device=str(model.base.device))
     distributed.barrier()  # the adapter exists for every rank once train() returns
     return TrainResult(output=loop.output, metrics=metrics, records=loop.records)
+
+
+def provenance(loop: TrainingLoop) -> dict[str, Any]:
+    """Where the run's rows came from and how the kept state scored on validation: what a prompt library
+    lists, and what lets compare refuse a library prompt trained on the very files it is testing on."""
+    run = loop.run_info
+    data = run.get("data") or {}
+    found: dict[str, Any] = {}
+    if data.get("data"):
+        source = Path(str(data["data"]))
+        found["data"] = str(source.resolve()) if source.exists() else str(data["data"])
+    if run.get("task"):
+        found["task"] = str(run["task"])
+    if run.get("init_from"):
+        found["init_from"] = {k: v for k, v in run["init_from"].items() if k != "scores"}
+    step = loop.progress.best_step if loop.config.early_stopping else loop.step
+    scored = [r for r in loop.records if r.get("eval_loss") is not None and r["step"] == step]
+    if scored:
+        found["validation"] = {k: v for k, v in scored[-1].items() if k.startswith("val_") or k == "eval_loss"}
+    return found
 
 
 def tune(
@@ -392,6 +416,10 @@ def tune(
     sharding.shard_model(base, training.shard, device)  # outside main_first: every rank shards together
     if prompt.init is Init.LABELS and not prompt.init_labels:
         prompt = replace(prompt, init_labels=label_words(data))
+    started_from = None
+    if prompt.init is Init.LIBRARY:
+        started_from = from_library(prompt, base, held_out, training.eval_batch_size)
+        prompt = started_from.config(prompt)
     tuned = SoftPromptModel.with_new_prompt(base, prompt, seed=training.seed)
     run_info = {
         "model": model,
@@ -399,8 +427,22 @@ def tune(
         "data": asdict(data),
         "prompt": asdict(prompt),
         "train": asdict(training),
+        **({"init_from": started_from.record()} if started_from else {}),
     }
     return train(tuned, train_set, held_out, training, run_info=run_info)
+
+
+def from_library(prompt: PromptConfig, base: FrozenModel, held_out: list[Example], batch_size: int) -> Choice:
+    """init=library for ``softprompt train``: the library prompt with the lowest held-out loss, every one
+    scored in the same shared passes."""
+    if not held_out:
+        raise ConfigError("--init library chooses on held-out rows: give --eval-data or an --eval-split above 0")
+
+    def score(starts: list[Prompt]) -> list[dict[str, float]]:
+        models = [SoftPromptModel(base, SoftPrompt.of(p).to(base.device)) for p in starts]
+        return [{"eval_loss": loss} for loss in mean_token_losses(models, held_out, batch_size)]
+
+    return choose(prompt, base, score, rank=lambda s: (-s["eval_loss"],))
 
 
 def resume(output: str | Path, *, device: str | None = None, epochs: int | None = None) -> TrainResult:

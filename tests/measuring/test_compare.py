@@ -8,13 +8,19 @@ import pytest
 from huggingface_hub import ModelCard
 
 from softprompt.core.errors import DataError
+from softprompt.measuring.classify import classify_rows
 from softprompt.measuring.compare import DEFAULT_METHODS, CompareConfig, compare, method_candidates, plan
+from softprompt.measuring.generation import Writer
 from softprompt.measuring.methods import TRAINED, Kind, MethodSpec
 from softprompt.measuring.methods.run import RunSetup
 from softprompt.measuring.methods.search import search
+from softprompt.measuring.presets import load_preset, load_test_rows
+from softprompt.measuring.summary import summarise
 from tests.measuring.compare_helpers import tiny_task_dir
 
-SMALL = dict(seeds=2, search_budget=2, eval_every=1, patience=2, pt_lengths=(2,), pe_shots=(1,), pe_orders=2)
+SMALL = dict(
+    seeds=2, search_budget=2, eval_every=1, patience=2, pt_lengths=(2,), pe_shots=(1,), pe_orders=2, cv_below=0
+)
 
 
 def _setup(tiny_dirs, tmp_path, **kw):
@@ -176,4 +182,146 @@ def test_few_shot_settings_that_give_the_same_context_are_tried_once(tiny_dirs, 
     )
     found = search(jobs[0], setup)
     contexts = [c["context"] for c in found["candidates"]]
-    assert len(contexts) == len(set(contexts)) and len(contexts) < len(jobs[0].candidates)
+    tried = len(jobs[0].candidates) * len(jobs[0].seeds)  # every setting with every draw of examples
+    assert len(contexts) == len(set(contexts)) and len(contexts) < tried
+
+
+def _few_shot_compare(tiny_dirs, tmp_path):
+    setup = _setup(tiny_dirs, tmp_path)
+    config = CompareConfig(methods=("few-shot",), isolate=False, **{**SMALL, "seeds": 3})  # three draws
+    return setup, config, compare(setup, config)
+
+
+def _test_accuracy(setup, context):
+    """A saved context's test accuracy, scored here, apart from compare."""
+    preset, base = load_preset(setup.preset), setup.load()
+    rows = load_test_rows(preset, setup.data)
+    found = classify_rows(Writer(base, [None], context).scorer(), base, preset, rows, 16, "test row")
+    return found.member_metrics()[0]["accuracy"]
+
+
+def test_few_shot_reports_the_context_validation_chose(tiny_dirs, tmp_path):
+    """The few-shot number is the test accuracy of the artifact validation chose (its prompt.txt), as a user
+    deploys it, chosen among instruction x shots x draw x order; the other draws of its setting are listed
+    beside it with their own scores."""
+    setup, _, report = _few_shot_compare(tiny_dirs, tmp_path)
+    (row,) = report["methods"]
+    (selected,) = json.loads((Path(setup.output) / "selection.json").read_text())["methods"]
+    (run,) = selected["runs"]  # one artifact: the context validation chose
+    chosen = (Path(run["artifact"]) / "prompt.txt").read_text(encoding="utf-8")
+    assert len(row["test_runs"]) == 1 and row["accuracy_std"] == 0 and row["chosen"] == run["settings"]
+    assert row["accuracy"] == pytest.approx(_test_accuracy(setup, chosen), abs=1e-9)
+    assert {c["settings"].split("draw ")[1] for c in row["candidates"]} == {"0", "1", "2"}
+    assert run["val_accuracy"] == max(c["val_accuracy"] for c in row["candidates"])
+    draws = row["draws"]["runs"]
+    assert [d["seed"] for d in draws] == [run["seed"], *(d["seed"] for d in selected["draws"])]
+    assert sorted(d["seed"] for d in draws) == [0, 1, 2] and [d["chosen"] for d in draws] == [True, False, False]
+    for draw, listed in zip(draws[1:], selected["draws"], strict=True):
+        assert listed["settings"].startswith(run["settings"].split(", order")[0])  # the chosen setting, redrawn
+        context = (Path(listed["artifact"]) / "prompt.txt").read_text(encoding="utf-8")
+        assert draw["accuracy"] == pytest.approx(_test_accuracy(setup, context), abs=1e-9)
+    assert row["draws"]["mean"] == pytest.approx(sum(d["accuracy"] for d in draws) / 3)
+    md = (Path(setup.output) / "report.md").read_text(encoding="utf-8")
+    assert f"few-shot: validation chose draw {run['seed']}" in md and "the 3 draws of that setting" in md
+
+
+def test_other_draws_never_change_the_few_shot_number(tiny_dirs, tmp_path):
+    """Made perfect on test, the other draws move only their own spread, never the row's number or interval."""
+    setup, config, report = _few_shot_compare(tiny_dirs, tmp_path)
+    results = Path(setup.output) / "results"
+    selection = json.loads((results / "few-shot.search.json").read_text())
+    test = json.loads((results / "few-shot.test.json").read_text())
+    preset, split, _ = plan(setup, config)
+    gold = [preset.label_index(row, "test row") for row in load_test_rows(preset, setup.data)]
+    for draw in test["draw_runs"]:
+        draw["scores"] = [[0.0 if k == g else -9.0 for k in range(len(preset.labels))] for g in gold]
+        draw["accuracy"] = draw["macro_f1"] = 1.0
+    (before,) = report["methods"]
+    (after,) = summarise(preset, setup, config, split, [selection], [test], gold)["methods"]
+    for key in ("accuracy", "accuracy_std", "accuracy_ci", "macro_f1"):
+        assert after[key] == before[key], key
+    assert [d["accuracy"] for d in after["draws"]["runs"]] == [before["accuracy"], 1.0, 1.0]
+    assert after["draws"]["mean"] == pytest.approx((before["accuracy"] + 2) / 3)
+
+
+def test_a_tiny_validation_split_gives_way_to_cross_validation(tiny_dirs, tmp_path):
+    """16 training rows would validate on 3: the trained methods choose on 3 folds, every row validating once,
+    each candidate's score the folds' mean; the chosen candidate's runs keep the first fold."""
+    setup = _setup(tiny_dirs, tmp_path)
+    config = CompareConfig(methods=("zero-shot", "prompt-tuning", "lora"), isolate=False, **{**SMALL, "cv_below": 50})
+    _, split, jobs = plan(setup, config)
+    zero, prompt, lora = jobs
+    assert zero.folds == () and len(prompt.folds) == 2 and prompt.folds == lora.folds
+    held = [split.validation, *[list(v) for _, v in prompt.folds]]
+    assert sorted(i for fold in held for i in fold) == list(range(16))  # each row validates exactly once
+    report = compare(setup, config)
+    assert report["cv_folds"] == 3
+    tuned = next(m for m in report["methods"] if m["kind"] == "prompt-tuning")
+    for candidate in json.loads((tmp_path / "out" / "results" / "prompt-tuning.search.json").read_text())["candidates"]:
+        folds = candidate["folds"]
+        assert len(folds) == 3 and folds[0] == candidate["val_fold0"]
+        assert candidate["val_accuracy"] == pytest.approx(sum(f["val_accuracy"] for f in folds) / 3)
+    assert tuned["val_seed_mean"]["val_accuracy"] == tuned["val_accuracy"]  # the folds' mean chose the method
+    assert "3-fold cross-validation" in (tmp_path / "out" / "report.md").read_text()
+    assert json.loads((tmp_path / "out" / "selection.json").read_text())["split"]["cv_folds"] == 3
+
+
+def test_the_reported_soft_prompt_is_chosen_by_its_seed_mean():
+    from softprompt.measuring.summary import best_on_validation
+
+    lucky = {"kind": "prefix-tuning", "val_accuracy": 0.9, "val_label_loss": 0.3}
+    lucky["val_seed_mean"] = {"val_accuracy": 0.7, "val_label_loss": 0.5}  # one lucky seed, two poor ones
+    steady = {"kind": "late-prompt", "val_accuracy": 0.8, "val_label_loss": 0.4}
+    steady["val_seed_mean"] = {"val_accuracy": 0.8, "val_label_loss": 0.4}
+    assert best_on_validation([lucky, steady]) is steady
+
+
+def _library(tiny_dirs, tmp_path, data):
+    """A prompt trained by ``softprompt train`` on ``data``: a one-prompt library."""
+    from softprompt.core.data import DataConfig
+    from softprompt.core.prompt import PromptConfig
+    from softprompt.training.train import TrainConfig, tune
+
+    library = tmp_path / "library"
+    tune(
+        str(tiny_dirs["llama"]),
+        DataConfig(data=str(data / "train.jsonl"), template="{text} ->", target_column="label", eval_rows=4),
+        PromptConfig(num_virtual_tokens=2, init="random"),
+        TrainConfig(output=str(library / "source"), epochs=1, batch_size=4, progress=False, checkpoints=False),
+        device="cpu",
+    )
+    return library
+
+
+def test_compare_starts_soft_prompts_from_a_library_and_says_which(tiny_dirs, tmp_path):
+    other = tiny_task_dir(tmp_path / "other", train=12, test=2)
+    setup = _setup(tiny_dirs, tmp_path)
+    library = _library(tiny_dirs, tmp_path, other)
+    config = CompareConfig(
+        methods=("prompt-tuning", "prefix-tuning"), isolate=False, library=str(library), pt_inits=("library",),
+        prefix_inits=("library",), **SMALL,
+    )  # fmt: skip
+    report = compare(setup, config)
+    for method in report["methods"]:
+        (transfer,) = method["transfer"]
+        assert transfer["chosen"] == str(library / "source") and transfer["scored"] == 1
+        assert all(c.get("error") is None for c in method["candidates"])
+    selection = json.loads((tmp_path / "out" / "results" / "prefix-tuning.search.json").read_text())
+    assert all(c["init_from"] == str(library / "source") for c in selection["candidates"])
+    card = (Path(selection["runs"][0]["artifact"]) / "README.md").read_text()
+    assert "library prompt" in card and str(library / "source") in card
+    assert "library init: 1 prompts" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_compare_refuses_a_library_trained_on_its_own_data_before_anything_runs(tiny_dirs, tmp_path):
+    from softprompt.core.errors import ConfigError
+
+    setup = _setup(tiny_dirs, tmp_path)
+    library = _library(tiny_dirs, tmp_path, Path(setup.data))
+    config = CompareConfig(methods=("prompt-tuning",), isolate=False, library=str(library), **SMALL)
+    with pytest.raises(ConfigError, match="this task's own data"):
+        compare(setup, config)
+    assert not (tmp_path / "out").exists()  # nothing written, nothing trained
+    inside = CompareConfig(methods=("prompt-tuning",), library=str(tmp_path / "out" / "runs"), **SMALL)
+    with pytest.raises(ConfigError, match="overlap"):
+        compare(setup, inside)

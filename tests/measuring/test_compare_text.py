@@ -56,6 +56,25 @@ def test_compare_on_a_text_task(tiny_dirs, tmp_path):
     assert "## Outputs side by side" in md and "name[Blue Spice] [/b]" in md and "| prompt tuning |" in md
 
 
+def test_few_shot_on_a_text_task_reports_the_context_validation_chose(tiny_dirs, tmp_path):
+    """The row's primary metric is the chosen context's alone; the other draw is listed beside it, with its own."""
+    setup = _setup(tiny_dirs, tmp_path)
+    report = compare(setup, CompareConfig(methods=("few-shot",), isolate=False, **SMALL))  # two seeds: two draws
+    (row,) = report["methods"]
+    out = Path(setup.output)
+    tested = json.loads((out / "results" / "few-shot.test.json").read_text())
+    (chosen,) = tested["runs"]
+    (other,) = tested["draw_runs"]
+    (selected,) = json.loads((out / "selection.json").read_text())["methods"]
+    assert row["scores"]["bleu"]["runs"] == [chosen["bleu"]] and row["scores"]["bleu"]["std"] == 0
+    assert row["outputs"] == chosen["outputs"][:2]  # side by side: the chosen context's outputs
+    assert [r["seed"] for r in selected["runs"]] == [chosen["seed"]] and selected["draws"][0]["seed"] == other["seed"]
+    draws = row["draws"]
+    assert draws["metric"] == "bleu" and [d["bleu"] for d in draws["runs"]] == [chosen["bleu"], other["bleu"]]
+    assert [d["chosen"] for d in draws["runs"]] == [True, False] and "val_bleu" in draws["runs"][1]
+    assert f"few-shot: validation chose draw {chosen['seed']}" in (out / "report.md").read_text()
+
+
 def test_outputs_are_shown_as_text_never_markup():
     report = {
         "side_by_side": {"inputs": ["<b>in</b>"], "references": [["``` ref"]], "showcase": []},

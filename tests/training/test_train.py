@@ -118,3 +118,28 @@ def test_resume_between_evaluations_ends_as_an_uninterrupted_run(llama, tmp_path
     resumed = train(model, ROWS, ROWS[:2], config, resume=load_checkpoint(tmp_path / "cut"))
     assert torch.equal(model.prompt.embedding, clean_model.prompt.embedding)
     assert _evals(resumed) == _evals(clean) == [0, 2, 4, 6]
+
+
+def test_init_library_starts_from_the_prompt_with_the_lowest_held_out_loss(tiny_dirs, tmp_path):
+    from softprompt.core.data import DataConfig
+    from softprompt.training.train import tune
+
+    data = DataConfig(limit=24, eval_rows=4, max_length=24)
+    run = dict(batch_size=4, eval_batch_size=16, progress=False, checkpoints=False)
+    model = str(tiny_dirs["llama"])
+    for name, seed, epochs in (("trained", 0, 3), ("untrained", 1, 0)):  # epochs 0 with max_steps 1: barely moved
+        training = TrainConfig(output=str(tmp_path / "library" / name), seed=seed, lr=0.05, **run)
+        training = TrainConfig(**{**training.__dict__, "epochs": epochs, "max_steps": 0 if epochs else 1})
+        tune(model, data, PromptConfig(num_virtual_tokens=3, init="random"), training, device="cpu")
+    prompt = PromptConfig(num_virtual_tokens=3, init="library:" + str(tmp_path / "library"))
+    result = tune(
+        model, data, prompt, TrainConfig(output=str(tmp_path / "new"), epochs=1, lr=0.05, **run), device="cpu"
+    )
+    started = result.metrics["init_from"]
+    library = json.loads((tmp_path / "new" / "metrics.json").read_text())["init_from"]
+    assert started == library and started["scored"] == 2
+    chosen = started["chosen_scores"]
+    assert chosen["adapter"] == started["chosen"] == str(tmp_path / "library" / "trained")  # the lower loss
+    # The run starts from the chosen prompt: its held-out loss before training is the score that chose it.
+    assert result.metrics["heldout_loss_before"] == pytest.approx(chosen["eval_loss"], rel=1e-5)
+    assert "library prompt" in (tmp_path / "new" / "README.md").read_text()

@@ -37,14 +37,16 @@ P_TUNING_HIDDEN = 128
 CONTEXT_FILE = "prompt.txt"  # what a prompt-engineering run saves: the text before every input
 
 
-def prompt_config(spec: MethodSpec, preset: AnyPreset, base: FrozenModel) -> PromptConfig:
-    """The soft prompt a prompt method's setting trains: its form, entry layer, length and init."""
+def prompt_config(spec: MethodSpec, preset: AnyPreset, base: FrozenModel, library: str | None = None) -> PromptConfig:
+    """The soft prompt a prompt method's setting trains: its form, entry layer, length and init (init library:
+    still to be chosen from ``library``, :meth:`softprompt.measuring.methods.search.Task.from_library`)."""
     init_text = preset.instruction.strip() or preset.template
     return PromptConfig(
         num_virtual_tokens=spec.num_virtual_tokens,
         init=Init(spec.init),
         init_text=init_text,
         init_labels=tuple(getattr(preset, "words", ())),
+        init_library=library if spec.init == Init.LIBRARY.value else None,
         reparam_hidden=P_TUNING_HIDDEN if spec.kind is Kind.P_TUNING else spec.reparam_hidden,
         form=Form(spec.prompt_form),
         entry_layer=spec.entry_layer(base.num_layers),

@@ -100,6 +100,8 @@ def run_phase(job: dict[str, Any]) -> dict[str, Any]:
             patience=raw["patience"],
             eval_every_seconds=raw.get("eval_every_seconds", 0.0),
             joint=raw.get("joint", True),
+            library=raw.get("library"),
+            folds=tuple((tuple(train), tuple(held)) for train, held in raw.get("folds", ())),
         )
         return search(spec_job, setup)
     if job["phase"] == "test":
@@ -108,15 +110,17 @@ def run_phase(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def score_test(selection: dict[str, Any], setup: RunSetup, limit: int | None) -> dict[str, Any]:
-    """Score every finished run of a method's selection on the test rows (the first ``limit``)."""
+    """Score every finished run of a method's selection on the test rows (the first ``limit``); few-shot's
+    other draws too, returned apart (``draw_runs``) so that they never enter the method's score."""
     kind = Kind(selection["kind"])
     runs = [run for run in selection["runs"] if "error" not in run]
     if not runs:
         raise ConfigError(f"{kind.value}: no run finished, nothing to test")
+    draws = selection.get("draws", [])
     preset = load_preset(setup.preset)
     rows = load_test_rows(preset, setup.data, limit)
     started = time.perf_counter()
-    directories = [Path(run["artifact"]) for run in runs]
+    directories = [Path(run["artifact"]) for run in (*runs, *draws)]
     # Soft prompts: every seed's prompt in one batched pass, a member each. PEFT injects LoRA into
     # a base in place, so each LoRA run gets its own; prompt engineering shares one.
     groups = [directories] if kind in PROMPTS else [[d] for d in directories]
@@ -132,11 +136,13 @@ def score_test(selection: dict[str, Any], setup: RunSetup, limit: int | None) ->
     if kind in PROMPTS:
         for directory, member in zip(directories, members, strict=True):
             _card_with_scores(directory, member, setup, preset)
+    tested = [{"seed": run["seed"], **member} for run, member in zip((*runs, *draws), members, strict=True)]
     return {
-        "runs": [{"seed": run["seed"], **member} for run, member in zip(runs, members, strict=True)],
+        "runs": tested[: len(runs)],
+        **({"draw_runs": tested[len(runs) :]} if "draws" in selection else {}),
         "eval_rows": len(rows),
         "test_seconds": seconds,
-        "ms_per_example": 1000 * seconds / max(len(rows) * len(runs), 1),
+        "ms_per_example": 1000 * seconds / max(len(rows) * len(directories), 1),
         "adapter_bytes": adapter_bytes,
     }
 

@@ -5,8 +5,10 @@ same step budget for each, the same early stopping (validation loss every ``eval
 ``patience`` scores without improvement, the best weights kept). Candidates are tried with the
 first seed; the one with the best validation accuracy (then label cross-entropy) is trained again
 with every other seed, each run again stopped on validation. Prompt engineering chooses the same
-way among instruction or not, numbers of shots and example orders; with the other seeds it draws
-other examples and chooses their order on validation.
+way among instruction or not, numbers of shots, example draws (one per seed: the seed that picks
+the examples) and example orders; the context chosen is the artifact, its one run, as a user
+deploys it. The other draws of the chosen setting (each in its best order on validation) are kept
+apart, to show on test how much the draw matters; they never enter the method's score.
 
 Prompt-tuning candidates train together, in shared passes (:func:`softprompt.training.sweep.train_sweep`),
 and are scored together (one engine pass, a member per prompt). Only the training file is read here.
@@ -17,8 +19,8 @@ from __future__ import annotations
 import gc
 import logging
 import shutil
+import statistics
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,8 @@ import numpy as np
 
 from softprompt.core.data import DataConfig, Example, Row, tokenize_rows
 from softprompt.core.frozen import FrozenModel
+from softprompt.core.library import Choice, choose
+from softprompt.core.prompt import Init, PromptConfig
 from softprompt.core.prompted import SoftPromptModel
 from softprompt.measuring.classify import classify_rows
 from softprompt.measuring.generation import GENERATION_METRICS, Writer, items, reference_nll, row_stats
@@ -54,6 +58,8 @@ class SearchJob:
     patience: int
     eval_every_seconds: float = 0.0
     joint: bool = True  # soft-prompt candidates train together in shared passes (else one at a time)
+    library: str | None = None  # prompts an init=library candidate starts from (core.library)
+    folds: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...] = ()  # cross-validation: the other folds' rows
 
 
 @dataclass
@@ -79,6 +85,16 @@ class Task:
         key, higher = self.objective
         tie = "val_label_loss" if isinstance(self.preset, Preset) else "val_ce"
         return (record[key] if higher else -record[key], record[tie])
+
+    def from_library(self, config: PromptConfig, base: FrozenModel) -> Choice:
+        """init=library: every fitting library prompt scored on validation as the start it gives, in one pass
+        (a member each); the best by this task's objective starts training."""
+
+        def rank(scores: dict[str, float]) -> tuple[float, float]:
+            higher, tie = self.rank(scores)
+            return higher, -tie
+
+        return choose(config, base, lambda starts: self.validate(Writer(base, list(starts))), rank)
 
     def validate(self, writer: Writer) -> list[dict[str, float]]:
         """Per member: rank classification's accuracy, macro-F1 and label cross-entropy; or a text task's
@@ -108,27 +124,30 @@ def data_config(setup: Any, preset: AnyPreset) -> DataConfig:
 
 def run_info(setup: Any, preset: AnyPreset) -> dict[str, Any]:
     """What a compare-trained adapter's model card says about its run."""
-    return {"model": setup.model, "data": asdict(data_config(setup, preset))}
+    return {"model": setup.model, "task": preset.name, "data": asdict(data_config(setup, preset))}
 
 
 def search(job: SearchJob, setup: Any) -> dict[str, Any]:
     """Run one method's selection; a JSON-ready record of every candidate, the choice and every seed's run."""
     preset = load_preset(setup.preset)
     rows = load_train_rows(preset, setup.data, setup.train_rows)
-    task = Task(preset, [rows[i] for i in job.train_index], [rows[i] for i in job.validation_index], setup)
+    splits = [(job.train_index, job.validation_index), *job.folds]
+    folds = [Task(preset, [rows[i] for i in train], [rows[i] for i in held], setup) for train, held in splits]
+    task = folds[0]
     directory = Path(setup.output) / "runs" / job.kind.value
     started = time.perf_counter()
     if job.kind in (Kind.ZERO_SHOT, Kind.FEW_SHOT):
         found = _prompt_engineering(job, task, directory)
     elif job.kind in PROMPTS:
-        found = _prompts(job, task, directory)
+        found = _prompts(job, folds, directory)
     else:
-        found = _weights(job, task, directory)
+        found = _weights(job, folds, directory)
     return {
         "kind": job.kind.value,
         "method": job.candidates[0].method,
         "train_rows": len(task.train),
         "validation_rows": len(task.validation),
+        **({"cv_folds": len(folds)} if len(folds) > 1 and job.kind not in (Kind.ZERO_SHOT, Kind.FEW_SHOT) else {}),
         "select_seconds": time.perf_counter() - started,
         **found,
     }
@@ -139,35 +158,44 @@ def _record(spec: MethodSpec, seed: int, scores: dict[str, float], **more: Any) 
 
 
 def _prompt_engineering(job: SearchJob, task: Task, directory: Path) -> dict[str, Any]:
+    """Zero-shot: instruction or not, one deterministic context. Few-shot: every instruction x shots x draw x
+    order; the best context on validation is the one run, and the best-order context of each other draw of
+    its setting goes to ``draws``, tested apart."""
     base = _load(task.setup)
+    draws = job.seeds if job.kind is Kind.FEW_SHOT else job.seeds[:1]  # zero-shot draws nothing
+    scores: dict[str, dict[str, float]] = {}
 
-    def tried(specs: Sequence[MethodSpec], seed: int) -> list[dict[str, Any]]:
-        """Each distinct context once: settings that give the same text (one shot per class in a
-        different "order") would only repeat its validation numbers."""
-        records, seen = [], set()
-        for spec in specs:
-            context = context_for(spec, task.preset, task.train, seed)
-            if context in seen:
-                continue
-            seen.add(context)
-            (found,) = task.validate(Writer(base, [None], context))
-            records.append(_record(spec, seed, found, context=context, context_chars=len(context)))
-        return records
+    def tried(spec: MethodSpec, seed: int) -> dict[str, Any]:
+        """Each distinct context scored once: settings that give the same text (one shot per class in a
+        different "order", two draws of the same examples) would only repeat its validation numbers."""
+        context = context_for(spec, task.preset, task.train, seed)
+        if context not in scores:
+            (scores[context],) = task.validate(Writer(base, [None], context))
+        settings = f"{spec.settings}, draw {seed}" if spec.kind is Kind.FEW_SHOT else spec.settings
+        return _record(spec, seed, scores[context], settings=settings, context=context, context_chars=len(context))
 
-    candidates = tried(job.candidates, job.seeds[0])
+    distinct: dict[str, dict[str, Any]] = {}
+    for seed in draws:
+        for spec in job.candidates:
+            found = tried(spec, seed)
+            distinct.setdefault(found["context"], found)
+    candidates = list(distinct.values())
     chosen = _best(candidates, task)
-    runs = [candidates[chosen]]
-    spec = MethodSpec(**candidates[chosen]["spec"])
+    run = candidates[chosen]
+    spec = MethodSpec(**run["spec"])
     orders = sorted({c.order for c in job.candidates if replace(c, order=0) == replace(spec, order=0)})
-    for seed in job.seeds[1:] if spec.kind is Kind.FEW_SHOT else ():  # zero-shot is one deterministic run
-        variants = tried([replace(spec, order=order) for order in orders], seed)
-        runs.append(variants[_best(variants, task)])
-    for run in runs:
-        run["artifact"] = str(save_context(directory / f"seed{run['seed']}", run["context"]))
+    others = []
+    for seed in (d for d in draws if d != run["seed"]):
+        variants = [tried(replace(spec, order=order), seed) for order in orders]
+        others.append(variants[_best(variants, task)])
+    run["artifact"] = str(save_context(directory / f"seed{run['seed']}", run["context"]))
+    for other in others:
+        other["artifact"] = str(save_context(directory / f"draw{other['seed']}", other["context"]))
     return {
         "candidates": candidates,
         "chosen": chosen,
-        "runs": runs,
+        "runs": [run],
+        **({"draws": others} if job.kind is Kind.FEW_SHOT else {}),
         "trainable_params": 0,
         "stored_params": 0,
         "base_params": _params(base),
@@ -249,22 +277,36 @@ def _run_record(
     )
 
 
-def _prompts(job: SearchJob, task: Task, directory: Path) -> dict[str, Any]:
+def _prompts(job: SearchJob, folds: list[Task], directory: Path) -> dict[str, Any]:
     """Prompt tuning, P-tuning, prefix tuning, late prompts: every candidate a soft prompt, trained together."""
+    task = folds[0]
     base = _load(task.setup)
-    train_set, validation = task.examples(task.train, base), task.examples(task.validation, base)
-    measure = _validation_measure(task)
+    transfers: dict[tuple[Any, ...], Choice] = {}  # one library choice per form, entry layer and length
 
-    def sweep(runs: list[tuple[MethodSpec, int]], names: list[str]) -> list[dict[str, Any]]:
+    def start(spec: MethodSpec) -> tuple[PromptConfig, dict[str, Any]]:
+        """The prompt a candidate trains, and its card's run information (init library: which prompt won)."""
+        config = prompt_config(spec, task.preset, base, job.library)
+        info = run_info(task.setup, task.preset)
+        if config.init is not Init.LIBRARY:
+            return config, info
+        key = (config.form, config.entry_layer, config.num_virtual_tokens)
+        if key not in transfers:
+            transfers[key] = task.from_library(config, base)
+        return transfers[key].config(config), {**info, "init_from": transfers[key].record()}
+
+    def sweep(runs: list[tuple[MethodSpec, int]], names: list[str], fold: Task) -> list[dict[str, Any]]:
+        train_set, validation = fold.examples(fold.train, base), fold.examples(fold.validation, base)
+        measure = _validation_measure(fold)
+        started = [start(s) for s, _ in runs]
         models = [
-            SoftPromptModel.with_new_prompt(base, prompt_config(s, task.preset, base), seed=seed) for s, seed in runs
+            SoftPromptModel.with_new_prompt(base, config, seed=seed)
+            for (config, _), (_, seed) in zip(started, runs, strict=True)
         ]
         configs = [
             _train_config(job, task.setup, s, seed, directory / name)
             for (s, seed), name in zip(runs, names, strict=True)
         ]
-        info = run_info(task.setup, task.preset)
-        candidates = [Candidate(m, c, info, measure) for m, c in zip(models, configs, strict=True)]
+        candidates = [Candidate(m, c, info, measure) for m, c, (_, info) in zip(models, configs, started, strict=True)]
         if job.joint:
             result = train_sweep(candidates, train_set, validation)
         else:  # each alone: sweeps of one, the same loop and accounting
@@ -274,26 +316,32 @@ def _prompts(job: SearchJob, task: Task, directory: Path) -> dict[str, Any]:
             )
         unscored = [i for i, r in enumerate(result.results) if not isinstance(r, Exception) and not _scored(r)]
         prompts = [models[i].require_prompt().frozen() for i in unscored]
-        by_run = dict(zip(unscored, task.validate(Writer(base, list(prompts))) if prompts else [], strict=True))
+        by_run = dict(zip(unscored, fold.validate(Writer(base, list(prompts))) if prompts else [], strict=True))
         records = []
         for i, ((spec, seed), outcome) in enumerate(zip(runs, result.results, strict=True)):
             if isinstance(outcome, Exception):
                 records.append(_record(spec, seed, {}, error=str(outcome)))
             else:
-                records.append(_run_record(spec, seed, by_run.get(i) or _scored(outcome), outcome, task))
+                record = _run_record(spec, seed, by_run.get(i) or _scored(outcome), outcome, fold)
+                if "init_from" in started[i][1]:
+                    record["init_from"] = started[i][1]["init_from"]["chosen"]
+                records.append(record)
         log.info("sweep of %d: %.0f s, %d tokens", len(runs), result.seconds, result.train_tokens)
         return records
 
     first = [(spec, job.seeds[0]) for spec in job.candidates]
-    candidates = sweep(first, [f"candidate{i}" for i in range(len(job.candidates))])
+    names = [f"candidate{i}" for i in range(len(job.candidates))]
+    candidates = _cross_validated(
+        [sweep(first, [f"fold{f}-{n}" if f else n for n in names], fold) for f, fold in enumerate(folds)]
+    )
     chosen = _best(candidates, task)
     spec = job.candidates[chosen]
     again = (
-        sweep([(spec, seed) for seed in job.seeds[1:]], [f"seed{seed}" for seed in job.seeds[1:]])
+        sweep([(spec, seed) for seed in job.seeds[1:]], [f"seed{seed}" for seed in job.seeds[1:]], task)
         if len(job.seeds) > 1
         else []
     )
-    model = SoftPromptModel.with_new_prompt(base, prompt_config(spec, task.preset, base))
+    model = SoftPromptModel.with_new_prompt(base, start(spec)[0])
     prompt = model.require_prompt()
     trainable = sum(p.numel() for p in prompt.parameters())
     frozen = prompt.frozen()
@@ -305,26 +353,32 @@ def _prompts(job: SearchJob, task: Task, directory: Path) -> dict[str, Any]:
         "trainable_params": trainable,
         "stored_params": stored,
         "base_params": _params(base),
+        **({"transfer": [choice.record() for choice in transfers.values()]} if transfers else {}),
     }
 
 
-def _weights(job: SearchJob, task: Task, directory: Path) -> dict[str, Any]:
+def _weights(job: SearchJob, folds: list[Task], directory: Path) -> dict[str, Any]:
     """LoRA, full fine-tuning: each run on a freshly loaded base (PEFT wraps it in place), in the same loop."""
+    task = folds[0]
     facts: dict[str, int] = {}
-    measure = _validation_measure(task)
 
-    def run(spec: MethodSpec, seed: int, output: Path) -> dict[str, Any]:
-        base = _load(task.setup)
+    def run(spec: MethodSpec, seed: int, output: Path, fold: Task = task) -> dict[str, Any]:
+        base = _load(fold.setup)
         total = _params(base)
         try:
             model = weights_model(spec, base, seed)
-            config = _train_config(job, task.setup, spec, seed, output)
-            examples, validation = task.examples(task.train, base), task.examples(task.validation, base)
+            config = _train_config(job, fold.setup, spec, seed, output)
+            examples, validation = fold.examples(fold.train, base), fold.examples(fold.validation, base)
             result = train(
-                model, examples, validation, config, run_info=run_info(task.setup, task.preset), measure=measure
+                model,
+                examples,
+                validation,
+                config,
+                run_info=run_info(fold.setup, fold.preset),
+                measure=_validation_measure(fold),
             )
             base.model.requires_grad_(False)
-            scores = _scored(result) or task.validate(writer_of(model))[0]
+            scores = _scored(result) or fold.validate(writer_of(model))[0]
         except Exception as exc:  # noqa: BLE001 - one candidate's failure is a result, not the end of the search
             log.warning("%s (%s) failed: %s", spec.method, spec.settings, exc)
             return _record(spec, seed, {}, error=f"{type(exc).__name__}: {exc}")
@@ -332,18 +386,52 @@ def _weights(job: SearchJob, task: Task, directory: Path) -> dict[str, Any]:
         facts.update(trainable_params=trainable, base_params=total, stored_params=trainable)
         del base, model
         gc.collect()
-        return _run_record(spec, seed, scores, result, task)
+        return _run_record(spec, seed, scores, result, fold)
 
     first = job.seeds[0]
-    candidates = [run(spec, first, directory / f"candidate{i}") for i, spec in enumerate(job.candidates)]
+    by_fold = [
+        [
+            run(spec, first, directory / f"{f'fold{f}-' if f else ''}candidate{i}", fold)
+            for i, spec in enumerate(job.candidates)
+        ]
+        for f, fold in enumerate(folds)
+    ]
+    candidates = _cross_validated(by_fold)
     chosen = _best(candidates, task)
-    if job.kind is Kind.FULL:  # 0.5 GB a model: keep only the chosen one
-        for i, record in enumerate(candidates):
-            if i != chosen and record.get("artifact"):
+    if job.kind is Kind.FULL:  # 0.5 GB a model: keep only the chosen one (and no other fold's)
+        for record in [r for f, fold in enumerate(by_fold) for i, r in enumerate(fold) if f or i != chosen]:
+            if record.get("artifact"):
                 shutil.rmtree(record["artifact"], ignore_errors=True)
     spec = job.candidates[chosen]
     again = [run(spec, seed, directory / f"seed{seed}") for seed in job.seeds[1:]]
     return {"candidates": candidates, "chosen": chosen, "runs": [candidates[chosen], *again], **facts}
+
+
+def _cross_validated(by_fold: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Each candidate's first-fold record with its validation scores averaged over the folds (one fold: as it is).
+
+    The record stays the first fold's run (its artifact, steps, curve: what the chosen candidate's first seed
+    keeps); ``folds`` lists every fold's scores and ``val_fold0`` the run's own."""
+    if len(by_fold) == 1:
+        return by_fold[0]
+    out = []
+    for i, record in enumerate(by_fold[0]):
+        runs = [fold[i] for fold in by_fold]
+        failed = next((r["error"] for r in runs if "error" in r), None)
+        if failed is not None:
+            out.append({**record, "error": failed})
+            continue
+        keys = [k for k in record if k.startswith("val_") and all(k in r for r in runs)]
+        mean = {k: statistics.fmean(r[k] for r in runs) for k in keys}
+        out.append(
+            {
+                **record,
+                **mean,
+                "val_fold0": {k: record[k] for k in keys},
+                "folds": [{k: r[k] for k in keys} for r in runs],
+            }
+        )
+    return out
 
 
 def _best(records: list[dict[str, Any]], task: Task) -> int:
