@@ -322,8 +322,14 @@ def _positive_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 1 << 24
 
 
-def check_compatible(base: FrozenModel, config: AdapterConfig, where: Path, allow_mismatch: bool) -> None:
-    """Refuse an adapter trained for another base model; a fingerprint mismatch can be overridden."""
+def check_compatible(
+    base: FrozenModel,
+    config: AdapterConfig,
+    where: Path,
+    allow_mismatch: bool,
+    hint: str = "; pass --allow-base-mismatch to load it anyway",
+) -> None:
+    """Refuse an adapter trained for another base model; a fingerprint mismatch can be overridden (``hint``)."""
     trained_on = f"it was trained on a different model ({config.base_model_name_or_path})"
     vectors_width = config.token_dim if config.form is Form.VECTORS else config.softprompt_hidden_size
     if vectors_width is not None and vectors_width != base.hidden_size:
@@ -351,5 +357,5 @@ def check_compatible(base: FrozenModel, config: AdapterConfig, where: Path, allo
         f"(fingerprint {expected}), but {base.name!r} has fingerprint {base.fingerprint}"
     )
     if not allow_mismatch:
-        raise BaseModelMismatchError(message + "; pass --allow-base-mismatch to load it anyway")
+        raise BaseModelMismatchError(message + hint)
     log.warning("%s; loading anyway as asked", message)

@@ -119,7 +119,13 @@ def _peft_type(config_file: Path) -> object:
 def check_base(library: Sequence[LibraryPrompt], base: FrozenModel) -> None:
     """Every library prompt belongs to ``base`` (shapes and fingerprint), else one line naming it."""
     for prompt in library:
-        check_compatible(base, prompt.config, prompt.path, allow_mismatch=False)
+        check_compatible(
+            base,
+            prompt.config,
+            prompt.path,
+            allow_mismatch=False,
+            hint=": a library serves prompts of its own base model",
+        )
 
 
 def misfit(prompt: LibraryPrompt, config: PromptConfig) -> str | None:

@@ -56,6 +56,23 @@ def test_train_then_generate(tiny_dirs, tmp_path, capsys):
     assert "adapter saved to" in capsys.readouterr().out
 
 
+def test_library_lists_prompts_and_train_starts_from_one(tiny_dirs, tmp_path, capsys):
+    assert main(_train_args(tiny_dirs["llama"], tmp_path)) == 0  # tmp_path/out: a one-prompt library
+    capsys.readouterr()
+    assert main(["library", str(tmp_path), "--model", str(tiny_dirs["llama"])]) == 0
+    shown = capsys.readouterr().out
+    assert "out" in shown and "vectors" in shown and "eval_loss" in shown
+    again = _train_args(tiny_dirs["llama"], tmp_path / "second")
+    assert main([*again, "--init", f"library:{tmp_path / 'out'}"]) == 0
+    started = json.loads((tmp_path / "second" / "out" / "metrics.json").read_text())["init_from"]
+    assert started["chosen"] == str(tmp_path / "out") and started["scored"] == 1
+    assert main(["library", str(tmp_path / "second" / "nothing")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    assert main(["library", str(tmp_path), "--model", str(tiny_dirs["qwen2"])]) == 2
+    err = capsys.readouterr().err
+    assert "softprompt: error: adapter" in err and "a library serves prompts of its own base model" in err
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
