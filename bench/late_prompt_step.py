@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))  # this checkout's softprompt, installed or not
 
 from softprompt.core.data import DataConfig, Example, batches, tokenize_rows
 from softprompt.core.loading import (
+    DTYPE_NAMES,
     load_base_model,
     resolve_dtype,
 )
@@ -45,7 +46,6 @@ from softprompt.core.prompted import SoftPromptModel
 from softprompt.measuring.presets import TARGET_COLUMN, load_preset, load_train_rows
 from softprompt.training.passes import backward_mean_loss
 from softprompt.training.reuse import FrozenRows
-from softprompt.training.train import MODEL_DTYPES
 
 DATA = ROOT.parent / "shared" / "data"
 SEED_CSV = DATA / "awesome-chatgpt-prompts" / "prompts-2024-06.csv"
@@ -126,7 +126,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="every method once per round, the order reversed")
     parser.add_argument("--micro-tokens", type=int, default=512, help="the trainer's micro_batch_tokens")
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--model-dtype", default="float32", choices=list(MODEL_DTYPES))
+    parser.add_argument("--model-dtype", default="float32", choices=list(DTYPE_NAMES))
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

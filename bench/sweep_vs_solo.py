@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))  # this checkout's softprompt, installed or not
 
 from softprompt.core.data import DataConfig, tokenize_rows
 from softprompt.core.loading import (
+    DTYPE_NAMES,
     load_base_model,
     resolve_dtype,
 )
@@ -42,7 +43,7 @@ from softprompt.core.prompt import Init, PromptConfig
 from softprompt.core.prompted import SoftPromptModel
 from softprompt.measuring.presets import TARGET_COLUMN, load_preset, load_train_rows
 from softprompt.training.sweep import Candidate, train_sweep
-from softprompt.training.train import MODEL_DTYPES, TrainConfig, train
+from softprompt.training.train import TrainConfig, train
 
 SST2 = ROOT.parent / "shared" / "data" / "sst2"
 GRID = [
@@ -107,7 +108,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="solo + sweep pairs, alternating")
     parser.add_argument("--rows", type=int, default=400, help="training rows of sst2 (first N)")
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--model-dtype", default="float32", choices=list(MODEL_DTYPES))
+    parser.add_argument("--model-dtype", default="float32", choices=list(DTYPE_NAMES))
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

@@ -26,8 +26,6 @@ from softprompt.training.heldout import mean_token_loss
 from softprompt.training.sweep import Candidate, SweepResult, train_sweep
 from softprompt.training.train import TrainConfig, TrainResult, train, tune
 
-BaseModel = FrozenModel  # the name this class had before 0.2; kept so existing code imports it
-
 __version__ = "0.1.0"
 
 __all__ = [
@@ -35,7 +33,6 @@ __all__ = [
     "AdapterConfig",
     "AdapterError",
     "AdapterRegistry",
-    "BaseModel",
     "BaseModelMismatchError",
     "Candidate",
     "Completion",

@@ -32,7 +32,6 @@ from softprompt.core.inject import IGNORE_INDEX, Injected, inject, inject_labels
 from softprompt.core.packed import packed_hidden
 
 Layout = Literal["packed", "shared", "plain"]
-LAYOUTS: tuple[Layout, ...] = ("packed", "shared", "plain")
 Piece = tuple[torch.Tensor, torch.Tensor]  # hidden [B', L, H] and labels [B', L], as token_nll takes them
 
 

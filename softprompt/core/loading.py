@@ -24,7 +24,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from softprompt.core.errors import ModelLoadError
+from softprompt.core.errors import ConfigError, ModelLoadError
 from softprompt.core.family import VERIFIED
 from softprompt.core.frozen import FrozenModel
 from softprompt.core.refusals import check_supported, encoder_decoder_refusal
@@ -92,6 +92,13 @@ def load_base_model(
 
 
 MODEL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_NAMES = ("float32", "auto", "bfloat16", "float16")  # what --model-dtype takes: the table's names and auto
+
+
+def check_dtype_name(name: str) -> None:
+    """A ``--model-dtype`` value, checked by every config that takes one (before any model loads)."""
+    if name not in DTYPE_NAMES:
+        raise ConfigError(f"model_dtype must be one of {', '.join(DTYPE_NAMES)}, got {name!r}")
 
 
 def resolve_dtype(name: str, device: str | torch.device | None = None) -> torch.dtype:

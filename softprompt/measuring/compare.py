@@ -3,11 +3,14 @@
 The protocol, in order:
 
 1. A validation split is carved out of the training file (deterministic, stratified by label:
-   :func:`softprompt.measuring.selection.split_validation`); the test file is not opened.
+   :func:`softprompt.measuring.selection.split_validation`); where it would hold fewer than
+   ``--cv-below`` rows, trained methods choose by k-fold cross-validation instead
+   (:func:`~softprompt.measuring.selection.k_folds`). The test file is not opened.
 2. Each method chooses its settings on it (:mod:`softprompt.measuring.methods.search`): every
    trained method tries the same number of candidates (``--search-budget``), each with the same
-   step budget and early stopping on validation loss, and the best by validation accuracy is
-   trained again with every seed; prompt engineering chooses instruction, shots, example draw (one
+   budget (training seconds of this machine, or steps) and early stopping on validation loss, and
+   the best by validation accuracy is trained again with every seed; a ``--library`` adds
+   transfer (a start from the best-scoring library prompt) to every soft-prompt method's inits; prompt engineering chooses instruction, shots, example draw (one
    per seed) and example order, and the context it chooses is its one run, the artifact a user
    would deploy. Every choice is written to ``OUTPUT/selection.json``.
 3. Only then is the test file read, and every method's runs score it once. The report gives each
@@ -39,7 +42,9 @@ import torch
 from softprompt.core.config_types import check_types
 from softprompt.core.errors import ConfigError
 from softprompt.core.files import write_json
+from softprompt.core.forms import Form
 from softprompt.core.library import check_base, read_library, refuse_own_data
+from softprompt.core.prompt import Init
 from softprompt.measuring.classify import VOTES
 from softprompt.measuring.methods import PROMPTS, TRAINED, Kind, MethodSpec
 from softprompt.measuring.methods.run import RunSetup, run_phase
@@ -50,7 +55,7 @@ from softprompt.training.train import SCHEDULERS
 
 log = logging.getLogger(__name__)
 
-INITS = ("random", "vocab", "text", "labels", "library")
+INITS = tuple(i.value for i in Init if i not in (Init.PEFT_RANDOM, Init.FILE))  # what a search can try
 DEFAULT_METHODS = (Kind.ZERO_SHOT, Kind.FEW_SHOT, Kind.PROMPT_TUNING, Kind.PREFIX_TUNING, Kind.LATE_PROMPT, Kind.LORA)
 
 
@@ -166,7 +171,7 @@ class CompareConfig:
                 raise ConfigError(f"unknown init {init!r}: use {', '.join(INITS)}")
             if init == "library" and not self.library:
                 raise ConfigError("init library needs --library DIR (a directory of earlier prompts)")
-        if not self.late_forms or any(form not in ("vectors", "kv") for form in self.late_forms):
+        if not self.late_forms or any(form not in {f.value for f in Form} for form in self.late_forms):
             raise ConfigError(f"late_forms must be vectors and/or kv, got {self.late_forms}")
         if any(not 0 < depth < 1 for depth in self.late_depths):
             raise ConfigError(f"late_depths are fractions of the depth, in (0, 1), got {self.late_depths}")

@@ -41,7 +41,6 @@ class Progress:
     batch_size: int
     heldout_loss_before: float = math.nan
     best_loss: float = math.inf
-    best_epoch: int = 0
     best_step: int = 0
     stale_epochs: int = 0  # evaluations without improvement (one per epoch unless eval_every is set)
     evaluated_step: int = 0  # the optimizer step of the last held-out evaluation
@@ -240,7 +239,7 @@ class TrainingLoop:
         log.info("epoch %d, step %d: held-out loss %.4f", self.epoch, self.step, loss)
         progress = self.progress
         if loss < progress.best_loss:
-            progress.best_loss, progress.best_epoch, progress.best_step = loss, self.epoch, self.step
+            progress.best_loss, progress.best_step = loss, self.step
             progress.stale_epochs = 0
             self.best_state = self.trained_state()
         else:
@@ -369,7 +368,8 @@ class TrainingLoop:
         for _ in range(ckpt.step):  # schedules are pure functions of the step count
             self.scheduler.step()
         self.step, self.epoch, self.next_batch = ckpt.step, ckpt.epoch, ckpt.next_batch
-        self.progress = Progress(**ckpt.progress)
+        known = Progress.__dataclass_fields__  # a checkpoint from before a counter was dropped still resumes
+        self.progress = Progress(**{k: v for k, v in ckpt.progress.items() if k in known})
         self.best_state = ckpt.best_prompt
         self.records = list(ckpt.records)
         # a checkpoint taken at an evaluation step, before that evaluation

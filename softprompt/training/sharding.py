@@ -35,7 +35,6 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
 
-from softprompt.core.errors import ConfigError
 from softprompt.core.frozen import FrozenModel
 from softprompt.training import distributed
 
@@ -68,7 +67,7 @@ def shard_model(base: FrozenModel, mode: str, device: str | None) -> None:
     mesh = init_device_mesh(target.type, (distributed.world_size(),))
     decoder, embedding = base.model.base_model, base.model.get_input_embeddings().weight
     assert isinstance(decoder, nn.Module) and isinstance(embedding, nn.Parameter)  # for mypy
-    for layer in decoder_layers(base.model):
+    for layer in base.layers:  # the same list every other path finds (core.frozen.decoder_layers)
         fully_shard(layer, mesh=mesh)
     fully_shard(decoder, mesh=mesh, ignored_params={embedding})
     _move_unsharded(base.model, target)
@@ -79,21 +78,6 @@ def shard_model(base: FrozenModel, mode: str, device: str | None) -> None:
         held / 2**20,
         full / 2**20,
     )
-
-
-def decoder_layers(model: nn.Module) -> list[nn.Module]:
-    """The repeated blocks transformers never splits across devices (``_no_split_modules``)."""
-    names = set(getattr(model, "_no_split_modules", None) or ())
-    decoder = model.base_model
-    assert isinstance(decoder, nn.Module)  # for mypy
-    # by the class's lineage: fully_shard swaps each layer's class for an FSDP subclass of it
-    layers = [m for m in decoder.modules() if any(c.__name__ in names for c in type(m).__mro__)]
-    if not layers:
-        raise ConfigError(
-            f"--shard fsdp: cannot find the decoder layers of {type(model).__name__} "
-            f"(no module named in _no_split_modules={sorted(names)}); train it with --shard none"
-        )
-    return layers
 
 
 def _move_unsharded(model: nn.Module, device: torch.device) -> None:

@@ -28,7 +28,7 @@ from softprompt.core.files import atomic_path, write_json
 from softprompt.core.forms import Prompt
 from softprompt.core.frozen import FrozenModel
 from softprompt.core.library import Choice, choose
-from softprompt.core.loading import load_base_model, resolve_dtype
+from softprompt.core.loading import check_dtype_name, load_base_model, resolve_dtype
 from softprompt.core.prompt import Init, PromptConfig, SoftPrompt
 from softprompt.core.prompted import SoftPromptModel, Tunable
 from softprompt.training import distributed, sharding
@@ -43,7 +43,6 @@ from softprompt.training.sharding import SHARD_MODES
 log = logging.getLogger(__name__)
 
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
-MODEL_DTYPES = ("float32", "auto", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -157,8 +156,7 @@ class TrainConfig:
             raise ConfigError(f"max_steps and max_seconds must be >= 0, got {self.max_steps} and {self.max_seconds}")
         if self.micro_batch_tokens < 1:
             raise ConfigError(f"micro_batch_tokens must be >= 1, got {self.micro_batch_tokens}")
-        if self.model_dtype not in MODEL_DTYPES:
-            raise ConfigError(f"model_dtype must be one of {', '.join(MODEL_DTYPES)}, got {self.model_dtype!r}")
+        check_dtype_name(self.model_dtype)
         if self.shard not in SHARD_MODES:
             raise ConfigError(f"shard must be one of {', '.join(SHARD_MODES)}, got {self.shard!r}")
 

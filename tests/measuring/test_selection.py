@@ -73,3 +73,20 @@ def test_group_split_keeps_every_input_on_one_side():
     assert len(split_groups(groups, 0.5, max_rows=4).validation) <= 4
     with pytest.raises(ConfigError, match="form 1 input"):
         split_groups(["a", "a"], 0.5)
+
+
+def test_k_folds_validate_every_row_once_stratified_and_even():
+    from softprompt.measuring.selection import k_folds
+
+    labels = [0] * 31 + [1] * 19  # twitter_complaints' 50 training rows, roughly
+    folds = k_folds(labels, 3, seed=0)
+    held = [i for fold in folds for i in fold.validation]
+    assert sorted(held) == list(range(50))  # each row validates exactly once
+    assert max(len(f.validation) for f in folds) - min(len(f.validation) for f in folds) <= 1
+    for fold in folds:
+        assert not set(fold.train) & set(fold.validation) and len(fold.train) + len(fold.validation) == 50
+        ones = sum(labels[i] for i in fold.validation)
+        assert abs(ones - 19 / 3) <= 1  # each label in proportion
+    assert k_folds(labels, 3, seed=0) == folds and k_folds(labels, 3, seed=1) != folds
+    with pytest.raises(ConfigError, match="cannot make 1 folds"):
+        k_folds(labels, 1)

@@ -219,7 +219,7 @@ shard_model, keep_in_step = sharding.shard_model, passes.keep_in_step
 def shard_and_measure(base, mode, device):
     full = sharding.parameter_bytes(base.model)[1]
     shard_model(base, mode, device)
-    layers = [sharding.parameter_bytes(layer) for layer in sharding.decoder_layers(base.model)]
+    layers = [sharding.parameter_bytes(layer) for layer in base.layers]
     report.update(full=full, held=sharding.parameter_bytes(base.model)[0],
                   layers_held=sum(h for h, _ in layers), layers_full=sum(f for _, f in layers),
                   embedding=base.embedding_weight.numel() * base.embedding_weight.element_size(),
@@ -311,13 +311,13 @@ def test_fsdp_without_a_launch_is_a_warned_no_op_and_unknown_modes_are_refused(l
     assert "only one process, nothing to shard over" in caplog.text
     held, full = sharding.parameter_bytes(llama.model)
     assert not sharding.is_sharded(llama.model) and held == full
-    assert [type(layer).__name__ for layer in sharding.decoder_layers(llama.model)] == ["LlamaDecoderLayer"] * 2
+    assert [type(layer).__name__ for layer in llama.layers] == ["LlamaDecoderLayer"] * 2
     with pytest.raises(ConfigError, match="shard must be one of none, fsdp"):
         TrainConfig(shard="zero3")
 
 
 def test_fsdp_finds_one_unit_per_decoder_layer_in_every_architecture(tiny):
-    """The sharding units come from ``_no_split_modules``: one per layer, for llama, gpt2, bloom and qwen2."""
-    layers = sharding.decoder_layers(tiny.model)
+    """The sharding units are the decoder's layers (core.frozen finds them): one per layer, every architecture."""
+    layers = list(tiny.layers)
     assert len(layers) == tiny.model.config.num_hidden_layers
     assert len({type(layer) for layer in layers}) == 1

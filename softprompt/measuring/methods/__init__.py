@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from softprompt.core.errors import ConfigError
+from softprompt.core.forms import Form
 
 
 class Kind(str, Enum):
@@ -88,7 +89,7 @@ class MethodSpec:
             raise ConfigError("reparam_hidden and order must be >= 0")
         if self.kind is Kind.LATE_PROMPT and not 0 < self.depth < 1:
             raise ConfigError(f"a late prompt enters inside the model: depth must be in (0, 1), got {self.depth}")
-        if self.form not in ("vectors", "kv"):
+        if self.form not in {f.value for f in Form}:
             raise ConfigError(f"form must be vectors or kv, got {self.form!r}")
 
     def entry_layer(self, layers: int) -> int:

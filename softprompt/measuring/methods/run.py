@@ -22,7 +22,7 @@ from softprompt.core.data import Row
 from softprompt.core.errors import ConfigError
 from softprompt.core.files import write_json
 from softprompt.core.frozen import FrozenModel
-from softprompt.core.loading import load_base_model, resolve_dtype
+from softprompt.core.loading import check_dtype_name, load_base_model, resolve_dtype
 from softprompt.measuring.classify import classify_rows
 from softprompt.measuring.generation import Writer, items, reference_nll, row_stats
 from softprompt.measuring.generation import scores as text_scores
@@ -30,7 +30,6 @@ from softprompt.measuring.methods import PROMPTS, Kind, MethodSpec
 from softprompt.measuring.methods.build import saved_writer
 from softprompt.measuring.methods.search import SearchJob, run_info, search
 from softprompt.measuring.presets import AnyPreset, Preset, load_preset, load_test_rows
-from softprompt.training.train import MODEL_DTYPES
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +76,7 @@ class RunSetup:
             raise ConfigError("budget must be >= 0, batch_size and eval_batch_size >= 1")
         if not (self.budget or self.max_seconds > 0):
             raise ConfigError("give every candidate a budget: --max-seconds, or --budget in steps")
-        if self.model_dtype not in MODEL_DTYPES:
-            raise ConfigError(f"model_dtype must be one of {', '.join(MODEL_DTYPES)}, got {self.model_dtype!r}")
+        check_dtype_name(self.model_dtype)
 
     def load(self) -> FrozenModel:
         """The base model every phase uses, on the setup's device and in its dtype."""

@@ -1,7 +1,7 @@
 """One method's selection, on validation rows only: try its candidates, keep the best, rerun it with more seeds.
 
 Every trained method gets the same effort: the same number of candidates (the search budget), the
-same step budget for each, the same early stopping (validation loss every ``eval_every`` steps,
+same budget for each (training seconds, or steps), the same early stopping (validation loss every ``eval_every`` steps,
 ``patience`` scores without improvement, the best weights kept). Candidates are tried with the
 first seed; the one with the best validation accuracy (then label cross-entropy) is trained again
 with every other seed, each run again stopped on validation. Prompt engineering chooses the same
