@@ -174,7 +174,8 @@ def cmd_library(args: argparse.Namespace) -> int:
     table = Table("adapter", "task", "form", "entry layer", "tokens", "base model", "validation", title=args.directory)
     for prompt in found:
         row = prompt.describe(Path(args.directory))
-        scores = ", ".join(f"{k.removeprefix('val_')} {v:.3g}" for k, v in sorted(row["validation"].items()))
+        shown = {k: v for k, v in row["validation"].items() if k in ("val_accuracy", "val_ce", "val_bleu", "eval_loss")}
+        scores = ", ".join(f"{k.removeprefix('val_').replace('eval_', '')} {v:.3g}" for k, v in sorted(shown.items()))
         table.add_row(
             row["adapter"], row["task"], row["form"], str(row["entry_layer"]), str(row["virtual_tokens"]),
             str(row["base_model"]), scores or "unrecorded",

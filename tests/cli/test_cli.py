@@ -61,7 +61,7 @@ def test_library_lists_prompts_and_train_starts_from_one(tiny_dirs, tmp_path, ca
     capsys.readouterr()
     assert main(["library", str(tmp_path), "--model", str(tiny_dirs["llama"])]) == 0
     shown = capsys.readouterr().out
-    assert "out" in shown and "vectors" in shown and "eval_loss" in shown
+    assert "out" in shown and "vectors" in shown and "loss" in shown
     again = _train_args(tiny_dirs["llama"], tmp_path / "second")
     assert main([*again, "--init", f"library:{tmp_path / 'out'}"]) == 0
     started = json.loads((tmp_path / "second" / "out" / "metrics.json").read_text())["init_from"]
