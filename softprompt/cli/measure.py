@@ -12,6 +12,7 @@ from rich.table import Table
 
 from softprompt.cli.args import add_config_args, config_from_args
 from softprompt.cli.shown import shown_text
+from softprompt.core import run_files
 
 console = Console(stderr=False)
 
@@ -51,7 +52,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     setup = config_from_args(RunSetup, args, model=args.model, device=args.device)
     report = compare(setup, config_from_args(CompareConfig, args))
-    console.print(shown_text(Path(setup.output, "report.md").read_text(encoding="utf-8")))
+    console.print(shown_text(Path(setup.output, run_files.REPORT_MD).read_text(encoding="utf-8")))
     for goal in report["goals"]:
         console.print(shown_text(f"goal: {goal['goal']}: {goal['text']}"))
     written = "report.md, report.json, report.png" + (", report.html" if report.get("kind") == "text" else "")

@@ -22,12 +22,12 @@ from typing import Any
 import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from softprompt.core import run_files
 from softprompt.core.adapter import CONFIG_NAME
 from softprompt.core.files import atomic_path
 from softprompt.core.loading import BUILTIN_MODELS
 
 CARD_NAME = "README.md"
-CURVE_NAME = "loss_curve.png"
 TAGS = ("prompt-tuning", "softprompt")
 # Metrics a run may carry beyond the losses (compare's methods do), as model-index metric types.
 SCORES = {
@@ -129,7 +129,7 @@ def _about(name: str, config: dict[str, Any]) -> str:
             f"Trained with softprompt, starting from {started}.",
             "",
             f"Files: `adapter_config.json` and `adapter_model.safetensors` ({_format(config)}), `metrics.json` "
-            f"(summary), `metrics.jsonl` (every step) and `{CURVE_NAME}`. {tokens} virtual tokens.",
+            f"(summary), `metrics.jsonl` (every step) and `{run_files.CURVE}`. {tokens} virtual tokens.",
         ]
     )
 
@@ -274,9 +274,9 @@ def _results_section(metrics: dict[str, Any], records: list[dict[str, Any]]) -> 
 
 
 def _curve_section(directory: Path) -> str:
-    if not (directory / CURVE_NAME).is_file():
+    if not (directory / run_files.CURVE).is_file():
         return "## Loss curve\n\nNo plot was saved with this adapter; `metrics.jsonl` holds every step."
-    return f"## Loss curve\n\n![training and held-out loss per optimizer step]({CURVE_NAME})"
+    return f"## Loss curve\n\n![training and held-out loss per optimizer step]({run_files.CURVE})"
 
 
 def _usage_section(name: str, config: dict[str, Any]) -> str:

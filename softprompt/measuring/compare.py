@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from softprompt.core import run_files
 from softprompt.core.config_types import check_types
 from softprompt.core.errors import ConfigError
 from softprompt.core.files import write_json
@@ -304,7 +305,7 @@ def compare(setup: RunSetup, config: CompareConfig) -> dict[str, Any]:
     preset, split, jobs = plan(setup, config)
     folds = next((job.folds for job in jobs if job.folds), ())  # cross-validation: the other folds
     write_json(
-        output / "split.json",
+        output / run_files.SPLIT,
         {"train": split.train, "validation": split.validation, "other_folds": [list(held) for _, held in folds]},
     )
     selections = []
@@ -313,7 +314,7 @@ def compare(setup: RunSetup, config: CompareConfig) -> dict[str, Any]:
         selections.append(_run_one("search", {"job": _job_json(job)}, setup, config.isolate, job.kind))
     # Every choice is made: written down before the test file is opened.
     write_json(
-        output / "selection.json",
+        output / run_files.SELECTION,
         {
             "split": {
                 "train_rows": len(split.train),

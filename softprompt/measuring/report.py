@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from softprompt.core import run_files
 from softprompt.core.files import atomic_path, write_json
 from softprompt.measuring.methods import FAMILY, Kind
 
@@ -272,7 +273,7 @@ def curves(methods: list[dict[str, Any]], ax: Any, scale: float = 100, name: str
 
 
 def write_report(report: dict[str, Any], output: Path) -> None:
-    write_json(output / "report.json", report)
-    with atomic_path(output / "report.md") as tmp:
+    write_json(output / run_files.REPORT_JSON, report)
+    with atomic_path(output / run_files.REPORT_MD) as tmp:
         tmp.write_text(markdown(report), encoding="utf-8")
     chart(report, output / "report.png")

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from softprompt.core import run_files
 from softprompt.core.files import atomic_path, write_json
 from softprompt.measuring.generation import LOWER_IS_BETTER
 from softprompt.measuring.report import (
@@ -181,8 +182,8 @@ def chart(report: dict[str, Any], path: Path) -> Path:
 
 
 def write_text_report(report: dict[str, Any], output: Path) -> None:
-    write_json(output / "report.json", report)
-    with atomic_path(output / "report.md") as tmp:
+    write_json(output / run_files.REPORT_JSON, report)
+    with atomic_path(output / run_files.REPORT_MD) as tmp:
         tmp.write_text(markdown(report), encoding="utf-8")
     with atomic_path(output / "report.html") as tmp:
         tmp.write_text(page(report), encoding="utf-8")

@@ -17,10 +17,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from softprompt.core import run_files
 from softprompt.core.errors import TrainingError
 from softprompt.core.files import atomic_path
-
-CHECKPOINT_NAME = "checkpoint.safetensors"
 
 
 @dataclass
@@ -57,14 +56,14 @@ def save_checkpoint(directory: Path, ckpt: Checkpoint) -> Path:
         "records": ckpt.records,
         "run": ckpt.run,
     }
-    path = directory / CHECKPOINT_NAME
+    path = directory / run_files.CHECKPOINT
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"softprompt_checkpoint": json.dumps(meta)})
     return path
 
 
 def load_checkpoint(directory: Path) -> Checkpoint:
-    path = Path(directory) / CHECKPOINT_NAME
+    path = Path(directory) / run_files.CHECKPOINT
     if not path.is_file():
         raise TrainingError(f"no checkpoint to resume from: {path} does not exist")
     try:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from softprompt.core import run_files
 from softprompt.core.data import Batch, Example, batches
 from softprompt.core.errors import TrainingError
 from softprompt.core.inject import IGNORE_INDEX
@@ -338,7 +339,7 @@ class TrainingLoop:
         self.records.append(clean)
         if not distributed.is_main():
             return
-        with open(self.output / "metrics.jsonl", "a", encoding="utf-8") as handle:
+        with open(self.output / run_files.RECORDS, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(clean) + "\n")
 
     def checkpoint(self) -> Path | None:
@@ -377,6 +378,6 @@ class TrainingLoop:
         if not distributed.is_main():
             return
         with open(
-            self.output / "metrics.jsonl", "w", encoding="utf-8"
+            self.output / run_files.RECORDS, "w", encoding="utf-8"
         ) as handle:  # drop lines written after the checkpoint
             handle.writelines(json.dumps(r) + "\n" for r in self.records)

@@ -20,6 +20,7 @@ import psutil
 import torch
 from transformers import get_scheduler
 
+from softprompt.core import run_files
 from softprompt.core.card import write_model_card
 from softprompt.core.config_types import check_types
 from softprompt.core.data import DataConfig, Example, label_words, load_examples
@@ -275,7 +276,7 @@ def make_loop(
     if resume:
         loop.restore(resume)
     elif distributed.is_main():
-        (output / "metrics.jsonl").unlink(missing_ok=True)
+        (output / run_files.RECORDS).unlink(missing_ok=True)
     return loop
 
 
@@ -358,11 +359,11 @@ def finish(loop: TrainingLoop, after: float | None = None) -> TrainResult:
     }
     if distributed.is_main():
         model.save_pretrained(loop.output, metrics={k: v for k, v in metrics.items() if k != "config"})
-        write_json(loop.output / "metrics.json", metrics)
+        write_json(loop.output / run_files.METRICS, metrics)
         what = metrics.get("method", "")
         if "num_virtual_tokens" in metrics:
             what += f", {metrics['num_virtual_tokens']} virtual tokens"
-        save_loss_curve(loop.records, loop.output / "loss_curve.png", title=f"{model.base.name}: {what}")
+        save_loss_curve(loop.records, loop.output / run_files.CURVE, title=f"{model.base.name}: {what}")
         if isinstance(model, SoftPromptModel):  # PEFT writes its own card beside its adapter
             write_model_card(loop.output, metrics, loop.records, loop.run_info, device=str(model.base.device))
     distributed.barrier()  # the adapter exists for every rank once train() returns

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from softprompt.cli.main import main
+from softprompt.core import run_files
 from softprompt.core.errors import TrainingError, TrainingInterrupted
-from softprompt.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from softprompt.training.checkpoint import load_checkpoint
 from softprompt.training.train import resume
 from tests.conftest import interrupt_backward
 
@@ -135,7 +136,7 @@ def test_nan_loss_keeps_the_last_good_checkpoint(tiny_dirs, tmp_path, monkeypatc
             TrainConfig(output=str(tmp_path), batch_size=2, eval_batch_size=16, checkpoint_every=1, progress=False),
             device="cpu",
         )
-    assert load_checkpoint(tmp_path).step == 5 and (tmp_path / CHECKPOINT_NAME).is_file()
+    assert load_checkpoint(tmp_path).step == 5 and (tmp_path / run_files.CHECKPOINT).is_file()
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, capsys):

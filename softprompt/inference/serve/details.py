@@ -17,13 +17,12 @@ from typing import Any
 
 from huggingface_hub import metadata_load
 
+from softprompt.core import run_files
 from softprompt.core.adapter import CONFIG_NAME
 from softprompt.core.card import CARD_NAME
 
 log = logging.getLogger(__name__)
 
-METRICS_NAME = "metrics.json"
-RECORDS_NAME = "metrics.jsonl"
 MAX_FILE_BYTES = 1 << 20  # config, summary, card
 MAX_RECORDS_BYTES = 32 << 20  # about 300,000 steps of records
 MAX_POINTS = 400  # per curve (train steps, evaluations) sent to a client
@@ -34,13 +33,13 @@ def adapter_details(directory: Path | None) -> dict[str, Any]:
     """``config``, ``metrics``, ``records`` and ``card`` (the card's YAML metadata) of one adapter."""
     if directory is None:  # a prompt given in memory: there is no directory to describe it
         return {"config": None, "metrics": None, "records": [], "card": None}
-    metrics = _json(directory / METRICS_NAME)
+    metrics = _json(directory / run_files.METRICS)
     if isinstance(metrics, dict) and isinstance(metrics.get("config"), dict):
         metrics["config"] = {k: v for k, v in metrics["config"].items() if k != "output"}  # a server path
     return {
         "config": _json(directory / CONFIG_NAME),
         "metrics": metrics,
-        "records": _records(directory / RECORDS_NAME),
+        "records": _records(directory / run_files.RECORDS),
         "card": _card(directory / CARD_NAME),
     }
 

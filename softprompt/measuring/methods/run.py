@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from softprompt.core import run_files
 from softprompt.core.card import SCORES, write_model_card
 from softprompt.core.data import Row
 from softprompt.core.errors import ConfigError
@@ -174,10 +175,10 @@ def _test_members(writer: Writer, preset: AnyPreset, rows: list[Row], setup: Run
 
 def _card_with_scores(directory: Path, scores: dict[str, Any], setup: RunSetup, preset: AnyPreset) -> None:
     """A compared prompt's model card, rewritten with its test scores once they are known."""
-    if not (directory / "metrics.json").is_file():
+    if not (directory / run_files.METRICS).is_file():
         return  # an adapter reused from elsewhere: nothing recorded to write a card from
-    found = json.loads((directory / "metrics.json").read_text(encoding="utf-8"))
-    log_file = directory / "metrics.jsonl"
+    found = json.loads((directory / run_files.METRICS).read_text(encoding="utf-8"))
+    log_file = directory / run_files.RECORDS
     lines = log_file.read_text(encoding="utf-8").splitlines() if log_file.is_file() else []
     records = [json.loads(line) for line in lines if line.strip()]
     measured = {**found, **{k: v for k, v in scores.items() if k in SCORES}}
