@@ -49,7 +49,7 @@ from softprompt.core.prompt import Init
 from softprompt.measuring.classify import VOTES
 from softprompt.measuring.methods import PROMPTS, TRAINED, Kind, MethodSpec
 from softprompt.measuring.methods.run import RunSetup, run_phase
-from softprompt.measuring.methods.search import SearchJob
+from softprompt.measuring.methods.search import SearchJob, job_to_json
 from softprompt.measuring.presets import AnyPreset, TextPreset, load_preset, load_test_rows, load_train_rows
 from softprompt.measuring.selection import Split, design, k_folds, split_groups, split_validation
 from softprompt.training.train import SCHEDULERS
@@ -371,7 +371,7 @@ def check_library(config: CompareConfig, setup: RunSetup) -> None:
 
 
 def _job_json(job: SearchJob) -> dict[str, Any]:
-    found = json.loads(json.dumps(asdict(job), default=str))
+    found = job_to_json(job)
     if job.joint:  # the default: a finished phase from before the option existed is the same job
         del found["joint"]
     if job.library is None:

@@ -27,9 +27,9 @@ from softprompt.core.loading import check_dtype_name, load_base_model, resolve_d
 from softprompt.measuring.classify import classify_rows
 from softprompt.measuring.generation import Writer, items, reference_nll, row_stats
 from softprompt.measuring.generation import scores as text_scores
-from softprompt.measuring.methods import PROMPTS, Kind, MethodSpec
+from softprompt.measuring.methods import PROMPTS, Kind
 from softprompt.measuring.methods.build import saved_writer
-from softprompt.measuring.methods.search import SearchJob, run_info, search
+from softprompt.measuring.methods.search import job_from_json, run_info, search
 from softprompt.measuring.presets import AnyPreset, Preset, load_preset, load_test_rows
 
 log = logging.getLogger(__name__)
@@ -88,21 +88,7 @@ def run_phase(job: dict[str, Any]) -> dict[str, Any]:
     """``job``: {"phase": "search" | "test", "setup": RunSetup fields, ...}; a JSON-ready result."""
     setup = RunSetup(**job["setup"])
     if job["phase"] == "search":
-        raw = job["job"]
-        spec_job = SearchJob(
-            kind=Kind(raw["kind"]),
-            candidates=tuple(MethodSpec(**c) for c in raw["candidates"]),
-            seeds=tuple(raw["seeds"]),
-            train_index=tuple(raw["train_index"]),
-            validation_index=tuple(raw["validation_index"]),
-            eval_every=raw["eval_every"],
-            patience=raw["patience"],
-            eval_every_seconds=raw.get("eval_every_seconds", 0.0),
-            joint=raw.get("joint", True),
-            library=raw.get("library"),
-            folds=tuple((tuple(train), tuple(held)) for train, held in raw.get("folds", ())),
-        )
-        return search(spec_job, setup)
+        return search(job_from_json(job["job"]), setup)
     if job["phase"] == "test":
         return score_test(job["selection"], setup, job.get("test_rows"))
     raise ConfigError(f"unknown phase {job['phase']!r}")

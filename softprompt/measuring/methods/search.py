@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import TypeAdapter
 
 from softprompt.core.data import DataConfig, Example, Row, tokenize_rows
 from softprompt.core.frozen import FrozenModel
@@ -60,6 +61,19 @@ class SearchJob:
     joint: bool = True  # soft-prompt candidates train together in shared passes (else one at a time)
     library: str | None = None  # prompts an init=library candidate starts from (core.library)
     folds: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...] = ()  # cross-validation: the other folds' rows
+
+
+# A job crosses to compare's child process as JSON: written and read by one library, checked on the way in
+# (MethodSpec's own checks included), so a field added here needs no hand-written parsing anywhere.
+JOB = TypeAdapter(SearchJob)
+
+
+def job_to_json(job: SearchJob) -> dict[str, Any]:
+    return dict(JOB.dump_python(job, mode="json"))
+
+
+def job_from_json(raw: Any) -> SearchJob:
+    return JOB.validate_python(raw)
 
 
 @dataclass
