@@ -158,14 +158,41 @@ def global_sums(*values: float) -> list[float]:
     return packed.tolist()
 
 
+# Gradients summed in one collective per bucket of at most this many bytes (PyTorch's DDP uses 25 MB):
+# LoRA's hundreds of small tensors cost one call, not hundreds; full fine-tuning's 0.5 GB a few.
+BUCKET_BYTES = 64 << 20
+
+
 def all_reduce_grads(params: Sequence[torch.Tensor]) -> None:
-    """Sum gradients over ranks; a rank whose shard was empty contributes zeros."""
+    """Sum gradients over ranks, flattened into buckets; a rank whose shard was empty contributes zeros."""
     if not active():
         return
     for param in params:
         if param.grad is None:
             param.grad = torch.zeros_like(param)
-        dist.all_reduce(param.grad)
+    for bucket in _buckets([p.grad for p in params if p.grad is not None]):
+        flat = torch.cat([grad.reshape(-1) for grad in bucket])
+        dist.all_reduce(flat)
+        offset = 0
+        for grad in bucket:
+            grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
+            offset += grad.numel()
+
+
+def _buckets(grads: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """Consecutive gradients of one dtype and device, at most :data:`BUCKET_BYTES` a bucket (a larger one alone)."""
+    buckets: list[list[torch.Tensor]] = []
+    size = 0
+    for grad in grads:
+        nbytes = grad.numel() * grad.element_size()
+        last = buckets[-1][-1] if buckets else None
+        same = last is not None and (last.dtype, last.device) == (grad.dtype, grad.device)
+        if not same or size + nbytes > BUCKET_BYTES:
+            buckets.append([])
+            size = 0
+        buckets[-1].append(grad)
+        size += nbytes
+    return buckets
 
 
 def global_min(value: int) -> int:

@@ -321,3 +321,36 @@ def test_fsdp_finds_one_unit_per_decoder_layer_in_every_architecture(tiny):
     layers = list(tiny.layers)
     assert len(layers) == tiny.model.config.num_hidden_layers
     assert len({type(layer) for layer in layers}) == 1
+
+
+LORA_ALL_REDUCE = """
+import json, sys
+import torch
+import torch.distributed as dist
+from peft import LoraConfig, get_peft_model
+from softprompt.core.loading import load_base_model
+from softprompt.training import distributed
+distributed.setup("cpu")
+base = load_base_model(sys.argv[1], device="cpu")
+model = get_peft_model(base.model, LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8))
+params = [p for p in model.parameters() if p.requires_grad]
+rank = dist.get_rank()
+for p in params:
+    p.grad = torch.full_like(p, rank + 1.0)
+calls = []
+original = dist.all_reduce
+dist.all_reduce = lambda *a, **k: (calls.append(1), original(*a, **k))[1]
+distributed.all_reduce_grads(params)
+summed = all(bool((p.grad == 3.0).all()) for p in params)  # 1 + 2 on every element
+json.dump({"tensors": len(params), "collectives": len(calls), "summed": summed}, open(sys.argv[2] + str(rank), "w"))
+"""
+
+
+def test_lora_gradients_are_reduced_in_one_bucketed_collective(tiny_dirs, tmp_path):
+    script = tmp_path / "reduce.py"
+    script.write_text(LORA_ALL_REDUCE)
+    done = _torchrun([str(script)], [str(tiny_dirs["llama"]), str(tmp_path / "rank")])
+    assert done.returncode == 0, done.stderr[-2000:]
+    for rank in (0, 1):
+        found = json.loads((tmp_path / f"rank{rank}").read_text())
+        assert found["tensors"] >= 8 and found["collectives"] == 1 and found["summed"], found
