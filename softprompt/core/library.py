@@ -179,12 +179,11 @@ def choose(
     base: FrozenModel,
     score: Callable[[list[Prompt]], list[Scores]],
     rank: Callable[[Scores], tuple[float, ...]],
-    library: Sequence[LibraryPrompt] | None = None,
 ) -> Choice:
     """Score every fitting library prompt as the start it would give, all in ``score``'s shared passes; the
     best by ``rank`` (highest first) wins. Nothing fits: one line saying why each did not."""
     root = Path(str(config.init_library))
-    prompts = list(library) if library is not None else read_library(root)
+    prompts = read_library(root)
     check_base(prompts, base)
     fitting, skipped = [], []
     for prompt in prompts:

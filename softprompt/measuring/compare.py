@@ -84,8 +84,8 @@ class CompareConfig:
     cv_below: int = field(
         default=50,
         metadata=_help(
-            "when the validation split would hold fewer rows, trained methods choose by --cv-folds-fold "
-            "cross-validation of the training rows (label tasks; 0: never)"
+            "when the validation split would hold fewer rows, trained methods choose by k-fold cross-validation "
+            "of the training rows, k = --cv-folds (label tasks; 0: never)"
         ),
     )
     cv_folds: int = field(default=3, metadata=_help("folds of that cross-validation"))

@@ -88,7 +88,7 @@ def k_folds(labels: Sequence[int], folds: int, seed: int = 0) -> list[Split]:
         for row in shuffled:
             dealt[position % folds].append(row)
             position += 1
-    return [Split([i for i in range(len(labels)) if i not in set(held)], sorted(held)) for held in dealt]
+    return [Split([i for i in range(len(labels)) if i not in held], sorted(held)) for held in map(set, dealt)]
 
 
 def split_groups(groups: Sequence[str], fraction: float, max_rows: int | None = None, seed: int = 0) -> Split:

@@ -161,7 +161,7 @@ def search(job: SearchJob, setup: Any) -> dict[str, Any]:
         "method": job.candidates[0].method,
         "train_rows": len(task.train),
         "validation_rows": len(task.validation),
-        **({"cv_folds": len(folds)} if len(folds) > 1 and job.kind not in (Kind.ZERO_SHOT, Kind.FEW_SHOT) else {}),
+        **({"cv_folds": len(folds)} if len(folds) > 1 else {}),  # plan gives folds to trained methods only
         "select_seconds": time.perf_counter() - started,
         **found,
     }
@@ -254,16 +254,10 @@ def _validation_measure(task: Task) -> Any:
 
 
 def _scored(result: TrainResult) -> dict[str, float]:
-    """The validation scores of the state a run ended with, when its last or kept evaluation measured them."""
-    step = int(result.metrics["best_step"]) if result.metrics["config"]["early_stopping"] else None
-    evaluations = [r for r in result.records if r.get("eval_loss") is not None and "val_accuracy" in r]
-    if step is None:
-        evaluations = [r for r in evaluations if r["step"] == result.metrics["optimizer_steps"]]
-    else:
-        evaluations = [r for r in evaluations if r["step"] == step]
-    if not evaluations:
-        return {}
-    return {key: value for key, value in evaluations[-1].items() if key.startswith("val_")}
+    """The validation scores of the state a run ended with, when its last or kept evaluation measured them
+    (the run's own record of them: :func:`softprompt.training.train.provenance`)."""
+    kept = result.metrics.get("validation", {})
+    return {key: value for key, value in kept.items() if key.startswith("val_")} if "val_accuracy" in kept else {}
 
 
 def _run_record(
@@ -296,6 +290,7 @@ def _prompts(job: SearchJob, folds: list[Task], directory: Path) -> dict[str, An
     task = folds[0]
     base = _load(task.setup)
     transfers: dict[tuple[Any, ...], Choice] = {}  # one library choice per form, entry layer and length
+    tokenized: dict[int, tuple[list[Example], list[Example]]] = {}  # per fold: the first fold trains twice
 
     def start(spec: MethodSpec) -> tuple[PromptConfig, dict[str, Any]]:
         """The prompt a candidate trains, and its card's run information (init library: which prompt won)."""
@@ -309,7 +304,9 @@ def _prompts(job: SearchJob, folds: list[Task], directory: Path) -> dict[str, An
         return transfers[key].config(config), {**info, "init_from": transfers[key].record()}
 
     def sweep(runs: list[tuple[MethodSpec, int]], names: list[str], fold: Task) -> list[dict[str, Any]]:
-        train_set, validation = fold.examples(fold.train, base), fold.examples(fold.validation, base)
+        if id(fold) not in tokenized:
+            tokenized[id(fold)] = fold.examples(fold.train, base), fold.examples(fold.validation, base)
+        train_set, validation = tokenized[id(fold)]
         measure = _validation_measure(fold)
         started = [start(s) for s, _ in runs]
         models = [
