@@ -1,6 +1,4 @@
 import json
-import os
-import stat
 
 import pytest
 import torch
@@ -82,15 +80,3 @@ def test_failed_write_keeps_the_old_adapter(tmp_path, monkeypatch):
         save_adapter(directory, torch.zeros(3, 8), AdapterConfig(num_virtual_tokens=3, token_dim=8))
     assert torch.equal(load_adapter(directory).embedding, old)
     assert sorted(p.name for p in directory.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
-
-
-@pytest.mark.parametrize("umask", [0o022, 0o077])
-def test_written_files_get_the_mode_the_umask_allows(tmp_path, umask):
-    """Atomic writes must not make adapters private: a server under another account reads them."""
-    old = os.umask(umask)
-    try:
-        directory = _save(tmp_path)
-    finally:
-        os.umask(old)
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
-        assert stat.S_IMODE((directory / name).stat().st_mode) == 0o666 & ~umask

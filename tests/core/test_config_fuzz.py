@@ -126,12 +126,6 @@ def test_generation_refuses_unusable_soft_prompts(base, prompt):
     assert isinstance(result, SoftPromptError)
 
 
-@fuzz_settings(100)
-@given(message=st.text())
-def test_every_error_message_is_one_line(message):
-    assert len(str(SoftPromptError(message)).splitlines()) <= 1
-
-
 @pytest.mark.parametrize(
     "files",
     [

@@ -109,3 +109,9 @@ def test_an_unpaired_surrogate_names_the_row(tmp_path, tok):
     path.write_text('{"prompt": "fine text"}\n{"prompt": "bad \\ud800 text"}\n')
     with pytest.raises(DataError, match=r"rows.jsonl, row 2: text is not valid Unicode: an unpaired surrogate"):
         load_examples(DataConfig(data=str(path), limit=1), tok)
+
+
+def test_data_config_default_points_at_shipped_demo_data():
+    from pathlib import Path
+
+    assert Path(DataConfig().data).is_file()

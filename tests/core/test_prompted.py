@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from softprompt.core.data import DataConfig, Example, batches
+from softprompt.core.data import Example, batches
 from softprompt.core.errors import AdapterError, BaseModelMismatchError
 from softprompt.core.prompt import PromptConfig
 from softprompt.core.prompted import SoftPromptModel
@@ -81,9 +81,3 @@ def test_fingerprint_mismatch_is_an_error_unless_allowed(tiny_dirs, tmp_path, ca
 def test_saving_without_a_prompt_is_a_clear_error(llama, tmp_path):
     with pytest.raises(AdapterError, match="no soft prompt"):
         SoftPromptModel(llama).save_pretrained(tmp_path)
-
-
-def test_data_config_default_points_at_shipped_demo_data():
-    from pathlib import Path
-
-    assert Path(DataConfig().data).is_file()
