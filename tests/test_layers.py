@@ -97,10 +97,6 @@ def _is_parent(package: str, module: str) -> bool:
     return module.startswith(package + ".")
 
 
-def test_every_public_name_is_exported():
-    assert sorted(softprompt.__all__) == softprompt.__all__ and all(hasattr(softprompt, n) for n in softprompt.__all__)
-
-
 def test_one_training_loop_takes_every_optimizer_step():
     """Every trained method (prompts of every form, LoRA, full fine-tuning) steps in training/loop.py alone,
     and only training/train.py builds an optimizer: compare's methods cannot drift apart in their loops."""

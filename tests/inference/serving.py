@@ -20,7 +20,7 @@ from softprompt.inference.engine import AdapterRegistry, Engine, EngineConfig, S
 from softprompt.inference.serve import ServeConfig, create_app
 from softprompt.inference.serve.server import DrainingServer
 from tests.conftest import load_tiny
-from tests.inference.test_registry import save_prompts
+from tests.inference.test_engine_registry import save_prompts
 
 ROOT = Path(__file__).resolve().parents[2]
 

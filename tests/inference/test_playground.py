@@ -18,7 +18,7 @@ from softprompt.inference.serve import ServeConfig, create_app
 from softprompt.inference.serve.details import MAX_POINTS, adapter_details
 from softprompt.inference.serve.playground import STATIC_DIR
 from softprompt.training.train import TrainConfig, tune
-from tests.inference.test_registry import save_prompts
+from tests.inference.test_engine_registry import save_prompts
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from softprompt.inference.engine import AdapterRegistry, Engine, SamplingParams
 from softprompt.inference.serve import ServeConfig
 from tests.conftest import load_tiny
 from tests.inference.serving import Throttle, llama_with_adapters, long_prompt, running, slowed, tiny_engine
-from tests.inference.test_registry import save_prompts
+from tests.inference.test_engine_registry import save_prompts
 
 MODEL = "tiny"
 LIMITS = dict(max_concurrent=2, max_tokens=64, max_prompt_tokens=100, max_body_bytes=4096, default_max_tokens=8)

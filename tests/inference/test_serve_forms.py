@@ -8,13 +8,12 @@ import math
 import httpx
 import openai
 import pytest
-import torch
 
 from softprompt.inference.engine import AdapterRegistry, Engine, SamplingParams
 from softprompt.inference.serve import ServeConfig
 from softprompt.inference.serve.choices import TokenTexts
 from tests.inference.serving import llama_with_adapters, running, tiny_engine
-from tests.inference.test_logprobs import reference_logprobs
+from tests.inference.test_engine_sampler import reference_logprobs
 
 
 @pytest.fixture(scope="module")
@@ -188,11 +187,3 @@ def test_chat_stream_with_n(client):
         for c in chunk.choices:
             by_index[c.index] = by_index.get(c.index, "") + (c.delta.content or "")
     assert set(by_index) == {0, 1} and by_index[0] == by_index[1]
-
-
-def test_logprobs_never_carry_infinity():
-    from softprompt.inference.engine.sampler import _ranked
-
-    logp = torch.log_softmax(torch.tensor([[0.0, float("-inf"), 1.0]]), dim=-1)
-    entry = _ranked(logp, torch.tensor([1]), 3)[0]
-    assert math.isfinite(entry.logprob) and all(math.isfinite(v) for _, v in entry.top)

@@ -1,4 +1,7 @@
-"""Engine log-probabilities (sampled tokens and prompt tokens) equal a plain no-cache forward pass."""
+"""Sampling (engine/sampler.py): a row's seeded tokens do not depend on its batch mates, and its
+log-probabilities (sampled tokens and prompt tokens) equal a plain no-cache forward pass."""
+
+import math
 
 import torch
 
@@ -57,3 +60,19 @@ def test_eos_is_scored_though_not_in_the_output(llama):
     assert seq is not None, "no prompt of the tiny model reached eos"
     assert len(seq.logprobs) == len(seq.output_ids) + 1 and seq.logprobs[-1].token == llama.tokenizer.eos_token_id
     assert [e.token for e in seq.logprobs[:-1]] == seq.output_ids
+
+
+def test_seeded_sampling_does_not_depend_on_batch_mates(llama):
+    engine = _engine(llama)
+    params = SamplingParams(max_new_tokens=8, temperature=0.9, top_p=0.9, top_k=40, seed=7, stop_at_eos=False)
+    alone = engine.generate(["abc"], ["five"], params)[0].output_ids
+    mixed = engine.generate(["abc", "other text", "q"], ["five", None, "seven"], params)
+    assert mixed[0].output_ids == alone
+
+
+def test_logprobs_never_carry_infinity():
+    from softprompt.inference.engine.sampler import _ranked
+
+    logp = torch.log_softmax(torch.tensor([[0.0, float("-inf"), 1.0]]), dim=-1)
+    entry = _ranked(logp, torch.tensor([1]), 3)[0]
+    assert math.isfinite(entry.logprob) and all(math.isfinite(v) for _, v in entry.top)
