@@ -23,6 +23,8 @@ from tests.conftest import load_tiny
 from tests.inference.test_engine_registry import save_prompts
 
 ROOT = Path(__file__).resolve().parents[2]
+MODEL = "tiny"  # the served base model's name
+LIMITS = dict(max_concurrent=2, max_tokens=64, max_prompt_tokens=100, max_body_bytes=4096, default_max_tokens=8)
 
 
 def free_port() -> int:
@@ -90,6 +92,14 @@ def running(engine: Engine, config: ServeConfig) -> Iterator[tuple[str, Draining
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+
+
+def openai_error(response: httpx.Response, status: int) -> dict:
+    """The error of a response that must have ``status``, checked to be in OpenAI's shape."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    return error
 
 
 def start_cli_server(model_dir: Path, port: int, *flags: str, env: dict[str, str] | None = None) -> subprocess.Popen:

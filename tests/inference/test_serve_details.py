@@ -1,10 +1,9 @@
-"""The playground's server side: the page and its assets at / and /static, and GET /v1/adapters/{name}
-returning what each adapter directory holds (config, metrics, training records, card metadata)."""
+"""What an adapter directory says about itself (serve/details.py), at GET /v1/adapters/{name}: config, metrics,
+training records (thinned) and card metadata; missing or damaged files are null, never a failed request."""
 
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 import torch
@@ -16,7 +15,6 @@ from softprompt.core.prompt import PromptConfig
 from softprompt.inference.engine import AdapterRegistry, Engine
 from softprompt.inference.serve import ServeConfig, create_app
 from softprompt.inference.serve.details import MAX_POINTS, adapter_details
-from softprompt.inference.serve.playground import STATIC_DIR
 from softprompt.training.train import TrainConfig, tune
 from tests.inference.test_engine_registry import save_prompts
 
@@ -87,19 +85,3 @@ def test_long_runs_are_thinned_and_damaged_files_do_not_fail_the_request(tmp_pat
     assert len(kept) <= MAX_POINTS + 1 and kept[0]["step"] == 1 and kept[-1]["step"] == 5000
     assert all(set(r) == {"step", "epoch", "loss"} for r in kept)
     assert (details["config"], details["metrics"], details["card"]) == (None, None, None)
-
-
-def test_page_and_assets_are_served_with_a_strict_policy(client):
-    page = client.get("/")
-    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert "default-src 'none'" in page.headers["content-security-policy"]
-    for asset in re.findall(r'(?:src|href)="(static/[^"]+)"', page.text):
-        assert client.get("/" + asset).status_code == 200, asset
-    assert client.get("/static/../app.py").status_code == 404
-
-
-def test_shipped_files_fetch_nothing_from_elsewhere():
-    """No CDN: the only absolute URL in the page's files is the SVG namespace name (never fetched)."""
-    for path in STATIC_DIR.iterdir():
-        urls = set(re.findall(r"https?://[^\s\"')]+", path.read_text()))
-        assert urls <= {"http://www.w3.org/2000/svg"}, (path.name, urls)

@@ -1,4 +1,5 @@
-"""The rest of OpenAI's completion request forms: token-id prompts, n > 1, logprobs, echo (lm-eval's loglikelihood)."""
+"""An answer's choices (serve/choices.py) in the rest of OpenAI's request forms: token-id prompts, n > 1,
+log-probabilities in the completion and chat shapes, echo (lm-eval's loglikelihood), streamed or not."""
 
 from __future__ import annotations
 
