@@ -53,9 +53,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     setup = config_from_args(RunSetup, args, model=args.model, device=args.device)
     report = compare(setup, config_from_args(CompareConfig, args))
     console.print(shown_text(Path(setup.output, run_files.REPORT_MD).read_text(encoding="utf-8")))
-    for goal in report["goals"]:
-        console.print(shown_text(f"goal: {goal['goal']}: {goal['text']}"))
-    written = "report.md, report.json, report.png" + (", report.html" if report.get("kind") == "text" else "")
+    for goal in report.goals:
+        console.print(shown_text(f"goal: {goal.goal}: {goal.text}"))
+    written = "report.md, report.json, report.png" + (", report.html" if report.kind == "text" else "")
     console.print("report written to", shown_text(setup.output, "bold"), f"({written})")
     return 0
 

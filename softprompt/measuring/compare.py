@@ -33,11 +33,13 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+from pydantic import TypeAdapter, ValidationError
 
 from softprompt.core import run_files
 from softprompt.core.config_types import check_types
@@ -51,6 +53,23 @@ from softprompt.measuring.methods import PROMPTS, TRAINED, Kind, MethodSpec
 from softprompt.measuring.methods.run import RunSetup, run_phase
 from softprompt.measuring.methods.search import SearchJob, job_to_json
 from softprompt.measuring.presets import AnyPreset, TextPreset, load_preset, load_test_rows, load_train_rows
+from softprompt.measuring.records import (
+    LABEL_TESTED,
+    SELECTION,
+    TEXT_TESTED,
+    Choices,
+    Failed,
+    LabelTested,
+    MethodChoice,
+    Outcome,
+    Phase,
+    Selection,
+    SplitSizes,
+    TextTested,
+    ToTest,
+    to_json,
+)
+from softprompt.measuring.report_records import AnyReport, TextReport
 from softprompt.measuring.selection import Split, design, k_folds, split_groups, split_validation
 from softprompt.training.train import SCHEDULERS
 
@@ -58,6 +77,8 @@ log = logging.getLogger(__name__)
 
 INITS = tuple(i.value for i in Init if i not in (Init.PEFT_RANDOM, Init.FILE))  # what a search can try
 DEFAULT_METHODS = (Kind.ZERO_SHOT, Kind.FEW_SHOT, Kind.PROMPT_TUNING, Kind.PREFIX_TUNING, Kind.LATE_PROMPT, Kind.LORA)
+P = TypeVar("P", bound=Phase)
+T = TypeVar("T", LabelTested, TextTested)
 
 
 def _help(text: str) -> dict[str, str]:
@@ -170,7 +191,7 @@ class CompareConfig:
         for init in (*self.pt_inits, *self.prefix_inits):
             if init not in INITS:
                 raise ConfigError(f"unknown init {init!r}: use {', '.join(INITS)}")
-            if init == "library" and not self.library:
+            if init == Init.LIBRARY.value and not self.library:
                 raise ConfigError("init library needs --library DIR (a directory of earlier prompts)")
         if not self.late_forms or any(form not in {f.value for f in Form} for form in self.late_forms):
             raise ConfigError(f"late_forms must be vectors and/or kv, got {self.late_forms}")
@@ -227,7 +248,7 @@ def method_candidates(kind: Kind, config: CompareConfig, labels: int) -> list[Me
 
 def _with_library(inits: tuple[str, ...], config: CompareConfig) -> tuple[str, ...]:
     """With a library, transfer is one more init every soft-prompt method tries."""
-    return inits + ("library",) if config.library and "library" not in inits else inits
+    return inits + (Init.LIBRARY.value,) if config.library and Init.LIBRARY.value not in inits else inits
 
 
 def _lrs(kind: Kind, config: CompareConfig) -> tuple[float, ...]:
@@ -286,12 +307,12 @@ def _for_text(config: CompareConfig) -> CompareConfig:
     """A text task has no label words to start a prompt from: the label init gives way to the text init."""
 
     def inits(values: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(v for v in values if v != "labels") or ("text",)
+        return tuple(v for v in values if v != Init.LABELS.value) or (Init.TEXT.value,)
 
     return replace(config, pt_inits=inits(config.pt_inits), prefix_inits=inits(config.prefix_inits))
 
 
-def compare(setup: RunSetup, config: CompareConfig) -> dict[str, Any]:
+def compare(setup: RunSetup, config: CompareConfig) -> AnyReport:
     """Select every method on validation, write the choices, then score the test rows; returns the report."""
     from softprompt.measuring.generation import items
     from softprompt.measuring.report import write_report
@@ -308,45 +329,64 @@ def compare(setup: RunSetup, config: CompareConfig) -> dict[str, Any]:
         output / run_files.SPLIT,
         {"train": split.train, "validation": split.validation, "other_folds": [list(held) for _, held in folds]},
     )
-    selections = []
-    for index, job in enumerate(jobs, start=1):
-        log.info("[%d/%d] selecting %s on %d validation rows", index, len(jobs), job.kind.value, len(split.validation))
-        selections.append(_run_one("search", {"job": _job_json(job)}, setup, config.isolate, job.kind))
+    selections = _select(jobs, setup, config, len(split.validation))
     # Every choice is made: written down before the test file is opened.
-    write_json(
-        output / run_files.SELECTION,
-        {
-            "split": {
-                "train_rows": len(split.train),
-                "validation_rows": len(split.validation),
-                "cv_folds": len(folds) + 1 if folds else None,
-            },
-            "methods": [_choices(s) for s in selections],
-        },
+    sizes = SplitSizes(
+        train_rows=len(split.train), validation_rows=len(split.validation), cv_folds=len(folds) + 1 if folds else None
     )
+    chosen = tuple(_choice(job.kind, selection) for job, selection in zip(jobs, selections, strict=True))
+    write_json(output / run_files.SELECTION, to_json(Choices(split=sizes, methods=chosen)))
     test_rows = load_test_rows(preset, setup.data, setup.test_rows)
-    tests = []
-    for job, selection in zip(jobs, selections, strict=True):
-        if "error" in selection:
-            tests.append({"error": "selection failed"})
-            continue
-        limit = min((n for n in (job.candidates[0].test_rows, setup.test_rows) if n), default=None)
-        chosen = {key: selection[key] for key in ("kind", "runs", "draws") if key in selection}
-        payload = {"selection": chosen, "test_rows": limit}
-        tests.append(_run_one("test", payload, setup, config.isolate, job.kind))
+    report: AnyReport
     if isinstance(preset, TextPreset):
-        inputs = items(preset, test_rows, "test row")
-        report = summarise_text(preset, setup, config, split, selections, tests, inputs)
+        text = _test(jobs, selections, setup, config, TEXT_TESTED)
+        report = summarise_text(preset, setup, config, split, text, items(preset, test_rows, "test row"))
+        reused = _reused_seconds(text)
     else:
         gold = [preset.label_index(row, f"test row {i + 1}") for i, row in enumerate(test_rows)]
-        report = summarise(preset, setup, config, split, selections, tests, gold)
-    report.update(
-        total_seconds=time.perf_counter() - started + _reused_seconds(selections + tests),
+        labels = _test(jobs, selections, setup, config, LABEL_TESTED)
+        report = summarise(preset, setup, config, split, labels, gold)
+        reused = _reused_seconds(labels)
+    report = replace(
+        report,
+        total_seconds=time.perf_counter() - started + reused,
         torch_threads=torch.get_num_threads(),
         cpu_count=os.cpu_count(),
     )
-    (write_text_report if isinstance(preset, TextPreset) else write_report)(report, output)
+    if isinstance(report, TextReport):
+        write_text_report(report, output)
+    else:
+        write_report(report, output)
     return report
+
+
+def _select(jobs: list[SearchJob], setup: RunSetup, config: CompareConfig, validating: int) -> list[Selection | Failed]:
+    """Every method's selection on the validation rows, each in its own phase."""
+    selections = []
+    for index, job in enumerate(jobs, start=1):
+        log.info("[%d/%d] selecting %s on %d validation rows", index, len(jobs), job.kind.value, validating)
+        selections.append(_run_one("search", {"job": _job_json(job)}, setup, config.isolate, job.kind, SELECTION))
+    return selections
+
+
+def _test(
+    jobs: list[SearchJob],
+    selections: list[Selection | Failed],
+    setup: RunSetup,
+    config: CompareConfig,
+    read: TypeAdapter[T | Failed],
+) -> list[Outcome[T]]:
+    """Every chosen method's runs scored on the test rows, each method in its own phase."""
+    outcomes: list[Outcome[T]] = []
+    for job, selection in zip(jobs, selections, strict=True):
+        if isinstance(selection, Failed):
+            outcomes.append(Outcome(job.kind, selection))
+            continue
+        limit = min((n for n in (job.candidates[0].test_rows, setup.test_rows) if n), default=None)
+        chosen = ToTest(kind=job.kind, runs=selection.found.runs, draws=selection.found.draws)
+        payload = {"selection": to_json(chosen), "test_rows": limit}
+        outcomes.append(Outcome(job.kind, selection, _run_one("test", payload, setup, config.isolate, job.kind, read)))
+    return outcomes
 
 
 def check_library(config: CompareConfig, setup: RunSetup) -> None:
@@ -383,29 +423,26 @@ def _job_json(job: SearchJob) -> dict[str, Any]:
     return dict(found)
 
 
-def _choices(selection: dict[str, Any]) -> dict[str, Any]:
-    if "error" in selection:
-        return {"kind": selection.get("kind"), "error": selection["error"]}
-    chosen = selection["candidates"][selection["chosen"]]
-
-    def listed(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        kept = ("seed", "settings", "artifact", "error")
-        return [{k: r.get(k) for k in kept} | {k: v for k, v in r.items() if k.startswith("val_")} for r in records]
-
-    return {
-        "kind": selection["kind"],
-        "method": selection["method"],
-        "chosen": chosen["settings"],
-        **{key: value for key, value in chosen.items() if key.startswith("val_")},
-        "runs": listed(selection["runs"]),
+def _choice(kind: Kind, selection: Selection | Failed) -> MethodChoice:
+    """A method's entry in selection.json: its choice and the runs the test will score (listed as ListedTrial)."""
+    if isinstance(selection, Failed):
+        return MethodChoice(kind=kind, error=selection.error)
+    found = selection.found
+    return MethodChoice(
+        kind=kind,
+        method=selection.method,
+        chosen=found.choice.settings,
+        validation=found.choice.validation,
+        runs=found.runs,
         # few-shot: the other draws of the chosen setting, tested beside the chosen context, never for its score
-        **({"draws": listed(selection["draws"])} if "draws" in selection else {}),
-    }
+        draws=found.draws,
+    )
 
 
-def _reused_seconds(results: list[dict[str, Any]]) -> float:
+def _reused_seconds(outcomes: Sequence[Outcome[Any]]) -> float:
     """Reused phases count with the time they took when they ran: a resumed comparison reports its whole cost."""
-    return sum(r.get("process_seconds", 0.0) for r in results if r.get("reused"))
+    phases = [phase for o in outcomes for phase in (o.selection, o.test) if phase is not None]
+    return sum(phase.process_seconds for phase in phases if phase.reused)
 
 
 # Options that only matter to trained methods (and where results go): a prompt-engineering result
@@ -413,28 +450,35 @@ def _reused_seconds(results: list[dict[str, Any]]) -> float:
 TRAINING_ONLY = ("budget", "batch_size", "max_seconds", "max_length", "keep_full_model")
 
 
-def _run_one(phase: str, payload: dict[str, Any], setup: RunSetup, isolate: bool, kind: Kind) -> dict[str, Any]:
-    """Reuse a finished phase of the same job, else run it (in a child process if isolating)."""
+def _run_one(
+    phase: str, payload: dict[str, Any], setup: RunSetup, isolate: bool, kind: Kind, read: TypeAdapter[P | Failed]
+) -> P | Failed:
+    """Reuse a finished phase of the same job, else run it (in a child process if isolating); its result as
+    ``read`` reads the JSON its file holds (``OUTPUT/results/KIND.PHASE.json``, with the job beside it)."""
     job = {"phase": phase, "setup": asdict(setup), **payload}
     path = Path(setup.output) / "results" / f"{kind.value}.{phase}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_file():
         cached = json.loads(path.read_text(encoding="utf-8"))
         if _same_job(cached.get("job"), job, kind) and "error" not in cached:
-            log.info("reusing %s", path)
-            return {**cached, "reused": True}
+            try:
+                reused = replace(read.validate_python(cached), reused=True)
+            except ValidationError as exc:
+                log.info("%s no longer reads (%d errors): running it again", path, exc.error_count())
+            else:
+                log.info("reusing %s", path)
+                return reused
     path.unlink(missing_ok=True)  # a failed run must not leave an older result in its place
     if isolate:
         result = _run_child(job, path)
     else:
         started = time.perf_counter()
-        result = run_phase(job)
-        result["process_seconds"] = time.perf_counter() - started
-    result["job"] = job
-    write_json(path, result)
-    if "error" in result:
-        log.warning("%s %s failed: %s", kind.value, phase, result["error"])
-    return result
+        result = to_json(replace(run_phase(job), process_seconds=time.perf_counter() - started))
+    write_json(path, {**result, "job": job})
+    found = read.validate_python(result)
+    if isinstance(found, Failed):
+        log.warning("%s %s failed: %s", kind.value, phase, found.error)
+    return found
 
 
 def _same_job(cached: Any, job: dict[str, Any], kind: Kind) -> bool:

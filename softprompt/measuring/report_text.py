@@ -10,11 +10,11 @@ from __future__ import annotations
 import html
 import re
 from pathlib import Path
-from typing import Any
 
 from softprompt.core import run_files
 from softprompt.core.files import atomic_path, write_json
 from softprompt.measuring.generation import LOWER_IS_BETTER
+from softprompt.measuring.records import to_json
 from softprompt.measuring.report import (
     COLORS,
     budget,
@@ -23,29 +23,33 @@ from softprompt.measuring.report import (
     draw_lines,
     family,
     params,
+    peak,
     save_chart,
     size,
     transfer_lines,
 )
+from softprompt.measuring.report_records import TextReport, TextResult, TextRow
 
 NAMES = {"ce": "reference CE", "bleu": "BLEU", "chrf": "chrF", "rougeL": "ROUGE-L"}
+Shown = tuple[str, list[str], list[tuple[str, str]]]  # an input, its references, each method's output
 
 
-def _score(m: dict[str, Any], name: str, digits: int = 1) -> str:
-    found = m["scores"][name]
-    low, high = found["ci"]
-    return f"{found['mean']:.{digits}f} ± {found['std']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+def _score(tested: TextResult, name: str, digits: int = 1) -> str:
+    found = tested.scores[name]
+    low, high = found.ci
+    return f"{found.mean:.{digits}f} ± {found.std:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
-def markdown(report: dict[str, Any]) -> str:
-    setup, compare, primary = report["setup"], report["compare"], report["primary_metric"]
+def markdown(report: TextReport) -> str:
+    head, primary = report.header, report.primary_metric
+    setup, compare = head.setup, head.compare
     better = "lower" if primary in LOWER_IS_BETTER else "higher"
     rows = [
-        f"# softprompt compare: {report['task']} on {report['model']} (text generation)",
+        f"# softprompt compare: {head.task} on {head.model} (text generation)",
         "",
-        f"{report['train_rows']} training rows, {report['validation_rows']} validation rows carved out of the "
-        f"training file (inputs with several references kept on one side) for every choice; {report['test_rows']} "
-        f"test inputs ({report['references_per_input']:.1f} references each on average), read only after every "
+        f"{head.train_rows} training rows, {head.validation_rows} validation rows carved out of the "
+        f"training file (inputs with several references kept on one side) for every choice; {report.test_rows} "
+        f"test inputs ({report.references_per_input:.1f} references each on average), read only after every "
         f"choice was made. Validation selects on {NAMES[primary]} ({better} is better). Every trained method "
         f"tried {compare['search_budget']} candidates of {budget(setup, compare)}, stopping after "
         f"{compare['patience']} validation scores without improvement; the best was trained with "
@@ -55,21 +59,21 @@ def markdown(report: dict[str, Any]) -> str:
         "chrF | ROUGE-L | trainable params | train time | selection time | peak RSS | adapter | test time |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for m in report["methods"]:
-        if "scores" not in m:
-            rows.append(f"| {m['method']} | failed: {m.get('error')} |" + " |" * 12)
+    for m in report.methods:
+        if not isinstance(m, TextRow):
+            rows.append(f"| {m.method} | failed: {m.error} |" + " |" * 12)
             continue
-        rss = max(x or 0 for x in (m.get("select_peak_rss_mb"), m.get("test_peak_rss_mb")))
+        chose, tested = m.selected, m.tested
         rows.append(
-            f"| {m['method']} | {m['chosen']} | {m.get(f'val_{primary}', float('nan')):.3f} | {_score(m, 'ce', 3)} | "
-            f"{m['ppl']:.1f} | {_score(m, 'bleu')} | {_score(m, 'chrf')} | {_score(m, 'rougeL')} | "
-            f"{params(m['trainable_params'], m['trainable_percent'])} | {m['train_seconds']:.0f} s | "
-            f"{m['select_seconds']:.0f} s | {f'{rss:.0f} MB' if rss else '-'} | {size(m['adapter_bytes'])} | "
-            f"{m['test_seconds']:.0f} s |"
+            f"| {m.method} | {chose.chosen} | {chose.validation.get(f'val_{primary}', float('nan')):.3f} | "
+            f"{_score(tested, 'ce', 3)} | {tested.ppl:.1f} | {_score(tested, 'bleu')} | {_score(tested, 'chrf')} | "
+            f"{_score(tested, 'rougeL')} | {params(chose.trainable_params, chose.trainable_percent)} | "
+            f"{chose.train_seconds:.0f} s | {chose.select_seconds:.0f} s | {peak(m)} | "
+            f"{size(tested.costs.adapter_bytes)} | {tested.costs.test_seconds:.0f} s |"
         )
     digits = 3 if primary == "ce" else 1
-    rows += draw_lines(report["methods"], lambda value: f"{value:.{digits}f}")
-    rows += transfer_lines(report["methods"])
+    rows += draw_lines(report.methods, lambda value: f"{value:.{digits}f}")
+    rows += transfer_lines(report.methods)
     rows += [
         "",
         "Each score: mean ± standard deviation over seeds (prompt engineering: the one context validation chose, "
@@ -81,7 +85,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "## Goals",
         "",
-        *[f"- {g['goal']}: {g['text']}" for g in report["goals"]],
+        *[f"- {g.goal}: {g.text}" for g in report.goals],
         "",
         "## Every candidate, on validation",
         "",
@@ -89,17 +93,17 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "## Outputs side by side",
         "",
-        *_side_by_side(report),
+        *_side_by_side(_shown(report)),
         "",
-        f"Whole run: {report['total_seconds'] / 60:.1f} min, {report['torch_threads']} torch threads.",
+        f"Whole run: {report.total_seconds / 60:.1f} min, {report.torch_threads} torch threads.",
     ]
     return "\n".join(rows) + "\n"
 
 
-def _candidates(report: dict[str, Any]) -> list[str]:
-    key = f"val_{report['primary_metric']}"
-    shown = (f"val {NAMES[report['primary_metric']]}", lambda c: f"{c.get(key, float('nan')):.3f}")
-    return candidates(report["methods"], shown, ("val CE", "val_ce"))
+def _candidates(report: TextReport) -> list[str]:
+    key = f"val_{report.primary_metric}"
+    shown = (f"val {NAMES[report.primary_metric]}", lambda c: f"{c.validation.get(key, float('nan')):.3f}")
+    return candidates(report.methods, shown, ("val CE", "val_ce"))
 
 
 def _fenced(text: str) -> list[str]:
@@ -108,25 +112,25 @@ def _fenced(text: str) -> list[str]:
     return [fence + "text", text, fence]
 
 
-def _shown(report: dict[str, Any]) -> list[tuple[str, list[str], list[tuple[str, str]]]]:
+def _shown(report: TextReport) -> list[Shown]:
     """(input, references, [(method, output)]) for every input shown side by side: test rows, then raw inputs."""
-    side = report["side_by_side"]
-    done = [m for m in report["methods"] if "scores" in m]
-    shown = [
-        (text, refs, [(m["method"], m["outputs"][i]) for m in done if i < len(m["outputs"])])
-        for i, (text, refs) in enumerate(zip(side["inputs"], side["references"], strict=True))
+    side = report.side_by_side
+    done = [(m.method, m.tested) for m in report.methods if isinstance(m, TextRow)]
+    shown: list[Shown] = [
+        (text, list(refs), [(method, t.outputs[i]) for method, t in done if i < len(t.outputs)])
+        for i, (text, refs) in enumerate(zip(side.inputs, side.references, strict=True))
     ]
-    for i, text in enumerate(side["showcase"]):
-        shown.append((text, [], [(m["method"], m["showcase"][i]) for m in done if i < len(m["showcase"])]))
+    for i, text in enumerate(side.showcase):
+        shown.append((text, [], [(method, t.showcase[i]) for method, t in done if i < len(t.showcase)]))
     return shown
 
 
-def _side_by_side(report: dict[str, Any]) -> list[str]:
+def _side_by_side(shown: list[Shown]) -> list[str]:
     out = [
         "The first test inputs (with their references) and the task's raw inputs (no template), each method's "
         "greedy output from its first seed. Also in report.html.",
     ]
-    for number, (text, refs, outputs) in enumerate(_shown(report), start=1):
+    for number, (text, refs, outputs) in enumerate(shown, start=1):
         out += ["", f"### Input {number}" + ("" if refs else " (raw, no template)"), "", *_fenced(text)]
         for ref in refs:
             out += ["", "reference:", "", *_fenced(ref)]
@@ -135,18 +139,18 @@ def _side_by_side(report: dict[str, Any]) -> list[str]:
     return out
 
 
-def page(report: dict[str, Any]) -> str:
+def page(task: str, model: str, shown: list[Shown]) -> str:
     """A page of the side-by-side outputs: one table per input, every text escaped."""
     e = html_escape
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>softprompt compare: {e(report['task'])}</title>",
+        f"<title>softprompt compare: {e(task)}</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}td,th{border:1px solid #ccc;"
         "padding:6px;vertical-align:top;text-align:left}table{border-collapse:collapse;width:100%;margin-bottom:2em}"
         "pre{white-space:pre-wrap;margin:0}th{width:14em}</style></head><body>",
-        f"<h1>{e(report['task'])} on {e(report['model'])}: outputs side by side</h1>",
+        f"<h1>{e(task)} on {e(model)}: outputs side by side</h1>",
     ]
-    for number, (text, refs, outputs) in enumerate(_shown(report), start=1):
+    for number, (text, refs, outputs) in enumerate(shown, start=1):
         parts.append(f"<h2>Input {number}{'' if refs else ' (raw, no template)'}</h2><table>")
         parts.append(f"<tr><th>input</th><td><pre>{e(text)}</pre></td></tr>")
         parts += [f"<tr><th>reference</th><td><pre>{e(ref)}</pre></td></tr>" for ref in refs]
@@ -159,32 +163,32 @@ def html_escape(text: str) -> str:
     return html.escape(str(text), quote=True)
 
 
-def chart(report: dict[str, Any], path: Path) -> Path:
+def chart(report: TextReport, path: Path) -> Path:
     """The primary metric per method (mean, interval, each seed), and the trained runs' validation curves."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    primary = report["primary_metric"]
-    ok = [m for m in report["methods"] if "scores" in m]
+    primary = report.primary_metric
+    ok = [m for m in report.methods if isinstance(m, TextRow)]
     fig, (bar_ax, curve_ax) = plt.subplots(1, 2, figsize=(13, 0.5 * max(len(ok), 4) + 3))
     for y, m in enumerate(ok):
-        found = m["scores"][primary]
-        bar_ax.barh(y, found["mean"], color=COLORS[family(m)], alpha=0.8)
-        bar_ax.plot(found["ci"], [y, y], color="black", lw=1.5)
-        bar_ax.scatter(found["runs"], [y] * len(found["runs"]), color="black", s=10, zorder=3)
-    bar_ax.set_yticks(range(len(ok)), [f"{m['method']}\n({m['chosen']})" for m in ok], fontsize=7)
+        found = m.tested.scores[primary]
+        bar_ax.barh(y, found.mean, color=COLORS[family(m)], alpha=0.8)
+        bar_ax.plot(found.ci, [y, y], color="black", lw=1.5)
+        bar_ax.scatter(found.runs, [y] * len(found.runs), color="black", s=10, zorder=3)
+    bar_ax.set_yticks(range(len(ok)), [f"{m.method}\n({m.selected.chosen})" for m in ok], fontsize=7)
     bar_ax.set_xlabel(f"test {NAMES[primary]}: mean over seeds, 95% CI, each seed")
     bar_ax.invert_yaxis()
-    curves(report["methods"], curve_ax, 1.0, f"validation {NAMES[primary]}")
+    curves(report.methods, curve_ax, 1.0, f"validation {NAMES[primary]}")
     return save_chart(fig, curve_ax, report, path)
 
 
-def write_text_report(report: dict[str, Any], output: Path) -> None:
-    write_json(output / run_files.REPORT_JSON, report)
+def write_text_report(report: TextReport, output: Path) -> None:
+    write_json(output / run_files.REPORT_JSON, to_json(report))
     with atomic_path(output / run_files.REPORT_MD) as tmp:
         tmp.write_text(markdown(report), encoding="utf-8")
     with atomic_path(output / "report.html") as tmp:
-        tmp.write_text(page(report), encoding="utf-8")
+        tmp.write_text(page(report.header.task, report.header.model, _shown(report)), encoding="utf-8")
     chart(report, output / "report.png")

@@ -20,6 +20,7 @@ from enum import Enum
 
 from softprompt.core.errors import ConfigError
 from softprompt.core.forms import Form
+from softprompt.core.prompt import Init
 
 
 class Kind(str, Enum):
@@ -64,7 +65,7 @@ class MethodSpec:
     kind: Kind = field(metadata={"help": "which method"})
     lr: float = field(default=0.0, metadata={"help": "learning rate (trained methods)"})
     num_virtual_tokens: int = field(default=0, metadata={"help": "prompt / prefix length"})
-    init: str = field(default="text", metadata={"help": "prompt init: random, vocab, text, labels"})
+    init: Init = field(default=Init.TEXT, metadata={"help": "prompt init: random, vocab, text, labels, library"})
     shots: int = field(default=0, metadata={"help": "in-context examples (few-shot)"})
     rank: int = field(default=8, metadata={"help": "LoRA rank"})
     test_rows: int | None = field(default=None, metadata={"help": "evaluate on only the first N test rows"})
@@ -74,11 +75,16 @@ class MethodSpec:
         default=True, metadata={"help": "put the preset's instruction first (prompt engineering)"}
     )
     order: int = field(default=0, metadata={"help": "which seeded order of the in-context examples (few-shot)"})
-    form: str = field(default="vectors", metadata={"help": "late prompt: vectors or kv (keys/values per layer)"})
+    form: Form = field(default=Form.VECTORS, metadata={"help": "late prompt: vectors or kv (keys/values per layer)"})
     depth: float = field(default=0.0, metadata={"help": "late prompt: entry layer as a fraction of the model's depth"})
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "kind", Kind(self.kind))
+        for name, kind in (("kind", Kind), ("init", Init), ("form", Form)):  # as JSON or a search space gives them
+            try:
+                object.__setattr__(self, name, kind(getattr(self, name)))
+            except ValueError:
+                shown = ", ".join(k.value for k in kind)
+                raise ConfigError(f"{name} must be one of {shown}, got {getattr(self, name)!r}") from None
         if self.kind in TRAINED and not self.lr > 0:
             raise ConfigError(f"{self.kind.value} needs a positive learning rate")
         if self.kind in PROMPTS and self.num_virtual_tokens < 1:
@@ -89,8 +95,6 @@ class MethodSpec:
             raise ConfigError("reparam_hidden and order must be >= 0")
         if self.kind is Kind.LATE_PROMPT and not 0 < self.depth < 1:
             raise ConfigError(f"a late prompt enters inside the model: depth must be in (0, 1), got {self.depth}")
-        if self.form not in {f.value for f in Form}:
-            raise ConfigError(f"form must be vectors or kv, got {self.form!r}")
 
     def entry_layer(self, layers: int) -> int:
         """The layer a late prompt enters at in a model of ``layers`` layers (0 for every other method)."""
@@ -99,9 +103,9 @@ class MethodSpec:
         return min(max(1, round(self.depth * layers)), layers - 1)
 
     @property
-    def prompt_form(self) -> str:
+    def prompt_form(self) -> Form:
         """What the method trains: vectors, or keys/values in every layer from its entry up."""
-        return "kv" if self.kind is Kind.PREFIX_TUNING else self.form
+        return Form.KV if self.kind is Kind.PREFIX_TUNING else self.form
 
     @property
     def method(self) -> str:
@@ -118,13 +122,17 @@ class MethodSpec:
             return ", ".join(shown)
         shown = [f"lr {self.lr:g}", self.scheduler]
         if self.kind in (Kind.PROMPT_TUNING, Kind.P_TUNING):
-            shown += [f"{self.init} init", f"{self.num_virtual_tokens} tokens"]
+            shown += [f"{self.init.value} init", f"{self.num_virtual_tokens} tokens"]
             if self.reparam_hidden:
                 shown.append(f"MLP {self.reparam_hidden}")
         elif self.kind is Kind.PREFIX_TUNING:
-            shown += [f"{self.init} init", f"{self.num_virtual_tokens} tokens"]
+            shown += [f"{self.init.value} init", f"{self.num_virtual_tokens} tokens"]
         elif self.kind is Kind.LATE_PROMPT:
-            shown += [f"{self.form} at {self.depth:g} depth", f"{self.init} init", f"{self.num_virtual_tokens} tokens"]
+            shown += [
+                f"{self.form.value} at {self.depth:g} depth",
+                f"{self.init.value} init",
+                f"{self.num_virtual_tokens} tokens",
+            ]
         elif self.kind is Kind.LORA:
             shown.append(f"rank {self.rank}")
         return ", ".join(shown)
@@ -136,13 +144,13 @@ class MethodSpec:
         if self.kind is Kind.ZERO_SHOT:
             return "zero-shot instruction"
         if self.kind is Kind.PROMPT_TUNING:
-            return f"prompt tuning ({self.init}, {self.num_virtual_tokens})"
+            return f"prompt tuning ({self.init.value}, {self.num_virtual_tokens})"
         if self.kind is Kind.P_TUNING:
-            return f"P-tuning ({self.init}, {self.num_virtual_tokens})"
+            return f"P-tuning ({self.init.value}, {self.num_virtual_tokens})"
         if self.kind is Kind.PREFIX_TUNING:
-            return f"prefix tuning ({self.init}, {self.num_virtual_tokens})"
+            return f"prefix tuning ({self.init.value}, {self.num_virtual_tokens})"
         if self.kind is Kind.LATE_PROMPT:
-            return f"late prompt ({self.form} at {self.depth:g}, {self.num_virtual_tokens})"
+            return f"late prompt ({self.form.value} at {self.depth:g}, {self.num_virtual_tokens})"
         if self.kind is Kind.LORA:
             return f"LoRA (r={self.rank})"
         return "full fine-tuning"

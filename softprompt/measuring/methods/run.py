@@ -13,9 +13,10 @@ import resource
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from softprompt.core import run_files
 from softprompt.core.card import SCORES, write_model_card
@@ -30,13 +31,26 @@ from softprompt.measuring.generation import scores as text_scores
 from softprompt.measuring.methods import PROMPTS, Kind
 from softprompt.measuring.methods.build import saved_writer
 from softprompt.measuring.methods.search import job_from_json, run_info, search
-from softprompt.measuring.presets import AnyPreset, Preset, load_preset, load_test_rows
+from softprompt.measuring.presets import AnyPreset, Preset, TextPreset, load_preset, load_test_rows
+from softprompt.measuring.records import (
+    TO_TEST,
+    LabelTest,
+    LabelTested,
+    Phase,
+    TestCosts,
+    TextTest,
+    TextTested,
+    ToTest,
+    Trial,
+    to_json,
+)
 
 log = logging.getLogger(__name__)
 
 # What a user ships of each method: adapter or model weights and their config (not the trainer's
 # checkpoint, metrics or plots, which the adapter directory also holds).
 SHIPPED = ("adapter_config.json", "adapter_model.safetensors", "config.json", "model.safetensors", "prompt.txt")
+M = TypeVar("M", LabelTest, TextTest)
 
 
 @dataclass(frozen=True)
@@ -84,82 +98,113 @@ class RunSetup:
         return load_base_model(self.model, device=self.device, dtype=resolve_dtype(self.model_dtype, self.device))
 
 
-def run_phase(job: dict[str, Any]) -> dict[str, Any]:
-    """``job``: {"phase": "search" | "test", "setup": RunSetup fields, ...}; a JSON-ready result."""
+def run_phase(job: dict[str, Any]) -> Phase:
+    """``job``: {"phase": "search" | "test", "setup": RunSetup fields, ...}, as JSON (how it reaches a child
+    process, and what tells a finished phase's result it may be reused)."""
     setup = RunSetup(**job["setup"])
     if job["phase"] == "search":
         return search(job_from_json(job["job"]), setup)
     if job["phase"] == "test":
-        return score_test(job["selection"], setup, job.get("test_rows"))
+        return score_test(TO_TEST.validate_python(job["selection"]), setup, job.get("test_rows"))
     raise ConfigError(f"unknown phase {job['phase']!r}")
 
 
-def score_test(selection: dict[str, Any], setup: RunSetup, limit: int | None) -> dict[str, Any]:
+def score_test(chosen: ToTest, setup: RunSetup, limit: int | None) -> LabelTested | TextTested:
     """Score every finished run of a method's selection on the test rows (the first ``limit``); few-shot's
     other draws too, returned apart (``draw_runs``) so that they never enter the method's score."""
-    kind = Kind(selection["kind"])
-    runs = [run for run in selection["runs"] if "error" not in run]
-    if not runs:
-        raise ConfigError(f"{kind.value}: no run finished, nothing to test")
-    draws = selection.get("draws", [])
     preset = load_preset(setup.preset)
     rows = load_test_rows(preset, setup.data, limit)
+    if isinstance(preset, Preset):
+
+        def labels(writer: Writer, seeds: list[int]) -> list[LabelTest]:
+            return _label_members(writer, preset, rows, setup, seeds)
+
+        runs, draws, costs = _scored(chosen, setup, preset, len(rows), labels)
+        return LabelTested(runs=runs, draw_runs=draws, costs=costs)
+
+    def text(writer: Writer, seeds: list[int]) -> list[TextTest]:
+        return _text_members(writer, preset, rows, setup, seeds)
+
+    found, found_draws, costs = _scored(chosen, setup, preset, len(rows), text)
+    return TextTested(runs=found, draw_runs=found_draws, costs=costs)
+
+
+def _scored(
+    chosen: ToTest, setup: RunSetup, preset: AnyPreset, rows: int, members: Callable[[Writer, list[int]], list[M]]
+) -> tuple[tuple[M, ...], tuple[M, ...] | None, TestCosts]:
+    """Every finished run's (and every other draw's) scores from ``members``, a member per run; what it cost."""
+    kind = chosen.kind
+    runs: list[Trial] = [trial for trial in chosen.runs if not trial.failed]
+    if not runs:
+        raise ConfigError(f"{kind.value}: no run finished, nothing to test")
+    trials = [*runs, *(chosen.draws or ())]
     started = time.perf_counter()
-    directories = [Path(run["artifact"]) for run in (*runs, *draws)]
     # Soft prompts: every seed's prompt in one batched pass, a member each. PEFT injects LoRA into
     # a base in place, so each LoRA run gets its own; prompt engineering shares one.
-    groups = [directories] if kind in PROMPTS else [[d] for d in directories]
+    groups = [trials] if kind in PROMPTS else [[t] for t in trials]
     shared = None if kind in (Kind.LORA, Kind.FULL) else setup.load()
-    members: list[dict[str, Any]] = []
+    found: list[M] = []
     for group in groups:
-        members += _test_members(saved_writer(kind, shared or setup.load(), group), preset, rows, setup)
+        writer = saved_writer(kind, shared or setup.load(), [t.directory for t in group])
+        found += members(writer, [t.seed for t in group])
     seconds = time.perf_counter() - started
-    adapter_bytes = sum((directories[0] / name).stat().st_size for name in SHIPPED if (directories[0] / name).is_file())
+    first = trials[0].directory
+    costs = TestCosts(
+        eval_rows=rows,
+        test_seconds=seconds,
+        ms_per_example=1000 * seconds / max(rows * len(trials), 1),
+        adapter_bytes=sum((first / name).stat().st_size for name in SHIPPED if (first / name).is_file()),
+    )
     if kind is Kind.FULL and not setup.keep_full_model:
-        for directory in directories:
-            shutil.rmtree(directory, ignore_errors=True)
+        for trial in trials:
+            shutil.rmtree(trial.directory, ignore_errors=True)
     if kind in PROMPTS:
-        for directory, member in zip(directories, members, strict=True):
-            _card_with_scores(directory, member, setup, preset)
-    tested = [{"seed": run["seed"], **member} for run, member in zip((*runs, *draws), members, strict=True)]
-    return {
-        "runs": tested[: len(runs)],
-        **({"draw_runs": tested[len(runs) :]} if "draws" in selection else {}),
-        "eval_rows": len(rows),
-        "test_seconds": seconds,
-        "ms_per_example": 1000 * seconds / max(len(rows) * len(directories), 1),
-        "adapter_bytes": adapter_bytes,
-    }
+        for trial, member in zip(trials, found, strict=True):
+            _card_with_scores(trial.directory, member.metric_values(), setup, preset)
+    others = tuple(found[len(runs) :]) if chosen.draws is not None else None
+    return tuple(found[: len(runs)]), others, costs
 
 
-def _test_members(writer: Writer, preset: AnyPreset, rows: list[Row], setup: RunSetup) -> list[dict[str, Any]]:
-    """Per member: rank classification's accuracy, macro-F1 and label scores; or a text task's reference
-    negative log-likelihoods, greedy outputs (the preset's showcase inputs' too) and their metrics."""
-    if isinstance(preset, Preset):
-        found = classify_rows(writer.scorer(), writer.base, preset, rows, setup.eval_batch_size, "test row")
-        return [
-            {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "scores": s.tolist()}
-            for m, s in zip(found.member_metrics(), found.scores, strict=True)
-        ]
+def _label_members(
+    writer: Writer, preset: Preset, rows: list[Row], setup: RunSetup, seeds: list[int]
+) -> list[LabelTest]:
+    """Per member (a seed's run): rank classification's accuracy, macro-F1 and every row's label scores."""
+    found = classify_rows(writer.scorer(), writer.base, preset, rows, setup.eval_batch_size, "test row")
+    return [
+        LabelTest(
+            seed=seed,
+            accuracy=m["accuracy"],
+            macro_f1=m["macro_f1"],
+            scores=tuple(tuple(row) for row in s.tolist()),
+        )
+        for seed, m, s in zip(seeds, found.member_metrics(), found.scores, strict=True)
+    ]
+
+
+def _text_members(
+    writer: Writer, preset: TextPreset, rows: list[Row], setup: RunSetup, seeds: list[int]
+) -> list[TextTest]:
+    """Per member (a seed's run): a text task's reference negative log-likelihoods, greedy outputs (the preset's
+    showcase inputs' too) and their metrics."""
     inputs = items(preset, rows, "test row")
     nll = reference_nll(writer, preset, inputs, setup.max_length, setup.eval_batch_size)
     written = writer.write([item.text for item in inputs] + list(preset.showcase), preset)
     refs = [item.references for item in inputs]
     out = []
-    for member_nll, outputs in zip(nll, written, strict=True):
-        measured = text_scores({"nll": member_nll, **row_stats(outputs[: len(inputs)], refs)})
+    for seed, member_nll, outputs in zip(seeds, nll, written, strict=True):
         out.append(
-            {
-                **measured,
-                "nll": member_nll.tolist(),
-                "outputs": outputs[: len(inputs)],
-                "showcase": outputs[len(inputs) :],
-            }
+            TextTest(
+                seed=seed,
+                metrics=text_scores({"nll": member_nll, **row_stats(outputs[: len(inputs)], refs)}),
+                nll=tuple((float(total), float(tokens)) for total, tokens in member_nll),
+                outputs=tuple(outputs[: len(inputs)]),
+                showcase=tuple(outputs[len(inputs) :]),
+            )
         )
     return out
 
 
-def _card_with_scores(directory: Path, scores: dict[str, Any], setup: RunSetup, preset: AnyPreset) -> None:
+def _card_with_scores(directory: Path, scores: dict[str, float], setup: RunSetup, preset: AnyPreset) -> None:
     """A compared prompt's model card, rewritten with its test scores once they are known."""
     if not (directory / run_files.METRICS).is_file():
         return  # an adapter reused from elsewhere: nothing recorded to write a card from
@@ -176,9 +221,8 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING)
     started = time.perf_counter()
     result = run_phase(job)
-    result["process_seconds"] = time.perf_counter() - started
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    write_json(out, result)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    write_json(out, to_json(replace(result, process_seconds=time.perf_counter() - started, peak_rss_mb=peak)))
     return 0
 
 

@@ -21,6 +21,7 @@ import logging
 import shutil
 import statistics
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from softprompt.measuring.generation import scores as text_scores
 from softprompt.measuring.methods import PROMPTS, Kind, MethodSpec
 from softprompt.measuring.methods.build import context_for, prompt_config, save_context, weights_model, writer_of
 from softprompt.measuring.presets import TARGET_COLUMN, AnyPreset, Preset, load_preset, load_train_rows
+from softprompt.measuring.records import Found, Point, Selection, Transfer, Trial, from_json
 from softprompt.measuring.selection import best
 from softprompt.training.sweep import Candidate, SweepResult, train_sweep
 from softprompt.training.train import TrainConfig, TrainResult, train
@@ -94,11 +96,12 @@ class Task:
         """The validation score choices are made on, and whether higher is better."""
         return ("val_accuracy", True) if isinstance(self.preset, Preset) else self.preset.selects_on
 
-    def rank(self, record: dict[str, Any]) -> tuple[float, float]:
-        """(higher is better, lower breaks ties): accuracy then label loss, or the text metric then reference CE."""
+    def rank(self, scores: Mapping[str, float]) -> tuple[float, float]:
+        """Validation scores as (higher is better, lower breaks ties): accuracy then label loss, or the text metric
+        then reference CE."""
         key, higher = self.objective
         tie = "val_label_loss" if isinstance(self.preset, Preset) else "val_ce"
-        return (record[key] if higher else -record[key], record[tie])
+        return (scores[key] if higher else -scores[key], scores[tie])
 
     def from_library(self, config: PromptConfig, base: FrozenModel) -> Choice:
         """init=library: every fitting library prompt scored on validation as the start it gives, in one pass
@@ -141,8 +144,8 @@ def run_info(setup: Any, preset: AnyPreset) -> dict[str, Any]:
     return {"model": setup.model, "task": preset.name, "data": asdict(data_config(setup, preset))}
 
 
-def search(job: SearchJob, setup: Any) -> dict[str, Any]:
-    """Run one method's selection; a JSON-ready record of every candidate, the choice and every seed's run."""
+def search(job: SearchJob, setup: Any) -> Selection:
+    """Run one method's selection: every candidate, the choice and every seed's run."""
     preset = load_preset(setup.preset)
     rows = load_train_rows(preset, setup.data, setup.train_rows)
     splits = [(job.train_index, job.validation_index), *job.folds]
@@ -156,22 +159,18 @@ def search(job: SearchJob, setup: Any) -> dict[str, Any]:
         found = _prompts(job, folds, directory)
     else:
         found = _weights(job, folds, directory)
-    return {
-        "kind": job.kind.value,
-        "method": job.candidates[0].method,
-        "train_rows": len(task.train),
-        "validation_rows": len(task.validation),
-        **({"cv_folds": len(folds)} if len(folds) > 1 else {}),  # plan gives folds to trained methods only
-        "select_seconds": time.perf_counter() - started,
-        **found,
-    }
+    return Selection(
+        kind=job.kind,
+        method=job.candidates[0].method,
+        train_rows=len(task.train),
+        validation_rows=len(task.validation),
+        cv_folds=len(folds) if len(folds) > 1 else None,  # plan gives folds to trained methods only
+        select_seconds=time.perf_counter() - started,
+        found=found,
+    )
 
 
-def _record(spec: MethodSpec, seed: int, scores: dict[str, float], **more: Any) -> dict[str, Any]:
-    return {"spec": asdict(spec), "settings": spec.settings, "seed": seed, **scores, **more}
-
-
-def _prompt_engineering(job: SearchJob, task: Task, directory: Path) -> dict[str, Any]:
+def _prompt_engineering(job: SearchJob, task: Task, directory: Path) -> Found:
     """Zero-shot: instruction or not, one deterministic context. Few-shot: every instruction x shots x draw x
     order; the best context on validation is the one run, and the best-order context of each other draw of
     its setting goes to ``draws``, tested apart."""
@@ -179,41 +178,52 @@ def _prompt_engineering(job: SearchJob, task: Task, directory: Path) -> dict[str
     draws = job.seeds if job.kind is Kind.FEW_SHOT else job.seeds[:1]  # zero-shot draws nothing
     scores: dict[str, dict[str, float]] = {}
 
-    def tried(spec: MethodSpec, seed: int) -> dict[str, Any]:
+    def tried(spec: MethodSpec, seed: int) -> tuple[str, Trial]:
         """Each distinct context scored once: settings that give the same text (one shot per class in a
         different "order", two draws of the same examples) would only repeat its validation numbers."""
         context = context_for(spec, task.preset, task.train, seed)
         if context not in scores:
             (scores[context],) = task.validate(Writer(base, [None], context))
         settings = f"{spec.settings}, draw {seed}" if spec.kind is Kind.FEW_SHOT else spec.settings
-        return _record(spec, seed, scores[context], settings=settings, context=context, context_chars=len(context))
+        return context, Trial(
+            spec=spec,
+            seed=seed,
+            settings=settings,
+            validation=scores[context],
+            context=context,
+            context_chars=len(context),
+        )
 
-    distinct: dict[str, dict[str, Any]] = {}
+    distinct: dict[str, Trial] = {}
     for seed in draws:
         for spec in job.candidates:
-            found = tried(spec, seed)
-            distinct.setdefault(found["context"], found)
+            context, trial = tried(spec, seed)
+            distinct.setdefault(context, trial)
     candidates = list(distinct.values())
     chosen = _best(candidates, task)
-    run = candidates[chosen]
-    spec = MethodSpec(**run["spec"])
+    spec = candidates[chosen].spec
     orders = sorted({c.order for c in job.candidates if replace(c, order=0) == replace(spec, order=0)})
     others = []
-    for seed in (d for d in draws if d != run["seed"]):
-        variants = [tried(replace(spec, order=order), seed) for order in orders]
+    for seed in (d for d in draws if d != candidates[chosen].seed):
+        variants = [tried(replace(spec, order=order), seed)[1] for order in orders]
         others.append(variants[_best(variants, task)])
-    run["artifact"] = str(save_context(directory / f"seed{run['seed']}", run["context"]))
-    for other in others:
-        other["artifact"] = str(save_context(directory / f"draw{other['seed']}", other["context"]))
-    return {
-        "candidates": candidates,
-        "chosen": chosen,
-        "runs": [run],
-        **({"draws": others} if job.kind is Kind.FEW_SHOT else {}),
-        "trainable_params": 0,
-        "stored_params": 0,
-        "base_params": _params(base),
-    }
+    candidates[chosen] = run = _saved(candidates[chosen], directory / f"seed{candidates[chosen].seed}")
+    return Found(
+        candidates=tuple(candidates),
+        chosen=chosen,
+        runs=(run,),
+        draws=tuple(_saved(other, directory / f"draw{other.seed}") for other in others)
+        if job.kind is Kind.FEW_SHOT
+        else None,
+        trainable_params=0,
+        stored_params=0,
+        base_params=_params(base),
+    )
+
+
+def _saved(trial: Trial, directory: Path) -> Trial:
+    """A prompt-engineering trial with its context saved as its artifact (``prompt.txt``)."""
+    return replace(trial, artifact=str(save_context(directory, trial.context or "")))
 
 
 def _train_config(job: SearchJob, setup: Any, spec: MethodSpec, seed: int, output: Path) -> TrainConfig:
@@ -261,49 +271,57 @@ def _scored(result: TrainResult) -> dict[str, float]:
 
 
 def _run_record(
-    spec: MethodSpec, seed: int, scores: dict[str, float], result: TrainResult, task: Task
-) -> dict[str, Any]:
+    spec: MethodSpec,
+    seed: int,
+    scores: dict[str, float],
+    result: TrainResult,
+    task: Task,
+    init_from: str | None = None,
+) -> Trial:
     """What a search keeps of a trained run: validation scores, budget spent, and its validation curve
-    (step, training seconds, validation loss, the score choices are made on)."""
+    (step, training seconds, validation loss, the score choices are made on), read from the run's own record."""
     records = result.records
     steps = [r for r in records if "loss" in r]
-    curve = [
-        [r["step"], r.get("elapsed", 0.0), r["eval_loss"], r.get(task.objective[0])]
+    curve = tuple(
+        Point(r["step"], r.get("elapsed", 0.0), r["eval_loss"], r.get(task.objective[0]))
         for r in records
         if r.get("eval_loss") is not None
-    ]
-    return _record(
-        spec,
-        seed,
-        scores,
+    )
+    return Trial(
+        spec=spec,
+        seed=seed,
+        settings=spec.settings,
+        validation=scores,
         artifact=str(result.output),
         steps=len(steps),
         best_step=int(result.metrics["best_step"]),
         train_seconds=float(result.metrics["train_seconds"]),
         curve=curve,
         stopped_early=bool(result.metrics["stopped_early"]),
+        init_from=init_from,
     )
 
 
-def _prompts(job: SearchJob, folds: list[Task], directory: Path) -> dict[str, Any]:
+def _prompts(job: SearchJob, folds: list[Task], directory: Path) -> Found:
     """Prompt tuning, P-tuning, prefix tuning, late prompts: every candidate a soft prompt, trained together."""
     task = folds[0]
     base = _load(task.setup)
     transfers: dict[tuple[Any, ...], Choice] = {}  # one library choice per form, entry layer and length
     tokenized: dict[int, tuple[list[Example], list[Example]]] = {}  # per fold: the first fold trains twice
 
-    def start(spec: MethodSpec) -> tuple[PromptConfig, dict[str, Any]]:
-        """The prompt a candidate trains, and its card's run information (init library: which prompt won)."""
+    def start(spec: MethodSpec) -> tuple[PromptConfig, dict[str, Any], Choice | None]:
+        """The prompt a candidate trains, its card's run information and (init library) which prompt won."""
         config = prompt_config(spec, task.preset, base, job.library)
         info = run_info(task.setup, task.preset)
         if config.init is not Init.LIBRARY:
-            return config, info
+            return config, info, None
         key = (config.form, config.entry_layer, config.num_virtual_tokens)
         if key not in transfers:
             transfers[key] = task.from_library(config, base)
-        return transfers[key].config(config), {**info, "init_from": transfers[key].record()}
+        choice = transfers[key]
+        return choice.config(config), {**info, "init_from": choice.record()}, choice
 
-    def sweep(runs: list[tuple[MethodSpec, int]], names: list[str], fold: Task) -> list[dict[str, Any]]:
+    def sweep(runs: list[tuple[MethodSpec, int]], names: list[str], fold: Task) -> list[Trial]:
         if id(fold) not in tokenized:
             tokenized[id(fold)] = fold.examples(fold.train, base), fold.examples(fold.validation, base)
         train_set, validation = tokenized[id(fold)]
@@ -311,13 +329,15 @@ def _prompts(job: SearchJob, folds: list[Task], directory: Path) -> dict[str, An
         started = [start(s) for s, _ in runs]
         models = [
             SoftPromptModel.with_new_prompt(base, config, seed=seed)
-            for (config, _), (_, seed) in zip(started, runs, strict=True)
+            for (config, _, _), (_, seed) in zip(started, runs, strict=True)
         ]
         configs = [
             _train_config(job, task.setup, s, seed, directory / name)
             for (s, seed), name in zip(runs, names, strict=True)
         ]
-        candidates = [Candidate(m, c, info, measure) for m, c, (_, info) in zip(models, configs, started, strict=True)]
+        candidates = [
+            Candidate(m, c, info, measure) for m, c, (_, info, _) in zip(models, configs, started, strict=True)
+        ]
         if job.joint:
             result = train_sweep(candidates, train_set, validation)
         else:  # each alone: sweeps of one, the same loop and accounting
@@ -328,17 +348,16 @@ def _prompts(job: SearchJob, folds: list[Task], directory: Path) -> dict[str, An
         unscored = [i for i, r in enumerate(result.results) if not isinstance(r, Exception) and not _scored(r)]
         prompts = [models[i].require_prompt().frozen() for i in unscored]
         by_run = dict(zip(unscored, fold.validate(Writer(base, list(prompts))) if prompts else [], strict=True))
-        records = []
+        trials = []
         for i, ((spec, seed), outcome) in enumerate(zip(runs, result.results, strict=True)):
             if isinstance(outcome, Exception):
-                records.append(_record(spec, seed, {}, error=str(outcome)))
-            else:
-                record = _run_record(spec, seed, by_run.get(i) or _scored(outcome), outcome, fold)
-                if "init_from" in started[i][1]:
-                    record["init_from"] = started[i][1]["init_from"]["chosen"]
-                records.append(record)
+                trials.append(Trial(spec=spec, seed=seed, settings=spec.settings, error=str(outcome)))
+                continue
+            choice = started[i][2]
+            scores = by_run.get(i) or _scored(outcome)
+            trials.append(_run_record(spec, seed, scores, outcome, fold, choice.chosen if choice else None))
         log.info("sweep of %d: %.0f s, %d tokens", len(runs), result.seconds, result.train_tokens)
-        return records
+        return trials
 
     first = [(spec, job.seeds[0]) for spec in job.candidates]
     names = [f"candidate{i}" for i in range(len(job.candidates))]
@@ -357,23 +376,24 @@ def _prompts(job: SearchJob, folds: list[Task], directory: Path) -> dict[str, An
     trainable = sum(p.numel() for p in prompt.parameters())
     frozen = prompt.frozen()
     stored = frozen.weights.numel() + (0 if frozen.below is None else frozen.below.numel())
-    return {
-        "candidates": candidates,
-        "chosen": chosen,
-        "runs": [candidates[chosen], *again],
-        "trainable_params": trainable,
-        "stored_params": stored,
-        "base_params": _params(base),
-        **({"transfer": [choice.record() for choice in transfers.values()]} if transfers else {}),
-    }
+    return Found(
+        candidates=tuple(candidates),
+        chosen=chosen,
+        runs=(candidates[chosen], *again),
+        trainable_params=trainable,
+        stored_params=stored,
+        base_params=_params(base),
+        transfer=tuple(from_json(Transfer, choice.record()) for choice in transfers.values()) or None,
+    )
 
 
-def _weights(job: SearchJob, folds: list[Task], directory: Path) -> dict[str, Any]:
+def _weights(job: SearchJob, folds: list[Task], directory: Path) -> Found:
     """LoRA, full fine-tuning: each run on a freshly loaded base (PEFT wraps it in place), in the same loop."""
     task = folds[0]
-    facts: dict[str, int] = {}
+    trainable = total = 0  # parameters: what the method trains (and stores), the whole model's
 
-    def run(spec: MethodSpec, seed: int, output: Path, fold: Task = task) -> dict[str, Any]:
+    def run(spec: MethodSpec, seed: int, output: Path, fold: Task = task) -> Trial:
+        nonlocal trainable, total
         base = _load(fold.setup)
         total = _params(base)
         try:
@@ -392,9 +412,8 @@ def _weights(job: SearchJob, folds: list[Task], directory: Path) -> dict[str, An
             scores = _scored(result) or fold.validate(writer_of(model))[0]
         except Exception as exc:  # noqa: BLE001 - one candidate's failure is a result, not the end of the search
             log.warning("%s (%s) failed: %s", spec.method, spec.settings, exc)
-            return _record(spec, seed, {}, error=f"{type(exc).__name__}: {exc}")
+            return Trial(spec=spec, seed=seed, settings=spec.settings, error=f"{type(exc).__name__}: {exc}")
         trainable = int(result.metrics["trainable_params"])
-        facts.update(trainable_params=trainable, base_params=total, stored_params=trainable)
         del base, model
         gc.collect()
         return _run_record(spec, seed, scores, result, fold)
@@ -411,44 +430,45 @@ def _weights(job: SearchJob, folds: list[Task], directory: Path) -> dict[str, An
     chosen = _best(candidates, task)
     if job.kind is Kind.FULL:  # 0.5 GB a model: keep only the chosen one (and no other fold's)
         for record in [r for f, fold in enumerate(by_fold) for i, r in enumerate(fold) if f or i != chosen]:
-            if record.get("artifact"):
-                shutil.rmtree(record["artifact"], ignore_errors=True)
+            if record.artifact:
+                shutil.rmtree(record.artifact, ignore_errors=True)
     spec = job.candidates[chosen]
     again = [run(spec, seed, directory / f"seed{seed}") for seed in job.seeds[1:]]
-    return {"candidates": candidates, "chosen": chosen, "runs": [candidates[chosen], *again], **facts}
+    return Found(
+        candidates=tuple(candidates),
+        chosen=chosen,
+        runs=(candidates[chosen], *again),
+        trainable_params=trainable,
+        stored_params=trainable,
+        base_params=total,
+    )
 
 
-def _cross_validated(by_fold: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Each candidate's first-fold record with its validation scores averaged over the folds (one fold: as it is).
+def _cross_validated(by_fold: list[list[Trial]]) -> list[Trial]:
+    """Each candidate's first-fold trial with its validation scores averaged over the folds (one fold: as it is).
 
-    The record stays the first fold's run (its artifact, steps, curve: what the chosen candidate's first seed
-    keeps); ``folds`` lists every fold's scores and ``val_fold0`` the run's own."""
+    The trial stays the first fold's run (its artifact, steps, curve: what the chosen candidate's first seed
+    keeps); ``folds`` lists every fold's scores, the run's own first."""
     if len(by_fold) == 1:
         return by_fold[0]
     out = []
-    for i, record in enumerate(by_fold[0]):
+    for i, trial in enumerate(by_fold[0]):
         runs = [fold[i] for fold in by_fold]
-        failed = next((r["error"] for r in runs if "error" in r), None)
+        failed = next((r.error for r in runs if r.error is not None), None)
         if failed is not None:
-            out.append({**record, "error": failed})
+            out.append(replace(trial, error=failed))
             continue
-        keys = [k for k in record if k.startswith("val_") and all(k in r for r in runs)]
-        mean = {k: statistics.fmean(r[k] for r in runs) for k in keys}
-        out.append(
-            {
-                **record,
-                **mean,
-                "val_fold0": {k: record[k] for k in keys},
-                "folds": [{k: r[k] for k in keys} for r in runs],
-            }
-        )
+        keys = [k for k in trial.validation if all(k in r.validation for r in runs)]
+        mean = {k: statistics.fmean(r.validation[k] for r in runs) for k in keys}
+        folds = tuple({k: r.validation[k] for k in keys} for r in runs)
+        out.append(replace(trial, validation={**trial.validation, **mean}, folds=folds))
     return out
 
 
-def _best(records: list[dict[str, Any]], task: Task) -> int:
+def _best(trials: list[Trial], task: Task) -> int:
     """The best finished candidate (see :func:`softprompt.measuring.selection.best`); failed ones never win."""
-    finished = [i for i, r in enumerate(records) if "error" not in r]
-    return finished[best([task.rank(records[i]) for i in finished])]
+    finished = [i for i, t in enumerate(trials) if not t.failed]
+    return finished[best([task.rank(trials[i].validation) for i in finished])]
 
 
 def _load(setup: Any) -> FrozenModel:
