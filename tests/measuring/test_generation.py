@@ -15,7 +15,7 @@ from softprompt.core.prompted import SoftPromptModel
 from softprompt.inference.generate import GenerateConfig, generate
 from softprompt.measuring.generation import Writer, items, metric_of, reference_nll, row_stats, scores
 from softprompt.measuring.methods.search import data_config
-from softprompt.measuring.presets import TextPreset, load_preset, load_test_rows, load_train_rows
+from softprompt.measuring.presets import load_preset, load_test_rows, load_train_rows
 from softprompt.training.heldout import mean_token_loss
 from tests.measuring.text_helpers import tiny_text_dir
 
@@ -93,33 +93,3 @@ def test_lora_injected_into_the_base_scores_as_peft(llama):
         expected = peft_model(input_ids=ids, attention_mask=mask).logits[:, -2:].float()
         got = Writer(llama).scorer().logits(ids, mask, 2).float()
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
-
-
-def test_text_preset_errors_name_the_option_file_and_row(tmp_path):
-    from softprompt.core.errors import ConfigError, DataError
-
-    with pytest.raises(ConfigError, match="max_new_tokens must be at least 1"):
-        TextPreset(name="t", template="{a}", target_column="b", max_new_tokens=0)
-    with pytest.raises(ConfigError, match="primary_metric"):
-        TextPreset(name="t", template="{a}", target_column="b", primary_metric="meteor")
-    data, path = tiny_text_dir(tmp_path / "d")
-    import json
-
-    raw = json.loads(path.read_text())
-    del raw["target_column"]
-    path.write_text(json.dumps(raw))
-    with pytest.raises(ConfigError, match=r"preset.json: a text preset needs target_column"):
-        load_preset(str(path))
-    path.write_text(json.dumps({**raw, "target_column": "text", "max_new_tokens": 0}))
-    with pytest.raises(ConfigError, match=r"preset.json: preset 'tiny_text': max_new_tokens must be at least 1"):
-        load_preset(str(path))
-    data, path = tiny_text_dir(tmp_path / "e")
-    lines = (data / "test.jsonl").read_text().splitlines()
-    bad = json.loads(lines[2])
-    bad["references"] = []
-    (data / "test.jsonl").write_text("\n".join([*lines[:2], json.dumps(bad), *lines[3:]]) + "\n")
-    with pytest.raises(DataError, match=r"test.jsonl, row 3: column 'references' must be a non-empty list"):
-        load_test_rows(load_preset(str(path)), data)
-    (data / "train.jsonl").write_text(json.dumps({"text": "no triples here"}) + "\n")
-    with pytest.raises(DataError, match=r"train.jsonl, row 1: template field \{triples\} has no column"):
-        load_train_rows(load_preset(str(path)), data)

@@ -80,10 +80,3 @@ def test_a_deep_prompt_agrees_through_peft_prefix_tuning(model_dir, task, tmp_pa
     parity = compare(predictions, run_lm_eval(model_dir, deep, task, TASK, tmp_path / "lm-eval"), list(LABEL_WORDS))
     assert parity.rows == 16 and parity.same_prediction == parity.rows, parity.first_difference
     assert parity.worst <= 1e-4, f"largest log-likelihood difference {parity.worst:.2e}"
-
-
-def test_predictions_need_a_classification_preset(tmp_path, capsys):
-    from softprompt.cli.main import main
-
-    assert main(["eval", "--data", str(tmp_path / "x.csv"), "--predictions", str(tmp_path / "p.jsonl")]) == 2
-    assert "--predictions need a classification --preset" in capsys.readouterr().err

@@ -8,6 +8,7 @@ from softprompt.core.errors import ConfigError, DataError
 from softprompt.measuring.presets import (
     TARGET_COLUMN,
     Preset,
+    TextPreset,
     available_presets,
     few_shot_context,
     load_preset,
@@ -16,6 +17,7 @@ from softprompt.measuring.presets import (
     load_train_rows,
 )
 from tests.measuring.compare_helpers import tiny_task_dir
+from tests.measuring.text_helpers import tiny_text_dir
 
 
 def test_all_presets_load():
@@ -85,3 +87,29 @@ def test_text_presets_read_the_shared_data(tmp_path):
     dart = load_preset("dart")
     rows = load_test_rows(dart, shared / "dart", 3)
     assert all(dart.references(row, "row") for row in rows) and dart.group_column == "triples"
+
+
+def test_text_preset_errors_name_the_option_file_and_row(tmp_path):
+    with pytest.raises(ConfigError, match="max_new_tokens must be at least 1"):
+        TextPreset(name="t", template="{a}", target_column="b", max_new_tokens=0)
+    with pytest.raises(ConfigError, match="primary_metric"):
+        TextPreset(name="t", template="{a}", target_column="b", primary_metric="meteor")
+    data, path = tiny_text_dir(tmp_path / "d")
+    raw = json.loads(path.read_text())
+    del raw["target_column"]
+    path.write_text(json.dumps(raw))
+    with pytest.raises(ConfigError, match=r"preset.json: a text preset needs target_column"):
+        load_preset(str(path))
+    path.write_text(json.dumps({**raw, "target_column": "text", "max_new_tokens": 0}))
+    with pytest.raises(ConfigError, match=r"preset.json: preset 'tiny_text': max_new_tokens must be at least 1"):
+        load_preset(str(path))
+    data, path = tiny_text_dir(tmp_path / "e")
+    lines = (data / "test.jsonl").read_text().splitlines()
+    bad = json.loads(lines[2])
+    bad["references"] = []
+    (data / "test.jsonl").write_text("\n".join([*lines[:2], json.dumps(bad), *lines[3:]]) + "\n")
+    with pytest.raises(DataError, match=r"test.jsonl, row 3: column 'references' must be a non-empty list"):
+        load_test_rows(load_preset(str(path)), data)
+    (data / "train.jsonl").write_text(json.dumps({"text": "no triples here"}) + "\n")
+    with pytest.raises(DataError, match=r"train.jsonl, row 1: template field \{triples\} has no column"):
+        load_train_rows(load_preset(str(path)), data)
