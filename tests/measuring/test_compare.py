@@ -14,6 +14,8 @@ from softprompt.measuring.generation import Writer
 from softprompt.measuring.methods import TRAINED, Kind, MethodSpec
 from softprompt.measuring.methods.run import RunSetup
 from softprompt.measuring.presets import load_preset, load_test_rows
+from softprompt.measuring.records import SELECTION, Failed, to_json
+from softprompt.measuring.report_records import REPORT, LabelRow
 from tests.measuring.compare_helpers import SMALL, compare_setup, few_shot_compare, tiny_task_dir
 
 
@@ -39,19 +41,20 @@ def test_compare_end_to_end(tiny_dirs, tmp_path):
     setup = compare_setup(tiny_dirs, tmp_path)
     config = CompareConfig(methods=tuple(k.value for k in Kind), isolate=False, slow_test_rows=6, **SMALL)
     report = compare(setup, config)
-    by_kind = {m["kind"]: m for m in report["methods"]}
-    assert set(by_kind) == {k.value for k in Kind}
-    assert all("error" not in m for m in report["methods"]), [m.get("error") for m in report["methods"]]
-    assert report["train_rows"] + report["validation_rows"] == 16 and report["test_rows"] == 10
-    tuned = by_kind["prompt-tuning"]
-    assert len(tuned["candidates"]) == 2 and len(tuned["test_runs"]) == 2  # two candidates, two seeds
-    assert tuned["chosen"] in [c["settings"] for c in tuned["candidates"]]
-    low, high = tuned["accuracy_ci"]
-    assert low <= tuned["accuracy"] <= high
-    assert len(by_kind["zero-shot"]["test_runs"]) == 1  # deterministic: one run
-    assert by_kind["few-shot"]["eval_rows"] == 6 and by_kind["full-ft"]["eval_rows"] == 6
-    assert by_kind["p-tuning"]["trainable_params"] > by_kind["p-tuning"]["stored_params"] == 2 * 32
-    goals = [g["goal"] for g in report["goals"]]
+    assert all(isinstance(m, LabelRow) for m in report.methods), [getattr(m, "error", "") for m in report.methods]
+    by_kind = {m.kind: m for m in report.methods}
+    assert set(by_kind) == set(Kind)
+    assert report.header.train_rows + report.header.validation_rows == 16 and report.test_rows == 10
+    tuned = by_kind[Kind.PROMPT_TUNING]
+    assert len(tuned.selected.candidates) == 2 and len(tuned.tested.test_runs) == 2  # two candidates, two seeds
+    assert tuned.selected.chosen in [c.settings for c in tuned.selected.candidates]
+    low, high = tuned.tested.accuracy_ci
+    assert low <= tuned.tested.accuracy <= high
+    assert len(by_kind[Kind.ZERO_SHOT].tested.test_runs) == 1  # deterministic: one run
+    assert by_kind[Kind.FEW_SHOT].tested.costs.eval_rows == 6 and by_kind[Kind.FULL].tested.costs.eval_rows == 6
+    p_tuning = by_kind[Kind.P_TUNING].selected
+    assert p_tuning.trainable_params > p_tuning.stored_params == 2 * 32
+    goals = [g.goal for g in report.goals]
     assert [g.split(" (")[0] for g in goals] == ["best soft prompt"] * 2 + [
         "best soft prompt's trainable parameters <= LoRA rank 4's"
     ]
@@ -63,17 +66,18 @@ def test_compare_end_to_end(tiny_dirs, tmp_path):
     assert "| prompt tuning | " in md and "## Goals" in md and "**(chosen)**" in md
     saved = json.loads((out / "report.json").read_text())
     assert "scores" not in json.dumps(saved["methods"][0]) and saved["goals"]
+    assert to_json(REPORT.validate_python(saved)) == saved  # the file reads back as the report it is
     assert not any((out / "runs" / "full-ft").glob("*/model.safetensors"))  # 0.5 GB each in real life: removed
     selected = {m["kind"]: m for m in json.loads((out / "selection.json").read_text())["methods"]}
-    for run, tested in zip(selected["prompt-tuning"]["runs"], tuned["test_runs"], strict=True):
+    for run, tested in zip(selected["prompt-tuning"]["runs"], tuned.tested.test_runs, strict=True):
         card = ModelCard.load(Path(run["artifact"]) / "README.md")  # each seed's prompt carries its test scores
         found = {r.metric_type: r.metric_value for r in card.data.eval_results}
-        assert found["accuracy"] == pytest.approx(tested["accuracy"], abs=1e-6)
-        assert found["f1"] == pytest.approx(tested["macro_f1"], abs=1e-6)
+        assert found["accuracy"] == pytest.approx(tested.accuracy, abs=1e-6)
+        assert found["f1"] == pytest.approx(tested.macro_f1, abs=1e-6)
         assert "Source not recorded" not in card.text  # the task data it trained on is named
     # A second run reuses every finished phase instead of training again.
     again = compare(setup, config)
-    assert [m["accuracy"] for m in again["methods"]] == [m["accuracy"] for m in report["methods"]]
+    assert [m.tested.accuracy for m in again.methods] == [m.tested.accuracy for m in report.methods]
 
 
 def test_the_test_file_is_opened_only_after_every_choice_is_made(tiny_dirs, tmp_path):
@@ -134,8 +138,8 @@ def test_a_failed_phase_is_reported_not_fatal(tiny_dirs, tmp_path):
     _, _, jobs = plan(bad, CompareConfig(methods=("zero-shot",), **SMALL))
     from softprompt.measuring.compare import _job_json
 
-    result = _run_one("search", {"job": _job_json(jobs[0])}, bad, True, Kind.ZERO_SHOT)
-    assert "error" in result and "no-model" in result["error"]
+    result = _run_one("search", {"job": _job_json(jobs[0])}, bad, True, Kind.ZERO_SHOT, SELECTION)
+    assert isinstance(result, Failed) and "no-model" in result.error
 
 
 def test_prompt_engineering_results_are_shared_across_budgets(tiny_dirs, tmp_path):
@@ -162,22 +166,23 @@ def test_few_shot_reports_the_context_validation_chose(tiny_dirs, tmp_path):
     deploys it, chosen among instruction x shots x draw x order; the other draws of its setting are listed
     beside it with their own scores."""
     setup, _, report = few_shot_compare(tiny_dirs, tmp_path)
-    (row,) = report["methods"]
+    (row,) = report.methods
     (selected,) = json.loads((Path(setup.output) / "selection.json").read_text())["methods"]
     (run,) = selected["runs"]  # one artifact: the context validation chose
     chosen = (Path(run["artifact"]) / "prompt.txt").read_text(encoding="utf-8")
-    assert len(row["test_runs"]) == 1 and row["accuracy_std"] == 0 and row["chosen"] == run["settings"]
-    assert row["accuracy"] == pytest.approx(_test_accuracy(setup, chosen), abs=1e-9)
-    assert {c["settings"].split("draw ")[1] for c in row["candidates"]} == {"0", "1", "2"}
-    assert run["val_accuracy"] == max(c["val_accuracy"] for c in row["candidates"])
-    draws = row["draws"]["runs"]
-    assert [d["seed"] for d in draws] == [run["seed"], *(d["seed"] for d in selected["draws"])]
-    assert sorted(d["seed"] for d in draws) == [0, 1, 2] and [d["chosen"] for d in draws] == [True, False, False]
+    tested, candidates = row.tested, row.selected.candidates
+    assert len(tested.test_runs) == 1 and tested.accuracy_std == 0 and row.selected.chosen == run["settings"]
+    assert tested.accuracy == pytest.approx(_test_accuracy(setup, chosen), abs=1e-9)
+    assert {c.settings.split("draw ")[1] for c in candidates} == {"0", "1", "2"}
+    assert run["val_accuracy"] == max(c.validation["val_accuracy"] for c in candidates)
+    draws = tested.draws.runs
+    assert [d.seed for d in draws] == [run["seed"], *(d["seed"] for d in selected["draws"])]
+    assert sorted(d.seed for d in draws) == [0, 1, 2] and [d.chosen for d in draws] == [True, False, False]
     for draw, listed in zip(draws[1:], selected["draws"], strict=True):
         assert listed["settings"].startswith(run["settings"].split(", order")[0])  # the chosen setting, redrawn
         context = (Path(listed["artifact"]) / "prompt.txt").read_text(encoding="utf-8")
-        assert draw["accuracy"] == pytest.approx(_test_accuracy(setup, context), abs=1e-9)
-    assert row["draws"]["mean"] == pytest.approx(sum(d["accuracy"] for d in draws) / 3)
+        assert draw.test["accuracy"] == pytest.approx(_test_accuracy(setup, context), abs=1e-9)
+    assert tested.draws.mean == pytest.approx(sum(d.test["accuracy"] for d in draws) / 3)
     md = (Path(setup.output) / "report.md").read_text(encoding="utf-8")
     assert f"few-shot: validation chose draw {run['seed']}" in md and "the 3 draws of that setting" in md
 
@@ -193,13 +198,13 @@ def test_a_tiny_validation_split_gives_way_to_cross_validation(tiny_dirs, tmp_pa
     held = [split.validation, *[list(v) for _, v in prompt.folds]]
     assert sorted(i for fold in held for i in fold) == list(range(16))  # each row validates exactly once
     report = compare(setup, config)
-    assert report["cv_folds"] == 3
-    tuned = next(m for m in report["methods"] if m["kind"] == "prompt-tuning")
+    assert report.header.cv_folds == 3
+    tuned = next(m for m in report.methods if m.kind is Kind.PROMPT_TUNING).selected
     for candidate in json.loads((tmp_path / "out" / "results" / "prompt-tuning.search.json").read_text())["candidates"]:
         folds = candidate["folds"]
-        assert len(folds) == 3 and folds[0] == candidate["val_fold0"]
+        assert len(folds) == 3
         assert candidate["val_accuracy"] == pytest.approx(sum(f["val_accuracy"] for f in folds) / 3)
-    assert tuned["val_seed_mean"]["val_accuracy"] == tuned["val_accuracy"]  # the folds' mean chose the method
+    assert tuned.val_seed_mean["val_accuracy"] == tuned.validation["val_accuracy"]  # the folds' mean chose
     assert "3-fold cross-validation" in (tmp_path / "out" / "report.md").read_text()
     assert json.loads((tmp_path / "out" / "selection.json").read_text())["split"]["cv_folds"] == 3
 
@@ -230,10 +235,10 @@ def test_compare_starts_soft_prompts_from_a_library_and_says_which(tiny_dirs, tm
         prefix_inits=("library",), **SMALL,
     )  # fmt: skip
     report = compare(setup, config)
-    for method in report["methods"]:
-        (transfer,) = method["transfer"]
-        assert transfer["chosen"] == str(library / "source") and transfer["scored"] == 1
-        assert all(c.get("error") is None for c in method["candidates"])
+    for method in report.methods:
+        (transfer,) = method.selected.transfer
+        assert transfer.chosen == str(library / "source") and transfer.scored == 1
+        assert all(c.error is None for c in method.selected.candidates)
     selection = json.loads((tmp_path / "out" / "results" / "prefix-tuning.search.json").read_text())
     assert all(c["init_from"] == str(library / "source") for c in selection["candidates"])
     card = (Path(selection["runs"][0]["artifact"]) / "README.md").read_text()

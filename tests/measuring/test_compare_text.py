@@ -5,7 +5,9 @@ import json
 from pathlib import Path
 
 from softprompt.measuring.compare import CompareConfig, compare, plan
+from softprompt.measuring.methods import Kind
 from softprompt.measuring.methods.run import RunSetup
+from softprompt.measuring.report_records import TextRow
 from tests.measuring.text_helpers import tiny_text_dir
 
 SMALL = dict(seeds=2, search_budget=2, eval_every=1, patience=2, pt_lengths=(2,), pe_shots=(1,), pe_orders=1)
@@ -36,18 +38,18 @@ def test_validation_keeps_each_input_whole_and_drops_the_label_init(tiny_dirs, t
 def test_compare_on_a_text_task(tiny_dirs, tmp_path):
     setup = _setup(tiny_dirs, tmp_path)
     report = compare(setup, CompareConfig(methods=METHODS, isolate=False, joint=False, **SMALL))
-    by_kind = {m["kind"]: m for m in report["methods"]}
-    assert all("error" not in m for m in report["methods"]), [m.get("error") for m in report["methods"]]
-    assert report["test_rows"] == 5 and report["references_per_input"] == 2.0
-    for m in report["methods"]:
+    assert all(isinstance(m, TextRow) for m in report.methods), [getattr(m, "error", "") for m in report.methods]
+    by_kind = {m.kind: m for m in report.methods}
+    assert report.test_rows == 5 and report.references_per_input == 2.0
+    for m in report.methods:
         for name in ("ce", "bleu", "chrf", "rougeL"):
-            found = m["scores"][name]
-            assert found["ci"][0] <= found["mean"] + 1e-9 and found["mean"] <= found["ci"][1] + 1e-9, (m["kind"], name)
-        assert len(m["outputs"]) == 2 and len(m["showcase"]) == 1
-    tuned = by_kind["prompt-tuning"]
-    assert len(tuned["scores"]["bleu"]["runs"]) == 2 and "val_bleu" in tuned and "val_ce" in tuned
-    assert all(len(c["curve"][0]) == 4 for c in tuned["candidates"])  # step, seconds, loss, validation BLEU
-    assert [g["goal"].split(" (")[0] for g in report["goals"]] == ["best soft prompt"] * 2
+            found = m.tested.scores[name]
+            assert found.ci[0] <= found.mean + 1e-9 and found.mean <= found.ci[1] + 1e-9, (m.kind, name)
+        assert len(m.tested.outputs) == 2 and len(m.tested.showcase) == 1
+    tuned = by_kind[Kind.PROMPT_TUNING]
+    assert len(tuned.tested.scores["bleu"].runs) == 2 and {"val_bleu", "val_ce"} <= set(tuned.selected.validation)
+    assert all(c.curve[0].score is not None for c in tuned.selected.candidates)  # step, seconds, loss, val BLEU
+    assert [g.goal.split(" (")[0] for g in report.goals] == ["best soft prompt"] * 2
     out = Path(setup.output)
     for name in ("report.md", "report.json", "report.png", "report.html", "selection.json"):
         assert (out / name).stat().st_size > 0
@@ -59,18 +61,19 @@ def test_few_shot_on_a_text_task_reports_the_context_validation_chose(tiny_dirs,
     """The row's primary metric is the chosen context's alone; the other draw is listed beside it, with its own."""
     setup = _setup(tiny_dirs, tmp_path)
     report = compare(setup, CompareConfig(methods=("few-shot",), isolate=False, **SMALL))  # two seeds: two draws
-    (row,) = report["methods"]
+    (row,) = report.methods
     out = Path(setup.output)
     tested = json.loads((out / "results" / "few-shot.test.json").read_text())
     (chosen,) = tested["runs"]
     (other,) = tested["draw_runs"]
     (selected,) = json.loads((out / "selection.json").read_text())["methods"]
-    assert row["scores"]["bleu"]["runs"] == [chosen["bleu"]] and row["scores"]["bleu"]["std"] == 0
-    assert row["outputs"] == chosen["outputs"][:2]  # side by side: the chosen context's outputs
+    bleu = row.tested.scores["bleu"]
+    assert list(bleu.runs) == [chosen["bleu"]] and bleu.std == 0
+    assert list(row.tested.outputs) == chosen["outputs"][:2]  # side by side: the chosen context's outputs
     assert [r["seed"] for r in selected["runs"]] == [chosen["seed"]] and selected["draws"][0]["seed"] == other["seed"]
-    draws = row["draws"]
-    assert draws["metric"] == "bleu" and [d["bleu"] for d in draws["runs"]] == [chosen["bleu"], other["bleu"]]
-    assert [d["chosen"] for d in draws["runs"]] == [True, False] and "val_bleu" in draws["runs"][1]
+    draws = row.tested.draws
+    assert draws.metric == "bleu" and [d.test["bleu"] for d in draws.runs] == [chosen["bleu"], other["bleu"]]
+    assert [d.chosen for d in draws.runs] == [True, False] and "val_bleu" in draws.runs[1].validation
     assert f"few-shot: validation chose draw {chosen['seed']}" in (out / "report.md").read_text()
 
 

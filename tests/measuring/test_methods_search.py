@@ -17,7 +17,6 @@ def test_few_shot_settings_that_give_the_same_context_are_tried_once(tiny_dirs, 
             **{k: v for k, v in SMALL.items() if k not in ("pe_shots", "pe_orders")},
         ),
     )
-    found = search(jobs[0], setup)
-    contexts = [c["context"] for c in found["candidates"]]
+    contexts = [c.context for c in search(jobs[0], setup).found.candidates]
     tried = len(jobs[0].candidates) * len(jobs[0].seeds)  # every setting with every draw of examples
     assert len(contexts) == len(set(contexts)) and len(contexts) < tried
