@@ -2,10 +2,10 @@
 
 One process, SmolLM2-135M (30 layers) loaded once. Every method trains the same batches in the
 same order (a task's first rows, ``--batch`` rows a step) with the trainer's own passes and AdamW
-(``softprompt.training.passes.backward_mean_loss``), each for two passes over the same batches:
+(``softprompt.training.passes.backward_loss``), each for two passes over the same batches:
 
 - **first pass**: a late prompt computes each row's states entering its layer once
-  (``softprompt.training.reuse.FrozenRows``, layers 0 .. k-1, forward only), then trains the
+  (``softprompt.core.reuse.FrozenRows``, layers 0 .. k-1, forward only), then trains the
   layers above; that once-per-row work is timed on its own as well;
 - **second pass**: every row's states are kept, so a step runs layers k .. 29 only.
 
@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # this checkout's softprompt, installed or not
 
 from softprompt.core.data import DataConfig, Example, batches, tokenize_rows
+from softprompt.core.inject import IGNORE_INDEX
 from softprompt.core.loading import (
     DTYPE_NAMES,
     load_base_model,
@@ -43,9 +44,9 @@ from softprompt.core.loading import (
 )
 from softprompt.core.prompt import Init, PromptConfig
 from softprompt.core.prompted import SoftPromptModel
+from softprompt.core.reuse import FrozenRows
 from softprompt.measuring.presets import TARGET_COLUMN, load_preset, load_train_rows
-from softprompt.training.passes import backward_mean_loss
-from softprompt.training.reuse import FrozenRows
+from softprompt.training.passes import backward_loss
 
 DATA = ROOT.parent / "shared" / "data"
 SEED_CSV = DATA / "awesome-chatgpt-prompts" / "prompts-2024-06.csv"
@@ -84,7 +85,9 @@ def run(base, rows: list[Example], settings: dict, args) -> dict:
     steps = list(batches(rows, args.batch, base.pad_id, shuffle=True, seed=0, group_by_length=False))[: args.steps]
 
     def step(batch) -> None:
-        backward_mean_loss(model, batch.input_ids, batch.attention_mask, batch.labels, max_tokens=args.micro_tokens)
+        owners, count = [0] * batch.input_ids.shape[0], int((batch.labels != IGNORE_INDEX).sum())
+        ids, mask, labels = batch.input_ids, batch.attention_mask, batch.labels
+        backward_loss([model], owners, ids, mask, labels, [1.0], [count], max_tokens=args.micro_tokens)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 

@@ -3,7 +3,7 @@
 One process, the base model loaded once. The candidates are a typical selection sweep (learning
 rates x init x the residual MLP, 20 virtual tokens, the sst2 preset's template and label words,
 the same batch size); each one is trained alone with ``softprompt.training.train.train``, one after
-another, and all of them together with ``softprompt.training.sweep.train_sweep``, on the same rows
+another, and all of them together with ``softprompt.training.train.train_sweep``, on the same rows
 with the same settings, so both do exactly the same work (same batches, same token count: checked).
 Training tokens/s = real tokens backpropagated / training time (held-out scoring is off, so the
 time is the passes and optimizer steps; for the sweep the candidates' passes are the same passes,
@@ -42,8 +42,7 @@ from softprompt.core.loading import (
 from softprompt.core.prompt import Init, PromptConfig
 from softprompt.core.prompted import SoftPromptModel
 from softprompt.measuring.presets import TARGET_COLUMN, load_preset, load_train_rows
-from softprompt.training.sweep import Candidate, train_sweep
-from softprompt.training.train import TrainConfig, train
+from softprompt.training.train import Candidate, TrainConfig, train, train_sweep
 
 SST2 = ROOT.parent / "shared" / "data" / "sst2"
 GRID = [

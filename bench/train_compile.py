@@ -22,10 +22,11 @@ from transformers import AttentionInterface
 
 from softprompt.core import packed
 from softprompt.core.data import batches
+from softprompt.core.inject import IGNORE_INDEX
 from softprompt.core.loading import load_base_model
 from softprompt.core.prompt import PromptConfig
 from softprompt.core.prompted import SoftPromptModel
-from softprompt.training.passes import backward_mean_loss
+from softprompt.training.passes import backward_loss
 
 
 def regions(model: Any, mode: str) -> list[torch.nn.Module]:
@@ -54,7 +55,10 @@ def main() -> None:
     def one_pass(label: str) -> None:
         started, tokens, losses = time.perf_counter(), 0, []
         for batch in rows:
-            loss, _, _ = backward_mean_loss(model, batch.input_ids, batch.attention_mask, batch.labels)
+            owners, count = [0] * batch.input_ids.shape[0], int((batch.labels != IGNORE_INDEX).sum())
+            (loss,), _ = backward_loss(
+                [model], owners, batch.input_ids, batch.attention_mask, batch.labels, [1.0], [count]
+            )
             tokens += int(batch.attention_mask.sum())
             losses.append(round(loss, 5))
         seconds = time.perf_counter() - started

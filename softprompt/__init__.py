@@ -23,8 +23,7 @@ from softprompt.inference.engine import AdapterRegistry, Engine, EngineConfig, R
 from softprompt.inference.export import build_prompt_embeds
 from softprompt.inference.generate import Completion, GenerateConfig, complete, generate
 from softprompt.training.heldout import mean_token_loss
-from softprompt.training.sweep import Candidate, SweepResult, train_sweep
-from softprompt.training.train import TrainConfig, TrainResult, train, tune
+from softprompt.training.train import Candidate, SweepResult, TrainConfig, TrainResult, train, train_sweep, tune
 
 __version__ = "0.1.0"
 

@@ -56,18 +56,18 @@ def byte_tokenizer(bos: bool = False) -> PreTrainedTokenizerFast:
 
 def interrupt_backward(monkeypatch: pytest.MonkeyPatch, at: int) -> Callable[[], None]:
     """Ctrl-C during the ``at``-th batch's backward pass, as a user presses it mid-run; returns the undo."""
-    import softprompt.training.loop as loop
+    import softprompt.training.driver as driver
 
-    original, calls = loop.TrainingLoop._backward, []
+    original, calls = driver._backward, []
 
-    def interrupt(self, batch):
+    def interrupt(loops, batches):
         calls.append(1)
         if len(calls) == at:
             raise KeyboardInterrupt
-        return original(self, batch)
+        return original(loops, batches)
 
-    monkeypatch.setattr(loop.TrainingLoop, "_backward", interrupt)
-    return lambda: monkeypatch.setattr(loop.TrainingLoop, "_backward", original)
+    monkeypatch.setattr(driver, "_backward", interrupt)
+    return lambda: monkeypatch.setattr(driver, "_backward", original)
 
 
 def tiny_config(arch: str):

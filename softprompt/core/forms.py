@@ -18,7 +18,7 @@ ordinary inputs. So every prompt has keys and values of P slots in every layer, 
 cache, the engine and PEFT's prefix format need, and at its init a late prompt is exactly the
 text (or prompt) it was initialised from. What a late prompt trains never reaches the layers
 below its entry, so their work on a row is the same at every step: training computes it once
-per row and reuses it (:mod:`softprompt.training.reuse`).
+per row and reuses it (:mod:`softprompt.core.reuse`).
 
 Positions: the P slots take positions 0 .. P-1 and a row's tokens P, P+1, ... in every layer,
 for every form, as PEFT does for both of its prompt formats.

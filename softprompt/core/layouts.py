@@ -7,7 +7,7 @@
 - ``packed``: the prompt and the rows in one padding-free sequence (:mod:`softprompt.core.packed`).
 
 A pass may carry several prompts, each row attending to its own (``owners``): that is how a
-sweep's candidates train in the same passes over the frozen model (:mod:`softprompt.training.sweep`).
+sweep's candidates train in the same passes over the frozen model (:func:`softprompt.training.train.train_sweep`).
 Every layout gives each row exactly what it sees in a pass of its prompt alone, and returns, per
 prompt, hidden states and labels aligned for :func:`softprompt.core.loss.token_nll`.
 

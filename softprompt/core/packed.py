@@ -5,7 +5,7 @@ projection is one matmul over all real tokens: no padding, no separate batch-1 p
 no cache concatenation. Only attention needs to know the layout, so a registered transformers
 attention function lets each row attend to its own prompt (its ``owner``) and to its own earlier
 tokens, with positions P, P + 1, ... as in the injected layout. One prompt is ordinary training;
-several are a sweep's candidates trained in the same passes (:mod:`softprompt.training.sweep`),
+several are a sweep's candidates trained in the same passes (:func:`softprompt.training.train.train_sweep`),
 each row seeing exactly what it would see in its candidate's run alone. Only families listed in
 :data:`softprompt.core.family.PACKABLE` attend through that interface; the others keep the
 shared-prefix layout of :mod:`softprompt.core.layouts`.

@@ -8,7 +8,7 @@ step) live in :mod:`softprompt.training.passes`, generation in :mod:`softprompt.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -16,43 +16,103 @@ import torch
 from torch import nn
 
 from softprompt.core.adapter import AdapterConfig, adapter_config_for, check_compatible, load_adapter, save_adapter
+from softprompt.core.card import write_model_card
 from softprompt.core.decoder import lm_logits
 from softprompt.core.errors import AdapterError, ConfigError
-from softprompt.core.forms import Form
+from softprompt.core.forms import Form, Prompt
 from softprompt.core.frozen import FrozenModel
 from softprompt.core.inject import IGNORE_INDEX, inject_labels
 from softprompt.core.layouts import Layout, choose_layout, injected_hidden, layout_hidden, layout_pieces
 from softprompt.core.loading import load_base_model
 from softprompt.core.loss import token_nll
 from softprompt.core.prompt import PEFT_INIT_NAMES, Init, PromptConfig, SoftPrompt, initial_prompt
+from softprompt.core.reuse import FrozenRows
 
 
 class EntryStates(Protocol):
     """Rows' states entering a late prompt's layer, which the frozen layers below it compute the same at every
-    step: :class:`softprompt.training.reuse.FrozenRows` keeps them, so each row's are computed once."""
+    step: :class:`softprompt.core.reuse.FrozenRows` keeps them, so each row's are computed once."""
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor: ...
 
 
+Loss = tuple[torch.Tensor, int]  # summed next-token loss over labelled tokens, and their count
+
+
 class Tunable(Protocol):
     """What the training loop trains: a soft prompt over a frozen model (:class:`SoftPromptModel`) or
-    a model's own weights (:class:`softprompt.core.weights.WeightsModel`)."""
+    a model's own weights (:class:`softprompt.core.weights.WeightsModel`).
+
+    Training and scoring know a pass only as :meth:`joint_loss` over rows owned by one or several
+    tunables (a sweep's candidates share passes; a run alone is a sweep of one) and its cost in
+    token slots; layouts and reused frozen layers stay behind the prompt model's loss.
+    """
 
     base: FrozenModel
-    entry_states: EntryStates | None
 
     @property
-    def trained(self) -> nn.Module: ...
+    def trained(self) -> nn.Module:
+        """What the optimizer updates, checkpoints and keeps at its best."""
+        ...
 
-    def loss(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
-    ) -> tuple[torch.Tensor, int]: ...
+    @property
+    def added_tokens(self) -> int:
+        """Positions each row gains in a pass (a prompt's virtual tokens), for sizing batches."""
+        ...
 
-    def layout_for(self, width: int) -> Layout: ...
+    def pass_key(self) -> Hashable:
+        """Tunables with equal keys can share one pass (:meth:`joint_loss`)."""
+        ...
+
+    @staticmethod
+    def joint_loss(
+        models: Sequence[Any],
+        owners: list[int],
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+    ) -> list[Loss | None]:
+        """Per model: the loss of the rows it owns (``owners[row]`` indexes ``models``) in one pass; None if none."""
+        ...
+
+    @staticmethod
+    def cost(models: Sequence[Any], lengths: list[int]) -> int:
+        """Token slots a pass of these models over rows of these lengths computes (padding included)."""
+        ...
+
+    def begin_run(self, frozen_cache_bytes: int | None, shared: dict[str, Any]) -> None:
+        """A run starts: keep what it may reuse (None: nothing); runs given one ``shared`` share it."""
+        ...
+
+    def end_run(self) -> dict[str, int]:
+        """The run is scored: let go of what it kept; facts about that for its metrics."""
+        ...
 
     def describe(self) -> dict[str, Any]: ...
 
-    def save_pretrained(self, directory: str | Path, metrics: dict[str, Any] | None = None) -> Path: ...
+    def writes_with(self) -> list[Prompt | None]:
+        """What the base model runs with to write text: the prompt, or None (its own, trained, weights)."""
+        ...
+
+    def save(
+        self, directory: Path, metrics: dict[str, Any], records: list[dict[str, Any]], run: dict[str, Any]
+    ) -> Path:
+        """A finished run's artifact, in its library's own format (and a model card where softprompt writes one)."""
+        ...
+
+
+def loss_of(model: Tunable, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> Loss:
+    """One model's loss over rows that are all its own: the joint pass of one."""
+    result = model.joint_loss([model], [0] * input_ids.shape[0], input_ids, attention_mask, labels)[0]
+    assert result is not None  # every row is the model's
+    return result
+
+
+def bare_loss(base: FrozenModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> Loss:
+    """The model's own loss, no prompt: a bare model's score, and what LoRA and fine-tuning train (their
+    weights sit inside the model's modules, so the same decoder pass runs them)."""
+    hidden, injected = injected_hidden(base, input_ids, attention_mask, [None] * input_ids.shape[0])
+    return token_nll(base, hidden, inject_labels(labels, injected))
 
 
 class SoftPromptModel(nn.Module):
@@ -110,17 +170,79 @@ class SoftPromptModel(nn.Module):
             return None
         return self.entry_states(input_ids, attention_mask)
 
-    def loss(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
-    ) -> tuple[torch.Tensor, int]:
+    def loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> Loss:
         """Summed next-token loss over labelled tokens of left-padded rows, and their count."""
-        if self.prompt is None:
-            hidden, injected = injected_hidden(self.base, input_ids, attention_mask, [None] * input_ids.shape[0])
-            return token_nll(self.base, hidden, inject_labels(labels, injected))
-        layout = self.layout_for(input_ids.shape[1])
-        states = self.states_entering(input_ids, attention_mask)
-        piece = layout_hidden(self.base, self.prompt.value(), input_ids, attention_mask, labels, layout, states)
-        return token_nll(self.base, *piece)
+        return loss_of(self, input_ids, attention_mask, labels)
+
+    @staticmethod
+    def joint_loss(
+        models: Sequence[SoftPromptModel],
+        owners: list[int],
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+    ) -> list[Loss | None]:
+        """Per model: summed next-token loss over its own rows (``owners[row]`` indexes ``models``) and their count.
+
+        The models share one frozen base and run in one pass: every row attends to its own model's
+        prompt only, so each model's loss and gradient are those of its rows alone (a sweep's
+        candidates, :func:`softprompt.training.train.train_sweep`). None for a model with no rows here.
+        A model without a prompt (the bare base model) runs alone.
+        """
+        base = models[0].base
+        if any(model.base is not base for model in models):
+            raise ConfigError("models trained in the same passes must share one loaded base model")
+        if len(models) == 1 and models[0].prompt is None:
+            return [bare_loss(base, input_ids, attention_mask, labels)]
+        prompts = [model.require_prompt().value() for model in models]
+        layout = _joint_layout(models, input_ids.shape[1])
+        states = _joint_entry_states(models, owners, input_ids, attention_mask)
+        pieces = layout_pieces(base, prompts, owners, input_ids, attention_mask, labels, layout, states)
+        return [None if piece is None else token_nll(base, *piece) for piece in pieces]
+
+    @staticmethod
+    def cost(models: Sequence[SoftPromptModel], lengths: list[int]) -> int:
+        """Token slots of a pass: the rows' lengths when packed, else rows x the longest row."""
+        packed = models[0].prompt is not None and _joint_layout(models, max(lengths)) == "packed"
+        return sum(lengths) if packed else len(lengths) * max(lengths)
+
+    def pass_key(self) -> Hashable:
+        """Prompts over one loaded base that enter at the same layer share passes (one pass runs one span of layers)."""
+        return (id(self.base), self.prompt.entry if self.prompt is not None else None)
+
+    @property
+    def added_tokens(self) -> int:
+        return self.prompt.num_virtual_tokens if self.prompt is not None else 0
+
+    def begin_run(self, frozen_cache_bytes: int | None, shared: dict[str, Any]) -> None:
+        """A late prompt keeps its rows' states entering its layer for the run, within ``frozen_cache_bytes``
+        (None: every layer at every step); late prompts with the same frozen slots share them."""
+        prompt = self.require_prompt()
+        if not prompt.entry or frozen_cache_bytes is None:
+            return
+        frozen = prompt.frozen()
+        key = FrozenRows.key(frozen)
+        if key not in shared:
+            shared[key] = FrozenRows(self.base, frozen, frozen_cache_bytes)
+        self.entry_states = shared[key]
+
+    def end_run(self) -> dict[str, int]:
+        kept, self.entry_states = self.entry_states, None
+        return {
+            "frozen_rows_computed": getattr(kept, "computed_rows", 0),
+            "frozen_rows_reused": getattr(kept, "reused_rows", 0),
+        }
+
+    def writes_with(self) -> list[Prompt | None]:
+        return [self.require_prompt().frozen()]
+
+    def save(
+        self, directory: Path, metrics: dict[str, Any], records: list[dict[str, Any]], run: dict[str, Any]
+    ) -> Path:
+        """The adapter (PEFT's format) and its model card."""
+        self.save_pretrained(directory, metrics={k: v for k, v in metrics.items() if k != "config"})
+        write_model_card(directory, metrics, records, run, device=str(self.base.device))
+        return directory
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int | None = None) -> torch.Tensor:
         """Logits [B, keep, vocab] of the last ``keep`` real-token positions (default: all of them).
@@ -170,29 +292,12 @@ class SoftPromptModel(nn.Module):
         return save_adapter(directory, self.require_prompt().frozen(), self.adapter_config(metrics))
 
 
-def joint_loss(
-    models: Sequence[SoftPromptModel],
-    owners: list[int],
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    labels: torch.Tensor,
-) -> list[tuple[torch.Tensor, int] | None]:
-    """Per model: summed next-token loss over its own rows (``owners[row]`` indexes ``models``) and their count.
-
-    The models share one frozen base and run in one pass: every row attends to its own model's
-    prompt only, so each model's loss and gradient are those of its rows alone (a sweep's
-    candidates, :mod:`softprompt.training.sweep`). None for a model with no rows here.
-    """
-    base = models[0].base
-    if any(model.base is not base for model in models):
-        raise ConfigError("models trained in the same passes must share one loaded base model")
-    prompts = [model.require_prompt().value() for model in models]
+def _joint_layout(models: Sequence[SoftPromptModel], width: int) -> Layout:
+    """One layout for every prompt of a pass: the fastest exact one for the longest prompt."""
+    prompts = [model.require_prompt() for model in models]
     longest = max(prompt.num_virtual_tokens for prompt in prompts)
     form = Form.KV if any(p.form is Form.KV for p in prompts) else Form.VECTORS
-    layout = models[0].layout or choose_layout(base, longest, input_ids.shape[1], form)
-    states = _joint_entry_states(models, owners, input_ids, attention_mask)
-    pieces = layout_pieces(base, prompts, owners, input_ids, attention_mask, labels, layout, states)
-    return [None if piece is None else token_nll(base, *piece) for piece in pieces]
+    return models[0].layout or choose_layout(models[0].base, longest, width, form)
 
 
 def _joint_entry_states(
@@ -206,6 +311,8 @@ def _joint_entry_states(
         return None
     if not all(reusing):
         raise ConfigError("in one pass, every late prompt reuses its frozen layers' work or none does")
+    if len(models) == 1:
+        return models[0].states_entering(input_ids, attention_mask)
     states = None
     for k, model in enumerate(models):
         rows = [row for row, owner in enumerate(owners) if owner == k]

@@ -9,16 +9,17 @@ loss of a batch, and how to save.
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from softprompt.core.errors import ConfigError
+from softprompt.core.forms import Prompt
 from softprompt.core.frozen import FrozenModel
-from softprompt.core.inject import IGNORE_INDEX, mask_positions
-from softprompt.core.layouts import Layout
-from softprompt.core.prompted import EntryStates
+from softprompt.core.prompted import Loss, bare_loss
 
 
 class TrainedWeights(nn.Module):
@@ -32,42 +33,60 @@ class TrainedWeights(nn.Module):
 
 
 class WeightsModel(nn.Module):
-    """``model`` (the PEFT wrapper, or the base model itself) over ``base``, trained by its own weights."""
+    """``model`` (the PEFT wrapper, or the base model itself) over ``base``, trained by its own weights.
 
-    entry_states: EntryStates | None = None  # only late prompts reuse frozen layers
+    PEFT injects LoRA into ``base``'s own modules and full fine-tuning trains them in place, so the
+    base model's pass is this model's pass: the loss is :func:`softprompt.core.prompted.bare_loss`,
+    the same cross-entropy every method trains with.
+    """
+
+    added_tokens = 0
 
     def __init__(self, base: FrozenModel, model: nn.Module, method: str) -> None:
         super().__init__()
         self.base, self.model, self.method = base, model, method
         self.trained = TrainedWeights(model)
 
-    def layout_for(self, width: int) -> Layout:
-        """Rows are padded: a slice of a batch costs rows x its longest row."""
-        return "plain"
+    def loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> Loss:
+        """Summed cross-entropy of the labelled next tokens, and how many there were."""
+        return bare_loss(self.base, input_ids, attention_mask, labels)
 
-    def loss(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
-    ) -> tuple[torch.Tensor, int]:
-        """Summed cross-entropy of the labelled next tokens, and how many there were.
+    @staticmethod
+    def joint_loss(
+        models: Sequence[WeightsModel],
+        owners: list[int],
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+    ) -> list[Loss | None]:
+        """A model's own weights run its rows alone: a pass holds one such model."""
+        if len(models) != 1:
+            raise ConfigError("models trained through their own weights cannot share a pass")
+        return [models[0].loss(input_ids, attention_mask, labels)]
 
-        Labels sit at the end of left-padded rows, so only the logits from the first label's
-        predecessor on are computed (``logits_to_keep``), never the whole [B, T, vocab]; position
-        ids come from the mask, so left padding does not shift a short row.
-        """
-        labelled = (labels != IGNORE_INDEX).any(0).nonzero()
-        keep = min(labels.shape[1] - int(labelled[0]) + 1 if len(labelled) else 2, labels.shape[1])
-        extra = {"position_ids": mask_positions(attention_mask)} if self.base.accepts_position_ids else {}
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, **extra).logits
-        targets = labels[:, -keep + 1 :]  # position i predicts token i + 1
-        loss = nn.functional.cross_entropy(
-            logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"
-        )
-        return loss, int((targets != IGNORE_INDEX).sum())
+    @staticmethod
+    def cost(models: Sequence[WeightsModel], lengths: list[int]) -> int:
+        """Rows are padded: a pass costs rows x its longest row."""
+        return len(lengths) * max(lengths)
+
+    def pass_key(self) -> Hashable:
+        return id(self)
+
+    def begin_run(self, frozen_cache_bytes: int | None, shared: dict[str, Any]) -> None:
+        """Every layer trains, so nothing is the same from step to step: nothing to keep."""
+
+    def end_run(self) -> dict[str, int]:
+        return {}
 
     def describe(self) -> dict[str, Any]:
         return {"method": self.method, "trainable_params": sum(p.numel() for p in self.trained.parameters())}
 
-    def save_pretrained(self, directory: str | Path, metrics: dict[str, Any] | None = None) -> Path:
-        """The PEFT adapter, or the whole fine-tuned model, in its library's own format."""
+    def writes_with(self) -> list[Prompt | None]:
+        return [None]
+
+    def save(
+        self, directory: Path, metrics: dict[str, Any], records: list[dict[str, Any]], run: dict[str, Any]
+    ) -> Path:
+        """The PEFT adapter (PEFT writes its own card), or the whole fine-tuned model, in its library's format."""
         self.model.save_pretrained(str(directory))  # type: ignore[operator]
         return Path(directory)

@@ -14,7 +14,7 @@ import torch
 
 from softprompt.core.data import Example, batches
 from softprompt.core.inject import IGNORE_INDEX
-from softprompt.core.prompted import SoftPromptModel, Tunable, joint_loss
+from softprompt.core.prompted import Tunable
 from softprompt.training import distributed, sharding
 from softprompt.training.passes import keep_in_step
 
@@ -26,43 +26,36 @@ def without_first_token(example: Example) -> Example:
 @torch.no_grad()
 def mean_token_loss(model: Tunable, examples: list[Example], batch_size: int = 8) -> float:
     """Token-weighted mean cross-entropy over the labelled tokens; NaN when there are none."""
-    if not examples:
-        return math.nan
-    total, count = 0.0, 0
-    scored = [without_first_token(e) for e in examples]
-    everyone = list(batches(scored, batch_size, model.base.tokenizer.pad_token_id))
-    # Under torchrun each process scores every world_size-th batch; the sums are then added up.
-    mine = distributed.shard_list(everyone)
-    for batch in mine:
-        batch = batch.to(model.base.device)
-        loss, n = model.loss(batch.input_ids, batch.attention_mask, batch.labels)
-        total, count = total + float(loss), count + n
-    if sharding.is_sharded(model.base.model):  # rank 0 has the most batches: the others keep in step
-        idle = len(everyone[:: distributed.world_size()]) - len(mine)
-        first = everyone[0].to(model.base.device)
-        keep_in_step(model, first.input_ids, first.attention_mask, first.labels, idle)
-    summed, tokens = distributed.global_sums(total, count)
-    return summed / tokens if tokens else math.nan
+    return mean_token_losses([model], examples, batch_size)[0]
 
 
 @torch.no_grad()
-def mean_token_losses(models: Sequence[SoftPromptModel], examples: list[Example], batch_size: int = 8) -> list[float]:
-    """:func:`mean_token_loss` of several prompts over the same rows, in shared passes (one process).
+def mean_token_losses(models: Sequence[Tunable], examples: list[Example], batch_size: int = 8) -> list[float]:
+    """:func:`mean_token_loss` of each model over the same rows, in shared passes.
 
-    Each pass holds one of :func:`mean_token_loss`'s batches once per model, every copy attending
-    to its own model's prompt, so each number is the one that model alone would get.
+    Each pass holds a batch once per model, every copy attending to its own model's prompt, so each
+    number is the one that model alone would get (models that cannot share a pass, one model at a
+    time). Under torchrun each process scores every world_size-th batch; the sums are then added up.
     """
     if not examples:
         return [math.nan] * len(models)
     totals, counts = [0.0] * len(models), [0] * len(models)
     scored = [without_first_token(e) for e in examples]
-    owners_per_row = list(range(len(models)))
-    for batch in batches(scored, batch_size, models[0].base.tokenizer.pad_token_id):
-        batch = batch.to(models[0].base.device)
+    base = models[0].base
+    everyone = list(batches(scored, batch_size, base.tokenizer.pad_token_id))
+    mine = distributed.shard_list(everyone)
+    for batch in mine:
+        batch = batch.to(base.device)
         rows = batch.input_ids.shape[0]
-        owners = [k for k in owners_per_row for _ in range(rows)]
+        owners = [k for k in range(len(models)) for _ in range(rows)]
         copies = [t.repeat(len(models), 1) for t in (batch.input_ids, batch.attention_mask, batch.labels)]
-        for k, result in enumerate(joint_loss(models, owners, *copies)):
+        for k, result in enumerate(models[0].joint_loss(models, owners, *copies)):
             if result is not None:
                 totals[k], counts[k] = totals[k] + float(result[0]), counts[k] + result[1]
-    return [total / count if count else math.nan for total, count in zip(totals, counts, strict=True)]
+    if sharding.is_sharded(base.model):  # rank 0 has the most batches: the others keep in step
+        idle = len(everyone[:: distributed.world_size()]) - len(mine)
+        first = everyone[0].to(base.device)
+        keep_in_step(models[0], first.input_ids, first.attention_mask, first.labels, idle)
+    sums = distributed.global_sums(*totals, *counts)
+    summed, tokens = sums[: len(models)], sums[len(models) :]
+    return [total / count if count else math.nan for total, count in zip(summed, tokens, strict=True)]

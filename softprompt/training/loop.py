@@ -5,6 +5,11 @@ state, then run": the loop skips the batches of the current epoch that were alre
 every other quantity (prompt, AdamW moments, schedule position, counters, metric records) comes
 from the checkpoint. Checkpoints are taken only at optimizer-step boundaries, so a resumed run
 computes the same floating-point operations as an uninterrupted one.
+
+The loop is a set of steps, not a driver: :meth:`TrainingLoop.take_batch` -> (the driver
+backpropagates it) -> :meth:`TrainingLoop.after_backward`, and :meth:`TrainingLoop.observe` whenever
+``take_batch`` says an evaluation is due. :mod:`softprompt.training.driver` drives one loop, or a
+sweep's loops through shared passes, with the same steps.
 """
 
 from __future__ import annotations
@@ -25,12 +30,9 @@ from tqdm.auto import tqdm
 from softprompt.core import run_files
 from softprompt.core.data import Batch, Example, batches
 from softprompt.core.errors import TrainingError
-from softprompt.core.inject import IGNORE_INDEX
 from softprompt.core.prompted import Tunable
-from softprompt.training import distributed, sharding
+from softprompt.training import distributed
 from softprompt.training.checkpoint import Checkpoint, save_checkpoint
-from softprompt.training.heldout import mean_token_loss
-from softprompt.training.passes import backward_mean_loss, count_passes, keep_in_step
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +82,6 @@ class TrainingLoop:
     _eval_due: bool = False
 
     @property
-    def sharded(self) -> bool:
-        return sharding.is_sharded(self.model.base.model)
-
-    @property
     def trained(self) -> nn.Module:
         """What the optimizer updates: the prompt (its vectors or keys/values, and the MLP when
         reparameterised), or a model's trainable weights."""
@@ -103,9 +101,8 @@ class TrainingLoop:
             or bool(config.max_seconds and progress.train_seconds >= config.max_seconds)
         )
 
-    def evaluate_before(self, loss: float | None = None) -> None:
-        """Score the initial prompt (``loss``: already scored, by a sweep's joint pass)."""
-        loss = mean_token_loss(self.model, self.eval_set, self.config.eval_batch_size) if loss is None else loss
+    def evaluate_before(self, loss: float) -> None:
+        """Take the initial state's held-out loss (scored by the driver, in passes shared with other runs)."""
         self.progress.heldout_loss_before = self.progress.best_loss = loss
         self.best_state = self.trained_state()
         self._record({"step": 0, "epoch": 0, "eval_loss": loss, "elapsed": 0.0, **self._measured()})
@@ -115,18 +112,6 @@ class TrainingLoop:
             len(self.eval_set),
             self.progress.batch_size,
         )
-
-    def run(self) -> None:
-        while self.training:
-            batch = self.take_batch()
-            if batch is None:
-                self.observe(self.evaluate())
-            else:
-                self.after_backward(self._backward(batch))
-
-    # The loop as steps, so that training.sweep can drive several loops through shared passes:
-    # take_batch() -> (backward) -> after_backward(loss), and observe(loss) whenever take_batch()
-    # says an evaluation is due. run() above is the one-loop driver.
 
     @property
     def training(self) -> bool:
@@ -218,13 +203,6 @@ class TrainingLoop:
             self.checkpoint()
         self._eval_due = self._eval_due or self._evaluation_due()
 
-    def evaluate(self) -> float:
-        """Held-out loss of the current prompt, its time kept out of training time."""
-        started = time.perf_counter()
-        loss = mean_token_loss(self.model, self.eval_set, self.config.eval_batch_size)
-        self.add_eval_seconds(time.perf_counter() - started)
-        return loss
-
     def add_eval_seconds(self, seconds: float) -> None:
         self.progress.eval_seconds += seconds
         self.pause(seconds)
@@ -274,34 +252,6 @@ class TrainingLoop:
         self.add_eval_seconds(time.perf_counter() - started)
         return found
 
-    def _backward(self, batch: Batch) -> float:
-        """Backpropagate this process's rows of a global batch; returns the global mean token loss.
-
-        Dividing the summed loss by the global token count makes the ranks' gradients add up
-        to the 1-process gradient exactly (see softprompt.training.distributed).
-        """
-        local = distributed.shard(batch).to(self.model.base.device)
-        rows = local.input_ids.shape[0]  # 0 when a short last batch has fewer rows than ranks
-        (tokens,) = distributed.global_sums(int((local.labels != IGNORE_INDEX).sum()))
-        mean, count, slots = 0.0, 0, 0
-        passes = self._lockstep_passes(local)
-        if rows:  # row slices under a token budget bound activation memory; same gradient as one pass
-            mean, count, slots = backward_mean_loss(
-                self.model,
-                local.input_ids,
-                local.attention_mask,
-                local.labels,
-                1 / self.config.grad_accum,
-                max_tokens=self.config.micro_batch_tokens,
-                divisor=int(tokens),
-                passes=passes,
-            )
-        elif passes:  # no rows here, but the sharded layers all-gather in every pass of the others
-            first = Batch(batch.input_ids[:1], batch.attention_mask[:1], batch.labels[:1]).to(self.model.base.device)
-            keep_in_step(self.model, first.input_ids, first.attention_mask, first.labels, passes)
-        total, real, padded = distributed.global_sums(mean * count, local.real_tokens, slots)
-        return self.account(total / max(tokens, 1), int(real), int(padded))
-
     def account(self, loss: float, real: int, padded: int) -> float:
         """Count a backpropagated batch's tokens; a non-finite loss ends the run (on every rank alike)."""
         if not math.isfinite(loss):
@@ -312,17 +262,6 @@ class TrainingLoop:
         self.progress.real_tokens += real
         self.progress.padded_tokens += padded  # token slots computed, padding included
         return loss
-
-    def _lockstep_passes(self, local: Batch) -> int:
-        """Under --shard fsdp, the passes every process runs for this batch (the most any needs); else 0."""
-        if not self.sharded:
-            return 0
-        mine = (
-            count_passes(self.model, local.attention_mask, self.config.micro_batch_tokens)
-            if local.input_ids.shape[0]
-            else 0
-        )
-        return distributed.global_max(mine)
 
     def _optimizer_step(self) -> None:
         params = list(self.trained.parameters())

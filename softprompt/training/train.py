@@ -11,6 +11,7 @@ import logging
 import math
 import resource
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -21,10 +22,9 @@ import torch
 from transformers import get_scheduler
 
 from softprompt.core import run_files
-from softprompt.core.card import write_model_card
 from softprompt.core.config_types import check_types
 from softprompt.core.data import DataConfig, Example, label_words, load_examples
-from softprompt.core.errors import ConfigError, TrainingError, TrainingInterrupted
+from softprompt.core.errors import ConfigError, TrainingError
 from softprompt.core.files import atomic_path, write_json
 from softprompt.core.forms import Prompt
 from softprompt.core.frozen import FrozenModel
@@ -34,11 +34,11 @@ from softprompt.core.prompt import Init, PromptConfig, SoftPrompt
 from softprompt.core.prompted import SoftPromptModel, Tunable
 from softprompt.training import distributed, sharding
 from softprompt.training.checkpoint import Checkpoint, load_checkpoint
-from softprompt.training.heldout import mean_token_loss, mean_token_losses
+from softprompt.training.driver import drive, heldout
+from softprompt.training.heldout import mean_token_losses
 from softprompt.training.loop import Progress, TrainingLoop
 from softprompt.training.passes import MICRO_BATCH_TOKENS
 from softprompt.training.plots import save_loss_curve
-from softprompt.training.reuse import FrozenRows
 from softprompt.training.sharding import SHARD_MODES
 
 log = logging.getLogger(__name__)
@@ -185,7 +185,7 @@ def auto_batch_size(model: Tunable, examples: list[Example], budget_bytes: int |
             budget_bytes = torch.cuda.mem_get_info(model.base.device)[0] // 2
         else:
             budget_bytes = min(psutil.virtual_memory().available // 4, 1 << 30)
-    longest = max(len(e.input_ids) for e in examples) + int(model.describe().get("num_virtual_tokens", 0))
+    longest = max(len(e.input_ids) for e in examples) + model.added_tokens
     size = 32
     while size > 1 and size * longest * bytes_per_token > budget_bytes:
         size //= 2
@@ -210,6 +210,26 @@ def prepare_output(output: Path) -> None:
         raise TrainingError(f"only {free >> 20} MB free in {output}; free at least {MIN_FREE_BYTES >> 20} MB first")
 
 
+@dataclass
+class Candidate:
+    """One run: its model (a prompt over a base, or weights) and its settings; a sweep holds several."""
+
+    model: Tunable
+    config: TrainConfig
+    run_info: dict[str, Any] = field(default_factory=dict)
+    measure: Callable[[TrainingLoop], dict[str, float]] | None = None  # more numbers per evaluation (see TrainingLoop)
+    resume: Checkpoint | None = None  # continue exactly where this checkpoint stopped
+
+
+@dataclass
+class SweepResult:
+    """Per candidate, in order: its result, or the error that ended it (the others went on)."""
+
+    results: list[TrainResult | TrainingError]
+    seconds: float  # wall time of the whole sweep, evaluations included
+    train_tokens: int  # real tokens backpropagated, every candidate's together
+
+
 def train(
     model: Tunable,
     train_set: list[Example],
@@ -220,21 +240,53 @@ def train(
     run_info: dict[str, Any] | None = None,
     measure: Callable[[TrainingLoop], dict[str, float]] | None = None,
 ) -> TrainResult:
-    """Train the prompt; with ``resume``, continue exactly where that checkpoint stopped.
+    """Train one model: a sweep of one. With ``resume``, continue exactly where that checkpoint stopped.
 
     Ctrl-C saves a checkpoint at the last completed optimizer step before exiting.
     """
-    loop = make_loop(model, train_set, eval_set, config, run_info, resume, measure=measure)
-    if not resume:
-        loop.evaluate_before()
-    try:
-        loop.run()
-    except KeyboardInterrupt:
-        loop.checkpoint()
-        raise TrainingInterrupted(
-            f"interrupted after step {loop.step}; checkpoint saved, continue with: softprompt train --resume {loop.output}"
-        ) from None
-    return finish(loop)
+    (result,) = train_sweep(
+        [Candidate(model, config, dict(run_info or {}), measure, resume)], train_set, eval_set
+    ).results
+    if isinstance(result, TrainingError):
+        raise result
+    return result
+
+
+def train_sweep(candidates: list[Candidate], train_set: list[Example], eval_set: list[Example]) -> SweepResult:
+    """Train every candidate on the same rows, in shared passes where their models allow; each result
+    equals its run alone (up to float summation order, tests/training/test_sweep.py)."""
+    _check(candidates)
+    started = time.perf_counter()
+    shared: dict[str, Any] = {}  # what runs may share (a late prompt's frozen rows)
+    loops = [
+        make_loop(c.model, train_set, eval_set, c.config, c.run_info, c.resume, shared, c.measure) for c in candidates
+    ]
+    fresh = [loop for loop, c in zip(loops, candidates, strict=True) if c.resume is None]
+    for loop, loss in zip(fresh, heldout(fresh) if fresh else [], strict=True):
+        loop.evaluate_before(loss)
+    failed = drive(loops)
+    finished = [loop for i, loop in enumerate(loops) if i not in failed]
+    for loop in finished:
+        keep_best(loop)
+    scored = {id(loop): scored_state(loop) for loop in finished}
+    unscored = [loop for loop in finished if scored[id(loop)] is None]
+    after = {id(loop): loss for loop, loss in zip(unscored, heldout(unscored) if unscored else [], strict=True)}
+    after.update({key: loss for key, loss in scored.items() if loss is not None})
+    results: list[TrainResult | TrainingError] = [
+        failed[i] if i in failed else finish(loop, after[id(loop)]) for i, loop in enumerate(loops)
+    ]
+    tokens = sum(loop.progress.real_tokens for loop in loops)
+    return SweepResult(results, time.perf_counter() - started, tokens)
+
+
+def _check(candidates: list[Candidate]) -> None:
+    if not candidates:
+        raise ConfigError("a sweep needs at least one candidate")
+    outputs = [c.config.output for c in candidates]
+    if len(set(outputs)) != len(outputs):
+        raise ConfigError(f"every candidate of a sweep needs its own output directory, got {outputs}")
+    if len(candidates) > 1 and (distributed.world_size() > 1 or sharding.is_sharded(candidates[0].model.base.model)):
+        raise ConfigError("sweeps train in one process: run them without torchrun/accelerate and without --shard")
 
 
 def make_loop(
@@ -244,13 +296,13 @@ def make_loop(
     config: TrainConfig,
     run_info: dict[str, Any] | None = None,
     resume: Checkpoint | None = None,
-    frozen_rows: FrozenRows | None = None,
+    shared: dict[str, Any] | None = None,
     measure: Callable[[TrainingLoop], dict[str, float]] | None = None,
 ) -> TrainingLoop:
     """One run's loop, ready to start (or restored): output checked, batch size, AdamW and schedule set.
 
-    :func:`train` runs one; :func:`softprompt.training.sweep.train_sweep` drives several at once
-    (and hands candidates with the same frozen layers one ``frozen_rows``).
+    Runs given the same ``shared`` share what their models may reuse (late prompts with the same
+    frozen layers, their rows' states).
     """
     trained = model.trained
     output = Path(config.output)
@@ -270,9 +322,7 @@ def make_loop(
     )
     loop.measure = measure
     clock.elapsed = lambda: loop.progress.train_seconds  # the loop's progress, also once a resume replaces it
-    if isinstance(model, SoftPromptModel) and model.require_prompt().entry and config.reuse_frozen:
-        prompt = model.require_prompt().frozen()
-        model.entry_states = frozen_rows or FrozenRows(model.base, prompt, config.frozen_cache_mb << 20)
+    model.begin_run(config.frozen_cache_mb << 20 if config.reuse_frozen else None, {} if shared is None else shared)
     if resume:
         loop.restore(resume)
     elif distributed.is_main():
@@ -324,14 +374,10 @@ def scored_state(loop: TrainingLoop) -> float | None:
     return None
 
 
-def finish(loop: TrainingLoop, after: float | None = None) -> TrainResult:
-    """Keep the best prompt, score it (``after``: already scored), save adapter, metrics and plot."""
+def finish(loop: TrainingLoop, after: float) -> TrainResult:
+    """Save the kept state (held-out loss ``after``): adapter or weights, metrics and plot."""
     model, config, progress = loop.model, loop.config, loop.progress
-    keep_best(loop)
-    after = scored_state(loop) if after is None else after
-    after = mean_token_loss(model, loop.eval_set, config.eval_batch_size) if after is None else after
-    reused = model.entry_states
-    model.entry_states = None  # the kept rows' states go once the run is scored
+    let_go = model.end_run()  # what the run kept (a late prompt's rows' states) goes once it is scored
     seconds = max(progress.train_seconds, 1e-9)
     metrics = {
         "base_model": model.base.name,
@@ -351,21 +397,18 @@ def finish(loop: TrainingLoop, after: float | None = None) -> TrainResult:
         "stopped_early": progress.stopped_early,
         "batch_size": progress.batch_size,
         "processes": distributed.world_size(),
-        "frozen_rows_computed": getattr(reused, "computed_rows", 0),
-        "frozen_rows_reused": getattr(reused, "reused_rows", 0),
+        **let_go,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         **provenance(loop),
         "config": asdict(config),
     }
     if distributed.is_main():
-        model.save_pretrained(loop.output, metrics={k: v for k, v in metrics.items() if k != "config"})
-        write_json(loop.output / run_files.METRICS, metrics)
         what = metrics.get("method", "")
         if "num_virtual_tokens" in metrics:
             what += f", {metrics['num_virtual_tokens']} virtual tokens"
         save_loss_curve(loop.records, loop.output / run_files.CURVE, title=f"{model.base.name}: {what}")
-        if isinstance(model, SoftPromptModel):  # PEFT writes its own card beside its adapter
-            write_model_card(loop.output, metrics, loop.records, loop.run_info, device=str(model.base.device))
+        model.save(loop.output, metrics, loop.records, loop.run_info)  # a card shows the curve
+        write_json(loop.output / run_files.METRICS, metrics)
     distributed.barrier()  # the adapter exists for every rank once train() returns
     return TrainResult(output=loop.output, metrics=metrics, records=loop.records)
 

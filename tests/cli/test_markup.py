@@ -119,12 +119,16 @@ def test_demo_prints_query_outputs_notes_and_adapter_as_written(tmp_path, monkey
 
 
 def test_compare_prints_its_report_goals_and_output_as_written(tmp_path, monkeypatch, capsys):
+    from types import SimpleNamespace
+
     import softprompt.measuring.compare as compare
+    from softprompt.measuring.report_records import Goal
 
     def fake_compare(setup, config):
         Path(setup.output).mkdir(parents=True)
         Path(setup.output, "report.md").write_text("\n".join(TEXTS), encoding="utf-8")
-        return {"goals": [{"goal": TEXTS[1], "text": TEXTS[0]}]}
+        goal = Goal(goal=TEXTS[1], value=1.0, met=True, text=TEXTS[0])
+        return SimpleNamespace(kind="labels", goals=(goal,))  # the fields of a LabelReport the command reads
 
     monkeypatch.setattr(compare, "compare", fake_compare)
     out = tmp_path / TEXTS[2]

@@ -193,7 +193,7 @@ def test_a_deep_prompt_equals_its_keys_and_values_given_by_hand_as_a_cache(fbase
 
 def test_late_prompts_reusing_the_frozen_layers_equal_them_run_in_full(fbase):
     """Loss and gradient in every layout, with the rows' states below the entry layer computed once and reused."""
-    from softprompt.training.reuse import FrozenRows
+    from softprompt.core.reuse import FrozenRows
 
     for form_entry in (LATE_VECTORS, LATE_KV):
         model = _form(fbase, form_entry, seed=3)

@@ -59,8 +59,6 @@ def test_first_token_is_scored_from_the_last_virtual_token(llama):
 def test_rows_with_different_prompts_see_only_their_own(tiny, layout):
     """Several prompts of different lengths in one pass (a sweep): each prompt's loss and gradient are
     those of its rows run alone, whatever the row order."""
-    from softprompt.core.prompted import joint_loss
-
     if layout == "packed" and not tiny.family.packable:
         pytest.skip("ALiBi families do not pack")
     models = [
@@ -72,7 +70,7 @@ def test_rows_with_different_prompts_see_only_their_own(tiny, layout):
     examples = row_examples(tiny.tokenizer, supervised=False) * 2
     owners = [2, 0, 1, 0, 2, 1, 2, 0]
     batch = next(batches(examples, len(examples), tiny.tokenizer.pad_token_id, group_by_length=False))
-    together = joint_loss(models, owners, batch.input_ids, batch.attention_mask, batch.labels)
+    together = SoftPromptModel.joint_loss(models, owners, batch.input_ids, batch.attention_mask, batch.labels)
     sum(loss for loss, _ in together).backward()
     for k, model in enumerate(models):
         grad = model.prompt.embedding.grad.clone()

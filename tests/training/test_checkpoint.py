@@ -20,12 +20,12 @@ from tests.conftest import interrupt_backward
 CHILD = """
 import sys, time, torch
 torch.set_num_threads(1)
-import softprompt.training.loop as loop
-original = loop.TrainingLoop._backward
-def slow(self, batch):
+import softprompt.training.driver as driver
+original = driver._backward
+def slow(loops, batches):
     time.sleep(0.15)
-    return original(self, batch)
-loop.TrainingLoop._backward = slow
+    return original(loops, batches)
+driver._backward = slow
 from softprompt.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -57,14 +57,14 @@ ARGS = [
 # Every rank is interrupted at the same micro-batch: the first of step 2, mid-epoch 1.
 INTERRUPT = """
 import sys
-import softprompt.training.loop as loop
-original, calls = loop.TrainingLoop._backward, []
-def interrupt_third(self, batch):
+import softprompt.training.driver as driver
+original, calls = driver._backward, []
+def interrupt_third(loops, batches):
     calls.append(1)
     if len(calls) == 3:
         raise KeyboardInterrupt
-    return original(self, batch)
-loop.TrainingLoop._backward = interrupt_third
+    return original(loops, batches)
+driver._backward = interrupt_third
 from softprompt.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -205,7 +205,7 @@ REPORT = """
 import json, os, sys
 import torch.distributed as dist
 import softprompt.training.sharding as sharding
-from softprompt.training import heldout, loop, passes
+from softprompt.training import driver, heldout, passes
 sys.argv += ["--micro-batch-tokens", "40" if os.environ["RANK"] == "0" else "512"]
 report = {"rank": int(os.environ["RANK"]), "all_gather": 0, "reduce_scatter": 0, "idle_passes": 0}
 def counted(name, collective):
@@ -228,7 +228,7 @@ def counting_keep_in_step(model, ids, mask, labels, count):
     report["idle_passes"] += max(count, 0)
     return keep_in_step(model, ids, mask, labels, count)
 sharding.shard_model = shard_and_measure
-passes.keep_in_step = loop.keep_in_step = heldout.keep_in_step = counting_keep_in_step
+passes.keep_in_step = driver.keep_in_step = heldout.keep_in_step = counting_keep_in_step
 from softprompt.cli.main import main
 code = main(sys.argv[1:])
 print("REPORT " + json.dumps(report), flush=True)

@@ -6,7 +6,7 @@ import torch
 from softprompt.core.data import batches
 from softprompt.core.prompt import Init, PromptConfig
 from softprompt.core.prompted import SoftPromptModel
-from softprompt.training.passes import backward_mean_loss, row_slices
+from softprompt.training.passes import backward_loss, row_slices
 from tests.conftest import row_examples
 
 
@@ -23,10 +23,11 @@ def test_sliced_backward_equals_one_pass(llama, max_tokens, layout):
     assert prompt.embedding.grad is not None
     expected = prompt.embedding.grad.clone()
     prompt.embedding.grad = None
-    mean, sliced_count, slots = backward_mean_loss(
-        model, batch.input_ids, batch.attention_mask, batch.labels, scale=0.5, max_tokens=max_tokens
+    owners = [0] * batch.input_ids.shape[0]
+    (mean,), (slots,) = backward_loss(
+        [model], owners, batch.input_ids, batch.attention_mask, batch.labels, [0.5], [count], max_tokens=max_tokens
     )
-    assert sliced_count == count and slots <= batch.input_ids.numel()
+    assert slots <= batch.input_ids.numel()
     if layout == "packed":  # no padding is computed at all
         assert slots == int(batch.attention_mask.sum())
     assert mean == pytest.approx(float(loss) / count, rel=1e-5)
@@ -36,5 +37,6 @@ def test_sliced_backward_equals_one_pass(llama, max_tokens, layout):
 def test_row_slices_count_padding_only_when_padded():
     """Padded slices cost rows x longest row; packed slices the sum of their rows."""
     lengths = [10, 2, 9, 3]
-    assert row_slices(lengths, 24) == [[0, 2], [3, 1]]  # 2 x 10, then 2 x 3
-    assert row_slices(lengths, 24, packed=True) == [[0, 2, 3, 1]]  # 10 + 9 + 3 + 2
+    padded, packed = (lambda rows: len(rows) * max(rows)), sum
+    assert row_slices(lengths, 24, padded) == [[0, 2], [3, 1]]  # 2 x 10, then 2 x 3
+    assert row_slices(lengths, 24, packed) == [[0, 2, 3, 1]]  # 10 + 9 + 3 + 2

@@ -8,7 +8,6 @@ from softprompt.core.errors import ConfigError, TrainingError
 from softprompt.core.prompt import PromptConfig
 from softprompt.core.prompted import SoftPromptModel
 from softprompt.training.train import TrainConfig, auto_batch_size, train
-from tests.conftest import interrupt_backward
 
 ROWS = [Example(list(range(10, 10 + n)), list(range(10, 10 + n))) for n in (5, 9, 7, 12, 6, 8)]
 
@@ -42,11 +41,6 @@ def test_run_writes_adapter_metrics_log_and_plot(llama, tmp_path):
     assert [r["epoch"] for r in lines if "eval_loss" in r] == [0, 1, 2]
     assert (tmp_path / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "adapter_model.safetensors").is_file()
-
-
-def test_early_stopping_keeps_the_best_prompt(llama, tmp_path):
-    _, result = _run(llama, tmp_path, lr=5.0, epochs=6, early_stopping=1)
-    assert result.metrics["heldout_loss_after"] <= result.metrics["heldout_loss_before"]
 
 
 def test_non_finite_loss_stops_with_a_clear_error(llama, tmp_path, monkeypatch):
@@ -87,39 +81,6 @@ def test_bad_training_options(kwargs):
         TrainConfig(**kwargs)
 
 
-def _evals(result):
-    return [r["step"] for r in result.records if "eval_loss" in r]
-
-
-def test_eval_every_scores_every_n_steps_and_at_the_end(llama, tmp_path, monkeypatch):
-    _, every_two = _run(llama, tmp_path / "a", eval_every=2, epochs=2)  # 3 steps an epoch, 6 in all
-    assert _evals(every_two) == [0, 2, 4, 6]
-    _, every_four = _run(llama, tmp_path / "b", eval_every=4, epochs=2)
-    assert _evals(every_four) == [0, 4, 6]  # the last step is scored too
-    losses = iter([5.0, 4.0, 4.5, 4.6, 4.7, 4.8])  # best after step 1, then two scores without improvement
-    monkeypatch.setattr("softprompt.training.loop.mean_token_loss", lambda *a: next(losses))
-    _, stopped = _run(llama, tmp_path / "c", eval_every=1, epochs=4, early_stopping=2)
-    assert stopped.metrics["stopped_early"] and stopped.metrics["optimizer_steps"] == 3
-    assert stopped.metrics["best_step"] == 1 and _evals(stopped) == [0, 1, 2, 3]
-
-
-def test_resume_between_evaluations_ends_as_an_uninterrupted_run(llama, tmp_path, monkeypatch):
-    from softprompt.core.errors import TrainingInterrupted
-    from softprompt.training.checkpoint import load_checkpoint
-
-    options = dict(eval_every=2, epochs=2, checkpoint_every=1)
-    clean_model, clean = _run(llama, tmp_path / "clean", **options)
-    undo = interrupt_backward(monkeypatch, at=5)
-    with pytest.raises(TrainingInterrupted):
-        _run(llama, tmp_path / "cut", **options)
-    undo()
-    model = SoftPromptModel.with_new_prompt(llama, PromptConfig(num_virtual_tokens=3, init="random"))
-    config = TrainConfig(output=str(tmp_path / "cut"), lr=0.05, batch_size=2, progress=False, **options)
-    resumed = train(model, ROWS, ROWS[:2], config, resume=load_checkpoint(tmp_path / "cut"))
-    assert torch.equal(model.prompt.embedding, clean_model.prompt.embedding)
-    assert _evals(resumed) == _evals(clean) == [0, 2, 4, 6]
-
-
 def test_init_library_starts_from_the_prompt_with_the_lowest_held_out_loss(tiny_dirs, tmp_path):
     from softprompt.core.data import DataConfig
     from softprompt.training.train import tune
@@ -143,3 +104,10 @@ def test_init_library_starts_from_the_prompt_with_the_lowest_held_out_loss(tiny_
     # The run starts from the chosen prompt: its held-out loss before training is the score that chose it.
     assert result.metrics["heldout_loss_before"] == pytest.approx(chosen["eval_loss"], rel=1e-5)
     assert "library prompt" in (tmp_path / "new" / "README.md").read_text()
+
+
+def test_options_that_cannot_end_a_run_are_refused():
+    with pytest.raises(ConfigError, match="epochs 0"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ConfigError, match="reparam_hidden"):
+        PromptConfig(form="kv", reparam_hidden=8)

@@ -1,7 +1,7 @@
 """Build each method around a loaded base model: what it trains, how it scores, and how a saved run scores.
 
 Every trained method is trained by ``softprompt train``'s own loop (:func:`softprompt.training.train.train`,
-or several prompts at once with :func:`softprompt.training.sweep.train_sweep`), so compare
+or several prompts at once with :func:`softprompt.training.train.train_sweep`), so compare
 measures exactly what users run and every method gets the same batches, optimizer, schedule,
 clipping, budget and early stopping. Soft prompts (any form, any entry layer) are
 :class:`~softprompt.core.prompted.SoftPromptModel`; LoRA (through peft) and full fine-tuning are
@@ -26,7 +26,7 @@ from softprompt.core.files import atomic_path
 from softprompt.core.forms import Form
 from softprompt.core.frozen import FrozenModel
 from softprompt.core.prompt import Init, PromptConfig
-from softprompt.core.prompted import SoftPromptModel, Tunable
+from softprompt.core.prompted import Tunable
 from softprompt.core.weights import WeightsModel
 from softprompt.measuring.generation import Writer
 from softprompt.measuring.methods import PROMPTS, Kind, MethodSpec
@@ -68,9 +68,7 @@ def weights_model(spec: MethodSpec, base: FrozenModel, seed: int) -> WeightsMode
 def writer_of(model: Tunable) -> Writer:
     """What a run holds now, to score and write with: its prompt, or its weights (LoRA injected into the
     base model's own modules by peft, full fine-tuning trained in place, so the base runs them)."""
-    if isinstance(model, SoftPromptModel):
-        return Writer(model.base, [model.require_prompt().frozen()])
-    return Writer(model.base)
+    return Writer(model.base, model.writes_with())
 
 
 def context_for(spec: MethodSpec, preset: AnyPreset, train_rows: list[Row], seed: int) -> str:

@@ -10,7 +10,7 @@ the examples) and example orders; the context chosen is the artifact, its one ru
 deploys it. The other draws of the chosen setting (each in its best order on validation) are kept
 apart, to show on test how much the draw matters; they never enter the method's score.
 
-Prompt-tuning candidates train together, in shared passes (:func:`softprompt.training.sweep.train_sweep`),
+Prompt-tuning candidates train together, in shared passes (:func:`softprompt.training.train.train_sweep`),
 and are scored together (one engine pass, a member per prompt). Only the training file is read here.
 """
 
@@ -42,8 +42,7 @@ from softprompt.measuring.methods.build import context_for, prompt_config, save_
 from softprompt.measuring.presets import TARGET_COLUMN, AnyPreset, Preset, load_preset, load_train_rows
 from softprompt.measuring.records import Found, Point, Selection, Transfer, Trial, from_json
 from softprompt.measuring.selection import best
-from softprompt.training.sweep import Candidate, SweepResult, train_sweep
-from softprompt.training.train import TrainConfig, TrainResult, train
+from softprompt.training.train import Candidate, SweepResult, TrainConfig, TrainResult, train, train_sweep
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,7 @@ from softprompt.core.data import Example
 from softprompt.core.errors import ConfigError, TrainingError
 from softprompt.core.prompt import PromptConfig
 from softprompt.core.prompted import SoftPromptModel
-from softprompt.training.sweep import Candidate, train_sweep
-from softprompt.training.train import TrainConfig, train
+from softprompt.training.train import Candidate, TrainConfig, train, train_sweep
 
 ROWS = [Example(list(range(10, 10 + n)), [-100] * (n - 2) + list(range(8 + n, 10 + n))) for n in (5, 9, 7, 12, 6, 8, 4)]
 HELD_OUT = [Example(list(range(40, 40 + n)), list(range(40, 40 + n))) for n in (6, 3, 9)]
@@ -101,14 +100,39 @@ def test_a_diverging_candidate_fails_alone(llama, tmp_path):
     assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-4)
 
 
-def test_candidates_need_one_base_and_their_own_outputs(tiny_dirs, llama, tmp_path):
+def _unshareable(tiny_dirs):
+    """A prompt, a prompt over another loaded base, and LoRA: three runs no pass can hold together."""
+    from peft import LoraConfig, get_peft_model
+
+    from softprompt.core.weights import WeightsModel
     from tests.conftest import load_tiny
 
-    other = load_tiny(tiny_dirs, "llama")
+    first, second, third = (load_tiny(tiny_dirs, "llama") for _ in range(3))
     prompt = PromptConfig(num_virtual_tokens=2, init="random")
-    a, b = SoftPromptModel.with_new_prompt(llama, prompt), SoftPromptModel.with_new_prompt(other, prompt)
-    with pytest.raises(ConfigError, match="share one loaded base"):
-        train_sweep([Candidate(a, _config(tmp_path, "a")), Candidate(b, _config(tmp_path, "b"))], ROWS, HELD_OUT)
+    torch.manual_seed(0)
+    lora = get_peft_model(third.model, LoraConfig(task_type="CAUSAL_LM", r=2, lora_alpha=4, lora_dropout=0.0))
+    return [
+        SoftPromptModel.with_new_prompt(first, prompt, seed=0),
+        SoftPromptModel.with_new_prompt(second, prompt, seed=1),
+        WeightsModel(third, lora, "lora"),
+    ]
+
+
+def test_candidates_that_cannot_share_a_pass_take_their_own(tiny_dirs, tmp_path):
+    """Prompts over different loaded bases, and a model trained through its weights, train in one sweep:
+    each in passes of its own, each ending where its run alone ends."""
+    models = _unshareable(tiny_dirs)
+    together = train_sweep([Candidate(m, _config(tmp_path, f"sweep{i}")) for i, m in enumerate(models)], ROWS, HELD_OUT)
+    alone = [train(m, ROWS, HELD_OUT, _config(tmp_path, f"alone{i}")) for i, m in enumerate(_unshareable(tiny_dirs))]
+    for got, want in zip(together.results, alone, strict=True):
+        assert [v for _, v in _records(got, "loss")] == pytest.approx([v for _, v in _records(want, "loss")], rel=1e-4)
+        assert got.metrics["heldout_loss_after"] == pytest.approx(want.metrics["heldout_loss_after"], rel=1e-4)
+    assert len({r.metrics["heldout_loss_after"] for r in alone}) == 3  # three different runs, not one thrice
+
+
+def test_candidates_need_their_own_outputs(llama, tmp_path):
+    prompt = PromptConfig(num_virtual_tokens=2, init="random")
+    a = SoftPromptModel.with_new_prompt(llama, prompt)
     c = SoftPromptModel.with_new_prompt(llama, prompt)
     with pytest.raises(ConfigError, match="its own output directory"):
         train_sweep([Candidate(a, _config(tmp_path, "a")), Candidate(c, _config(tmp_path, "a"))], ROWS, HELD_OUT)
