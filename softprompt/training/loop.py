@@ -2,7 +2,7 @@
 
 Kept apart from ``train.py`` (configs and entry points) so that resuming is just "restore the
 state, then run": the loop skips the batches of the current epoch that were already done, and
-every other quantity (prompt, AdamW moments, schedule position, counters, metric records) comes
+every other quantity (the trained state, AdamW moments, schedule position, counters, metric records) comes
 from the checkpoint. Checkpoints are taken only at optimizer-step boundaries, so a resumed run
 computes the same floating-point operations as an uninterrupted one.
 
@@ -212,7 +212,7 @@ class TrainingLoop:
         self._started += seconds
 
     def observe(self, loss: float) -> None:
-        """Take the held-out loss due (see :meth:`take_batch`): keep the best prompt, stop early, end the epoch."""
+        """Take the held-out loss due (see :meth:`take_batch`): keep the best state, stop early, end the epoch."""
         record = {"step": self.step, "epoch": self.epoch, "eval_loss": loss, "elapsed": self.progress.train_seconds}
         self._record({**record, **self._measured()})
         log.info("epoch %d, step %d: held-out loss %.4f", self.epoch, self.step, loss)
@@ -265,7 +265,7 @@ class TrainingLoop:
 
     def _optimizer_step(self) -> None:
         params = list(self.trained.parameters())
-        distributed.all_reduce_grads(params)  # identical gradients, hence identical prompts, on every rank
+        distributed.all_reduce_grads(params)  # identical gradients, hence identical trained states, on every rank
         if self.config.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
         self.optimizer.step()
@@ -282,7 +282,7 @@ class TrainingLoop:
             handle.write(json.dumps(clean) + "\n")
 
     def checkpoint(self) -> Path | None:
-        """Rank 0 saves; every rank holds the same prompt and optimizer state, so no gather is needed."""
+        """Rank 0 saves; every rank holds the same trained and optimizer state, so no gather is needed."""
         if not distributed.is_main() or not self.config.checkpoints:
             return None
         prompt = self.trained_state()

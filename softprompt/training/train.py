@@ -1,8 +1,11 @@
-"""Training loop for the soft prompt only; the base model is frozen and never changes.
+"""Training runs: a soft prompt over a frozen base (``softprompt train``), or what compare trains beside it.
 
-One run writes into its output directory: the adapter (PEFT format), ``metrics.jsonl`` (a
-line per optimizer step and per evaluation), ``metrics.json`` (the summary) and
-``loss_curve.png``. The output directory is checked for writability before any compute.
+A run trains what its model says is trained (a prompt; LoRA's or every weight for compare's
+baselines) and writes into its output directory: the artifact (a PEFT-format adapter and its
+card, or the weights in their library's format), ``metrics.jsonl`` (a line per optimizer step
+and per evaluation), ``metrics.json`` (the summary) and ``loss_curve.png``. The output directory
+is checked for writability before any compute. A run alone is a sweep of one
+(:func:`train_sweep`): several runs share passes where their models can.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 @dataclass(frozen=True)
 class TrainConfig:
     output: str = field(default="softprompt-out", metadata={"help": "directory for the adapter, metrics and plot"})
-    lr: float = field(default=0.03, metadata={"help": "AdamW learning rate for the prompt"})
+    lr: float = field(default=0.03, metadata={"help": "AdamW learning rate"})
     epochs: int = field(
         default=5,
         metadata={
