@@ -218,7 +218,7 @@ def seeds(targets: Targets) -> list[bytes]:
         index["adapter_weights"] + header_only,
         index["adapter_config"] + targets.good_config,
         index["adapter_config"] + json.dumps({**config, "num_virtual_tokens": "2", "token_dim": -4}).encode(),
-        index["config_json"] + b'{"max_new_tokens": 2, "do_sample": true, "temperature": 1e-300, "seed": 7}',
+        index["config_json"] + b'{"max_new_tokens": 2, "temperature": 1e-300, "seed": 7}',
         index["config_json"] + b'{"init": "vocab", "num_virtual_tokens": 4, "template": "{a}", "target_column": "b"}',
         index["config_json"] + b'{"prompts": ["hi", ""], "stop": ["x"], "top_p": 0.5, "top_k": 1e400}',
     ]

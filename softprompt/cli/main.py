@@ -96,6 +96,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+class _DoSampleGone(argparse.Action):
+    """``--do-sample`` went with the second temperature convention; an old command line learns what replaced it."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        parser.error("--do-sample is gone: --temperature above 0 samples, 0 (the default) is greedy, as in the server")
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from softprompt.core.errors import ConfigError
     from softprompt.inference.export import ExportConfig, export_peft_prefix, export_prompt_embeds
@@ -218,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--allow-base-mismatch", action="store_true", help="load an adapter trained on another base model")
     gen.add_argument("--side-by-side", action="store_true", help="also generate without the adapter and show both")
     add_config_args(gen, GenerateConfig)
+    gen.add_argument("--do-sample", nargs=0, action=_DoSampleGone, help=argparse.SUPPRESS)
     gen.set_defaults(func=cmd_generate)
 
     export = sub.add_parser(

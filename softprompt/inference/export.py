@@ -34,11 +34,11 @@ from softprompt.core.files import atomic_path
 from softprompt.core.forms import Form, Prompt
 from softprompt.core.frozen import FrozenModel
 from softprompt.core.inject import inject
+from softprompt.core.loading import DTYPE_NAMES, MODEL_DTYPES
 from softprompt.core.prompted import SoftPromptModel
 from softprompt.inference.generate import encode_prompt, format_inputs
 
 TARGETS = ("vllm-prompt-embeds", "peft-prefix")
-DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TENSOR_KEY = "prompt_embeds"
 
 
@@ -58,8 +58,8 @@ class ExportConfig:
     def __post_init__(self) -> None:
         if self.to not in TARGETS:
             raise ConfigError(f"export target must be one of {', '.join(TARGETS)}, got {self.to!r}")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.dtype not in DTYPE_NAMES:
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}")
 
 
 @torch.no_grad()
@@ -87,7 +87,7 @@ def build_prompt_embeds(model: SoftPromptModel, text: str, *, chat_template: boo
 def export_prompt_embeds(model: SoftPromptModel, text: str, config: ExportConfig) -> Path:
     """Write the request's embeddings to ``config.output`` (one tensor, key ``prompt_embeds``), atomically."""
     embeds = build_prompt_embeds(model, text, chat_template=config.chat_template)
-    dtype = DTYPES[config.dtype] or embeds.dtype
+    dtype = embeds.dtype if config.dtype == "auto" else MODEL_DTYPES[config.dtype]
     metadata = {
         "format": "pt",
         "softprompt_export": json.dumps(

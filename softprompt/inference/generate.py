@@ -3,62 +3,46 @@
 Owning the decode loop (instead of patching ``model.generate``) is what keeps virtual tokens
 correct: each prompt's keys/values are computed once and placed before its row's tokens, and
 every decode step feeds one token per row with the next position id. Rows may use different
-prompts, so one batch can serve several tasks. There is one decode loop, the engine's; this
-module maps :class:`GenerateConfig` onto per-request sampling parameters.
+prompts, so one batch can serve several tasks. There is one decode loop, the engine's, and one
+set of sampling options, the engine's :class:`Sampling`: :class:`GenerateConfig` derives from it
+and adds only what a one-off call needs (a budget per prompt, the chat template).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from softprompt.core.config_types import check_types, shown
+from softprompt.core.config_types import shown
 from softprompt.core.data import encode_input, encode_text
 from softprompt.core.errors import ConfigError, RequestError
 from softprompt.core.forms import Prompt, as_prompt
 from softprompt.core.frozen import FrozenModel
-from softprompt.inference.engine import Engine, EngineConfig, SamplingParams
-
-MAX_TOKENS = 1 << 30  # token counts become int64 tensors; this bound keeps them far from overflow
+from softprompt.inference.engine import Engine, EngineConfig, Sampling, SamplingParams
+from softprompt.inference.engine.sequence import MAX_TOKENS
 
 
 @dataclass(frozen=True)
-class GenerateConfig:
+class GenerateConfig(Sampling):
+    """A one-off generation: the engine's sampling (temperature 0 is greedy), a budget per prompt, the template."""
+
     max_new_tokens: int | None = field(default=64, metadata={"help": "tokens to generate per prompt"})
     max_length: int | None = field(
         default=None, metadata={"help": "cap on input + generated tokens (virtual tokens not counted)"}
     )
-    do_sample: bool = field(default=False, metadata={"help": "sample instead of greedy decoding"})
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
-    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling probability mass"})
-    top_k: int = field(default=0, metadata={"help": "sample among the k most likely tokens (0: all)"})
-    repetition_penalty: float = field(default=1.0, metadata={"help": "penalty > 1 discourages repeats"})
-    seed: int | None = field(default=None, metadata={"help": "seed for sampling"})
     chat_template: bool = field(default=False, metadata={"help": "wrap each prompt in the tokenizer's chat template"})
-    stop_at_eos: bool = field(default=True, metadata={"help": "stop a row at the end-of-sequence token"})
-    stop: tuple[str, ...] = field(default=(), metadata={"help": "strings that end generation"})
 
     def __post_init__(self) -> None:
-        check_types(self)  # also makes stop a tuple and ints floats where floats are expected
+        super().__post_init__()
         if self.max_new_tokens is None and self.max_length is None:
             raise ConfigError("set max_new_tokens or max_length")
         for name in ("max_new_tokens", "max_length"):
             value = getattr(self, name)
             if value is not None and not 1 <= value <= MAX_TOKENS:
                 raise ConfigError(f"{name} must be between 1 and {MAX_TOKENS}, got {shown(value)}")
-        if self.seed is not None and not -(1 << 63) <= self.seed < 1 << 64:  # torch.Generator's range
-            raise ConfigError(f"seed must be between -2**63 and 2**64 - 1, got {shown(self.seed)}")
-        if any(not s for s in self.stop):
-            raise ConfigError("stop strings must not be empty")
-        if self.temperature <= 0:
-            raise ConfigError(f"temperature must be positive, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0 or self.repetition_penalty <= 0:
-            raise ConfigError("top_k must be >= 0 and repetition_penalty > 0")
 
 
 @dataclass
@@ -154,16 +138,7 @@ def _check_finite(prompts: Sequence[Prompt | torch.Tensor | None]) -> None:
 
 def _params(config: GenerateConfig, prompt_tokens: int) -> SamplingParams:
     """Per-row sampling parameters; max_length counts each row's own tokens, so batching changes nothing."""
-    budget = config.max_new_tokens or 1 << 30
+    budget = config.max_new_tokens or MAX_TOKENS
     if config.max_length is not None:
         budget = min(budget, max(1, config.max_length - prompt_tokens))
-    return SamplingParams(
-        max_new_tokens=budget,
-        temperature=config.temperature if config.do_sample else 0.0,
-        top_p=config.top_p,
-        top_k=config.top_k,
-        repetition_penalty=config.repetition_penalty,
-        seed=config.seed,
-        stop=config.stop,
-        stop_at_eos=config.stop_at_eos,
-    )
+    return SamplingParams(max_new_tokens=budget, **{f.name: getattr(config, f.name) for f in fields(Sampling)})

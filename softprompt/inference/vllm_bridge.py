@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 
 from softprompt.core.errors import ConfigError
 from softprompt.core.frozen import FrozenModel
-from softprompt.core.loading import local_directory
+from softprompt.core.loading import MODEL_DTYPES, local_directory
 from softprompt.core.prompted import SoftPromptModel
 from softprompt.inference.engine import AdapterRegistry, Engine, SamplingParams
 from softprompt.inference.engine.sequence import TokenLogprob
@@ -39,7 +39,6 @@ SETUP_HINT = "run `make vllm-env` in the softprompt checkout"
 WORKER = Path(__file__).with_name("vllm_worker.py")
 # vLLM on CPU reserves most of RAM for its KV cache unless told; these jobs need little (override: set it).
 KV_CACHE_GIB = "2"
-DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
 @dataclass(frozen=True)
@@ -131,7 +130,7 @@ def vllm_generate(
             save_file(embeds, str(work / "embeds.safetensors"))
         job = {
             "model": local_directory(base.name),
-            "dtype": DTYPE_NAMES.get(base.dtype, "float32"),
+            "dtype": next((name for name, dtype in MODEL_DTYPES.items() if dtype == base.dtype), "float32"),
             "max_model_len": max_model_len,
             "max_tokens": max_tokens,
             "logprobs": logprobs,

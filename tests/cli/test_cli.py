@@ -134,6 +134,13 @@ def test_every_command_has_help(capsys):
     assert "--num-virtual-tokens" in capsys.readouterr().out
 
 
+def test_the_old_sampling_switch_says_what_replaced_it(capsys):
+    """--do-sample went with the second temperature convention: an old command line is told, not just refused."""
+    with pytest.raises(SystemExit):
+        main(["generate", "hi", "--do-sample"])
+    assert "--temperature above 0 samples, 0 (the default) is greedy" in capsys.readouterr().err
+
+
 PARSED_BEFORE = [  # command lines of the documented options before issue 23: they parse to the same configs
     (
         "train --limit 50 --num-virtual-tokens 8 --init text --lr 0.03 --epochs 5 --output o --batch-size 4 "

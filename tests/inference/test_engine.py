@@ -145,7 +145,7 @@ def test_removed_adapter_fails_only_its_waiting_request(llama):
     assert len(fine.output_ids) == 8
 
 
-@pytest.mark.parametrize("module", ["scheduler.py", "sequence.py"])
+@pytest.mark.parametrize("module", ["config.py", "scheduler.py", "sequence.py"])
 def test_policy_modules_never_import_torch(module):
     tree = ast.parse((Path("softprompt/inference/engine") / module).read_text())
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}

@@ -1,10 +1,18 @@
+import dataclasses
+
 import pytest
 import torch
 
+from softprompt.cli.args import config_from_args
+from softprompt.cli.main import build_parser
 from softprompt.core.decoder import lm_logits, run_decoder
 from softprompt.core.errors import ConfigError
 from softprompt.core.inject import inject
+from softprompt.inference.engine import Engine, Sampling, SamplingParams
 from softprompt.inference.generate import GenerateConfig, complete, generate
+from softprompt.inference.serve import ServeConfig
+from softprompt.inference.serve.plan import Planner
+from softprompt.inference.serve.schemas import CompletionRequest
 
 TEXTS = ["hello there", "a", "the quick brown fox jumps"]
 
@@ -68,7 +76,7 @@ def test_repetition_penalty_and_max_length_keep_batched_equal_to_alone(llama):
 
 
 def test_sampling_is_reproducible_with_a_seed(llama):
-    config = GenerateConfig(max_new_tokens=8, do_sample=True, temperature=0.8, top_p=0.9, top_k=50, seed=3)
+    config = GenerateConfig(max_new_tokens=8, temperature=0.8, top_p=0.9, top_k=50, seed=3)
     assert generate(llama, TEXTS, [None] * 3, config) == generate(llama, TEXTS, [None] * 3, config)
 
 
@@ -99,10 +107,19 @@ def test_chat_template_wraps_the_prompt(llama):
 
 
 @pytest.mark.parametrize(
-    "bad", [dict(max_new_tokens=0), dict(temperature=0), dict(top_p=1.5), dict(max_new_tokens=None)]
+    "bad,message",
+    [
+        (dict(max_new_tokens=0), "max_new_tokens must be between 1 and"),
+        (dict(temperature=-0.5), "temperature must be >= 0"),
+        (dict(temperature=float("nan")), "temperature must be a finite number"),
+        (dict(top_p=1.5), "top_p must be in"),
+        (dict(max_new_tokens=None), "set max_new_tokens or max_length"),
+        (dict(stop=("",)), "stop strings must not be empty"),
+        (dict(seed=1 << 64), "seed must be between"),
+    ],
 )
-def test_invalid_generation_options_are_rejected(bad):
-    with pytest.raises(ConfigError):
+def test_invalid_generation_options_are_rejected(bad, message):
+    with pytest.raises(ConfigError, match=message):
         GenerateConfig(**bad)
 
 
@@ -116,3 +133,44 @@ def test_inputs_start_with_the_tokenizers_bos_as_in_training(tmp_path):
     (row,) = complete(base, ["hello"], [prompt], GenerateConfig(max_new_tokens=6, stop_at_eos=False))
     assert row.prompt_tokens == 1 + len("hello")
     assert reference_greedy(base, "hello", prompt, 6) == row.token_ids  # the reference tokenizes with the BOS
+
+
+@pytest.mark.parametrize(
+    "flags,knobs",
+    [
+        ([], {}),  # no --temperature: greedy, GenerateConfig's default
+        (["--temperature", "0"], {"temperature": 0}),
+        (["--temperature", "0.7", "--top-p", "0.9", "--seed", "5"], {"temperature": 0.7, "top_p": 0.9, "seed": 5}),
+    ],
+    ids=["default", "zero", "sampled"],
+)
+def test_cli_api_and_server_give_the_engine_the_same_sampling(llama, monkeypatch, flags, knobs):
+    """One temperature convention (0: greedy) every way in: CLI flags, GenerateConfig and an OpenAI request
+    reach the engine as the same sampling and give the same tokens."""
+    argv = ["generate", "abc", "--max-new-tokens", "6", *flags]
+    config = config_from_args(GenerateConfig, build_parser().parse_args(argv))
+    assert config == GenerateConfig(max_new_tokens=6, **knobs)
+
+    handed: list[SamplingParams] = []  # what each way in gives the engine
+    make_request = Engine.make_request
+
+    def spy(self, ids, adapter, params):
+        handed.append(params)
+        return make_request(self, ids, adapter, params)
+
+    monkeypatch.setattr(Engine, "make_request", spy)
+    (api,) = complete(llama, ["abc"], [None], config)
+    engine = Engine(llama)
+    # An OpenAI request without a temperature gets OpenAI's default, 1.0, so this one always names it.
+    body = {"model": "tiny", "prompt": "abc", "max_tokens": 6, "temperature": 0, **knobs}
+    job = Planner(engine, llama.tokenizer, ServeConfig(), "tiny").plan(CompletionRequest.model_validate(body))
+    (served,) = engine.run([engine.submit(seq) for seq in job.seqs])
+
+    assert _knobs(handed[0]) == _knobs(handed[1]) and handed[0].greedy == (config.temperature == 0)
+    assert api.token_ids == served.output_ids
+    greedy = complete(llama, ["abc"], [None], GenerateConfig(max_new_tokens=6))[0]
+    assert (api.token_ids == greedy.token_ids) == handed[0].greedy  # this seed's draw leaves the greedy path
+
+
+def _knobs(params: Sampling) -> dict:
+    return {f.name: getattr(params, f.name) for f in dataclasses.fields(Sampling)}

@@ -1,4 +1,5 @@
-"""Server options (serve/config.py): admin off loopback needs a key, a key must be usable and is never shown."""
+"""Server options (serve/config.py): admin off loopback needs a key, a key must be usable and is never shown,
+and no request may ask for more tokens than the engine's requests can hold."""
 
 from __future__ import annotations
 
@@ -28,6 +29,12 @@ def test_unusable_keys_are_refused_without_showing_them(key):
     with pytest.raises(ConfigError) as caught:
         ServeConfig(api_key=key)
     assert "api_key" in str(caught.value) and (not key or key not in str(caught.value))
+
+
+def test_a_token_limit_beyond_what_a_request_can_hold_is_refused_at_start():
+    """Else a request under the server's limit would fail to become a SamplingParams: a 500, not a 400."""
+    with pytest.raises(ConfigError, match=f"max_tokens must be at most {1 << 30}"):
+        ServeConfig(max_tokens=(1 << 30) + 1)
 
 
 def test_the_key_is_not_in_the_config_repr():

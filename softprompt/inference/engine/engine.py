@@ -9,52 +9,26 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence as Seq
-from dataclasses import dataclass, field
 
 from softprompt.core.data import encode_input
 from softprompt.core.errors import (
-    ConfigError,
     ContextOverflowError,
     RequestError,
     SoftPromptError,
     UnknownAdapterError,
 )
 from softprompt.core.frozen import FrozenModel
+from softprompt.inference.engine.config import EngineConfig
 from softprompt.inference.engine.detokenizer import Detokenizer, OutputText
 from softprompt.inference.engine.gemm import prepack
 from softprompt.inference.engine.kv import PromptKV
 from softprompt.inference.engine.registry import AdapterRegistry
 from softprompt.inference.engine.runner import ModelRunner
-from softprompt.inference.engine.scheduler import Scheduler, SchedulerConfig
+from softprompt.inference.engine.scheduler import Scheduler
 from softprompt.inference.engine.sequence import SamplingParams, Sequence
 
 # Context limit for models whose config names none (e.g. bloom, whose ALiBi has no fixed maximum).
 DEFAULT_CONTEXT = 2048
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    max_batch_size: int = field(default=32, metadata={"help": "most sequences decoded together"})
-    max_prefill_tokens: int = field(
-        default=1024,
-        metadata={
-            "help": "most prompt tokens prefilled in one step (fewer: first tokens sooner, decoding paused less)"
-        },
-    )
-    packed_weights: bool = field(
-        default=True,
-        metadata={
-            "help": "CPU: run the frozen model's linear layers on oneDNN-prepacked weights (faster; their memory again)"
-        },
-    )
-    max_context: int | None = field(
-        default=None,
-        metadata={"help": "cap on virtual + prompt + generated tokens (default: the model's position limit)"},
-    )
-
-    def __post_init__(self) -> None:
-        if self.max_context is not None and self.max_context < 2:
-            raise ConfigError(f"max_context must be at least 2, got {self.max_context}")
 
 
 class Engine:
@@ -67,7 +41,7 @@ class Engine:
         self.runner = ModelRunner(base, self.config.max_batch_size)
         self.detokenizer = Detokenizer(base.tokenizer)
         span = base.family.max_span
-        self.scheduler = Scheduler(SchedulerConfig(self.config.max_batch_size, self.config.max_prefill_tokens, span))
+        self.scheduler = Scheduler(self.config, span)
         self.max_context = min(self.config.max_context or _model_context(base), span or 1 << 62)
         self._live: dict[int, Sequence] = {}  # admitted, not yet released
         self._texts: dict[int, OutputText] = {}  # a live sequence's text as its tokens arrive

@@ -9,31 +9,10 @@ request never waits for a whole batch to finish.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from softprompt.core.errors import ConfigError
+from softprompt.inference.engine.config import EngineConfig
 from softprompt.inference.engine.sequence import Sequence, Status
-
-
-@dataclass(frozen=True)
-class SchedulerConfig:
-    max_batch_size: int = field(default=32, metadata={"help": "most sequences decoded together"})
-    max_prefill_tokens: int = field(
-        default=1024,
-        metadata={
-            "help": "most prompt tokens prefilled in one step (fewer: first tokens sooner, decoding paused less)"
-        },
-    )
-    max_span: int | None = field(
-        default=None,
-        metadata={"help": "sliding-window models: most cache slots (padding included) any row may span"},
-    )
-
-    def __post_init__(self) -> None:
-        if self.max_batch_size < 1 or self.max_prefill_tokens < 1:
-            raise ConfigError("max_batch_size and max_prefill_tokens must be at least 1")
-        if self.max_span is not None and self.max_span < 2:
-            raise ConfigError(f"max_span must be at least 2, got {self.max_span}")
 
 
 @dataclass(frozen=True)
@@ -45,8 +24,10 @@ class Plan:
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig) -> None:
-        self.config = config
+    def __init__(self, config: EngineConfig, max_span: int | None = None) -> None:
+        """``max_span`` comes from the model, not a config: under a sliding window, the most cache slots
+        (padding included) a row may span; None under full attention."""
+        self.config, self.max_span = config, max_span
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
 
@@ -80,10 +61,10 @@ class Scheduler:
         grows by one slot per generated token; if that stays inside the window, the window never
         hides any of the row's own tokens, and the result equals the row run alone.
         """
-        if self.config.max_span is None:
+        if self.max_span is None:
             return True
         width = max(s.virtual_tokens for s in group) + max(len(s.prompt_ids) for s in group)
-        return all(width + s.params.max_new_tokens <= self.config.max_span for s in group)
+        return all(width + s.params.max_new_tokens <= self.max_span for s in group)
 
     def drop_finished(self) -> None:
         """Forget finished (or cancelled) sequences, waiting or running."""

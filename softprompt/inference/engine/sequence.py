@@ -11,12 +11,15 @@ import itertools
 from dataclasses import dataclass, field
 from enum import Enum
 
-from softprompt.core.errors import RequestError
+from softprompt.core.config_types import check_types, shown
+from softprompt.core.errors import ConfigError
 
 _ids = itertools.count()
 
 # Most alternatives a request may ask for per token (vLLM's default cap; OpenAI's chat API allows 20).
 MAX_LOGPROBS = 20
+MAX_TOKENS = 1 << 30  # token counts become int64 tensors; this bound keeps them far from overflow
+SEEDS = range(-(1 << 63), 1 << 64)  # what torch.Generator.manual_seed takes
 
 
 @dataclass(frozen=True)
@@ -30,17 +33,48 @@ class TokenLogprob:
 
 
 @dataclass(frozen=True)
-class SamplingParams:
-    """How one request is decoded; every row of a batch may differ."""
+class Sampling:
+    """How each token is chosen and when a row stops: declared and checked once, here, for every way in.
 
-    max_new_tokens: int = field(default=16, metadata={"help": "tokens to generate"})
-    temperature: float = field(default=0.0, metadata={"help": "0 for greedy decoding, else the sampling temperature"})
+    ``SamplingParams`` (one engine request) and ``GenerateConfig`` (``softprompt generate`` and
+    ``generate()``) derive from it, and the server fills it from an OpenAI request, so a value means
+    the same everywhere. Temperature 0 is greedy decoding, as in OpenAI's API (there is no separate
+    switch to sample).
+    """
+
+    temperature: float = field(
+        default=0.0, metadata={"help": "0: greedy decoding; above 0: sample at this temperature"}
+    )
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling probability mass"})
     top_k: int = field(default=0, metadata={"help": "sample among the k most likely tokens (0: all)"})
     repetition_penalty: float = field(default=1.0, metadata={"help": "penalty > 1 discourages repeats"})
-    seed: int | None = field(default=None, metadata={"help": "seed for this request's sampling"})
+    seed: int | None = field(default=None, metadata={"help": "seed for sampling (each request its own generator)"})
     stop: tuple[str, ...] = field(default=(), metadata={"help": "strings that end generation (not returned)"})
-    stop_at_eos: bool = field(default=True, metadata={"help": "stop at the end-of-sequence token"})
+    stop_at_eos: bool = field(default=True, metadata={"help": "stop a row at the end-of-sequence token"})
+
+    def __post_init__(self) -> None:
+        check_types(self)  # JSON values too: NaN, strings for numbers; makes stop a tuple, ints floats
+        if self.temperature < 0:
+            raise ConfigError(f"temperature must be >= 0 (0: greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0 or self.repetition_penalty <= 0:
+            raise ConfigError("top_k must be >= 0 and repetition_penalty > 0")
+        if self.seed is not None and self.seed not in SEEDS:
+            raise ConfigError(f"seed must be between -2**63 and 2**64 - 1, got {shown(self.seed)}")
+        if any(not s for s in self.stop):  # "" is found at once: every completion would be cut to nothing
+            raise ConfigError("stop strings must not be empty")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass(frozen=True)
+class SamplingParams(Sampling):
+    """One engine request: its sampling, its token budget and the log-probabilities it asks for."""
+
+    max_new_tokens: int = field(default=16, metadata={"help": "tokens to generate"})
     logprobs: int | None = field(
         default=None, metadata={"help": "record each sampled token's log-probability and this many alternatives"}
     )
@@ -49,23 +83,13 @@ class SamplingParams:
     )
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "stop", tuple(s for s in self.stop if s))
-        if self.max_new_tokens < 1:
-            raise RequestError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise RequestError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise RequestError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0 or self.repetition_penalty <= 0:
-            raise RequestError("top_k must be >= 0 and repetition_penalty > 0")
+        super().__post_init__()
+        if not 1 <= self.max_new_tokens <= MAX_TOKENS:
+            raise ConfigError(f"max_new_tokens must be between 1 and {MAX_TOKENS}, got {shown(self.max_new_tokens)}")
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(self, name)
             if value is not None and not 0 <= value <= MAX_LOGPROBS:
-                raise RequestError(f"{name} must be in 0..{MAX_LOGPROBS}, got {value}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
+                raise ConfigError(f"{name} must be in 0..{MAX_LOGPROBS}, got {value}")
 
 
 class Status(str, Enum):

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field
 
 from softprompt.core.errors import ConfigError
+from softprompt.inference.engine.sequence import MAX_TOKENS
 
 API_KEY_ENV = "SOFTPROMPT_API_KEY"
 
@@ -52,6 +53,8 @@ class ServeConfig:
         for name in ("max_concurrent", "max_tokens", "default_max_tokens", "max_prompt_tokens", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_tokens > MAX_TOKENS:
+            raise ConfigError(f"max_tokens must be at most {MAX_TOKENS}, got {self.max_tokens}")
         if self.default_max_tokens > self.max_tokens:
             raise ConfigError("default_max_tokens cannot exceed max_tokens")
         if not (math.isfinite(self.drain_seconds) and self.drain_seconds >= 0):

@@ -21,7 +21,7 @@ from pydantic import (
     field_validator,
 )
 
-from softprompt.inference.engine.sequence import MAX_LOGPROBS
+from softprompt.inference.engine.sequence import MAX_LOGPROBS, SEEDS
 
 MAX_STOPS = 4
 MAX_N = 16  # choices per prompt; each one is a sequence and takes a concurrency slot
@@ -34,13 +34,13 @@ class _Request(BaseModel):
 
     model: StrictStr = Field(min_length=1, max_length=256)
     max_tokens: StrictInt | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)  # OpenAI's range and default; 0: greedy, as everywhere
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     n: StrictInt = Field(default=1, ge=1, le=MAX_N)
     stream: StrictBool = False
     stream_options: dict | None = None
     stop: StrictStr | list[StrictStr] | None = None
-    seed: StrictInt | None = Field(default=None, ge=-(1 << 63), lt=1 << 64)  # the range torch takes
+    seed: StrictInt | None = Field(default=None, ge=SEEDS.start, lt=SEEDS.stop)
     presence_penalty: float = 0.0  # only 0 (checked in plan.py, with the other unsupported values)
     frequency_penalty: float = 0.0
     logit_bias: dict[str, float] | None = None  # only empty
@@ -55,9 +55,11 @@ class _Request(BaseModel):
 
     @property
     def stops(self) -> tuple[str, ...]:
+        """The stop strings; an empty one is dropped (the engine's ``Sampling`` refuses it, since it would
+        cut every completion to nothing, but a request that sends one has always been answered)."""
         if self.stop is None:
             return ()
-        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        return tuple(s for s in ((self.stop,) if isinstance(self.stop, str) else self.stop) if s)
 
     @property
     def include_usage(self) -> bool:
