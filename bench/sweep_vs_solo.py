@@ -6,9 +6,10 @@ the same batch size); each one is trained alone with ``softprompt.training.train
 another, and all of them together with ``softprompt.training.train.train_sweep``, on the same rows
 with the same settings, so both do exactly the same work (same batches, same token count: checked).
 Training tokens/s = real tokens backpropagated / training time (held-out scoring is off, so the
-time is the passes and optimizer steps; for the sweep the candidates' passes are the same passes,
-so its training time is its wall time). The order alternates (solo, sweep, solo, sweep, ...) and
-each ratio pairs neighbours, so a drift of the host's speed shows up as a spread between them.
+time is the passes and optimizer steps; in a sweep each candidate is charged its share of every
+shared pass, so the sweep's training time is the sum of its candidates'). The order alternates
+(solo, sweep, solo, sweep, ...) and each ratio pairs neighbours, so a drift of the host's speed
+shows up as a spread between them.
 
     .venv/bin/python bench/sweep_vs_solo.py                      # 6 candidates, 12 steps of 8 rows, 2 rounds
     .venv/bin/python bench/sweep_vs_solo.py --steps 30 --rounds 3
@@ -94,7 +95,8 @@ def solo_round(base, preset, examples, args, out: Path) -> dict:
 def sweep_round(base, preset, examples, args, out: Path) -> dict:
     made = candidates(base, preset, args.candidates, args.steps, args.batch_size, out)
     result = train_sweep(made, examples, [])
-    train_seconds = max(r.metrics["train_seconds"] for r in result.results)  # the candidates' passes are shared
+    # each candidate is charged its share of every shared pass (its rows' token slots), so the shares add up
+    train_seconds = sum(r.metrics["train_seconds"] for r in result.results)
     losses = [[r["loss"] for r in res.records if "loss" in r] for res in result.results]
     return {"tokens": result.train_tokens, "seconds": train_seconds, "wall": result.seconds, "losses": losses}
 

@@ -141,7 +141,7 @@ def peak_rss_mb() -> float:
 
 
 def heldout_ce(base: Any, prompt: Any, held_out: list) -> float:
-    """Held-out CE of a prompt: a [P, H] tensor, or any softprompt Prompt (a deep one from PEFT's prefix weights)."""
+    """Held-out CE of a softprompt Prompt (vectors, or a deep one from PEFT's prefix weights)."""
     from softprompt.core.prompt import SoftPrompt
     from softprompt.core.prompted import SoftPromptModel
     from softprompt.training.heldout import mean_token_loss
@@ -156,7 +156,7 @@ def peft_prompt(base: Any, model: Any, case: Case) -> Any:
 
     weights = model.get_prompt_embedding_to_save("default").detach().float().cpu()
     if case.form == "vectors":
-        return weights
+        return Prompt(Form.VECTORS, weights)
     heads, dim = base.kv_shape
     shape = Prompt(Form.KV, weights.new_zeros(base.num_layers, 2, heads, case.num_virtual_tokens, dim))
     return Adapter(weights, adapter_config_for(base, shape)).prompt

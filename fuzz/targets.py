@@ -27,6 +27,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerF
 from softprompt.core.adapter import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig, load_adapter
 from softprompt.core.data import DataConfig, load_examples, tokenize_row
 from softprompt.core.errors import SoftPromptError
+from softprompt.core.forms import Form, Prompt
 from softprompt.core.frozen import FrozenModel
 from softprompt.core.prompt import Init, PromptConfig, initial_embedding
 from softprompt.inference.generate import GenerateConfig, complete
@@ -176,7 +177,7 @@ class Targets:
         # Bound the work per input; hostile token counts were already checked by GenerateConfig.
         bounded = replace(config, max_new_tokens=min(config.max_new_tokens or 3, 3))
         base = self._base()
-        prompts = [torch.randn(3, 32) if i % 2 else None for i in range(len(texts))]
+        prompts = [Prompt(Form.VECTORS, torch.randn(3, 32)) if i % 2 else None for i in range(len(texts))]
         expect_clean(lambda: complete(base, texts, prompts, bounded))
 
     def _base(self) -> FrozenModel:

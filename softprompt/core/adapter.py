@@ -33,7 +33,7 @@ from safetensors.torch import save_file
 from softprompt.core.config_types import shown
 from softprompt.core.errors import AdapterError, BaseModelMismatchError
 from softprompt.core.files import atomic_paths, json_text
-from softprompt.core.forms import Form, Prompt, as_prompt
+from softprompt.core.forms import Form, Prompt
 from softprompt.core.frozen import FrozenModel
 
 log = logging.getLogger(__name__)
@@ -161,10 +161,9 @@ def adapter_config_for(
     )
 
 
-def save_adapter(directory: str | Path, prompt: Prompt | torch.Tensor, config: AdapterConfig) -> Path:
-    """Write ``prompt`` (a bare [P, H] tensor: vectors at the input) with ``config``, atomically."""
+def save_adapter(directory: str | Path, value: Prompt, config: AdapterConfig) -> Path:
+    """Write ``value`` with ``config``, atomically."""
     directory = Path(directory)
-    value = as_prompt(prompt)
     tensor = flat_weights(value)
     if tuple(tensor.shape) != (config.num_virtual_tokens, config.stored_width) or value.form is not config.form:
         raise AdapterError(

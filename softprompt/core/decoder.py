@@ -28,7 +28,7 @@ from torch import nn
 from transformers import DynamicCache, PretrainedConfig
 
 from softprompt.core.errors import ConfigError
-from softprompt.core.forms import Form, Prompt, as_prompt
+from softprompt.core.forms import Form, Prompt
 from softprompt.core.frozen import FrozenModel
 from softprompt.core.inject import mask_positions
 
@@ -162,7 +162,7 @@ class PrefixState:
         return max(self.lengths)
 
 
-def prompt_cache(base: FrozenModel, prompts: Sequence[Prompt | torch.Tensor]) -> PrefixState:
+def prompt_cache(base: FrozenModel, prompts: Sequence[Prompt]) -> PrefixState:
     """Every layer's keys/values of K prompts side by side, zero-padded on the right to the longest.
 
     A prompt's slots take positions 0 .. P-1 (see :mod:`softprompt.core.forms`). Vectors entering
@@ -170,7 +170,7 @@ def prompt_cache(base: FrozenModel, prompts: Sequence[Prompt | torch.Tensor]) ->
     padding after it. Differentiable in the prompts' weights: training backpropagates through the
     shared keys/values into them. The frozen layers below a late prompt are computed without a graph.
     """
-    values = [as_prompt(p) for p in prompts]
+    values = list(prompts)
     longest = max(p.num_virtual_tokens for p in values)
     layers: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in values]  # per prompt, per layer [kv, P, d]
     last = torch.zeros(len(values), base.hidden_size, dtype=base.dtype, device=base.device)

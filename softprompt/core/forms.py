@@ -95,8 +95,3 @@ class Prompt:
 def virtual_tokens(form: Form, weights: torch.Tensor) -> int:
     """P, from a prompt's weights: [P, H] vectors, or [layers, 2, kv, P, d] keys/values."""
     return int(weights.shape[0] if form is Form.VECTORS else weights.shape[3])
-
-
-def as_prompt(prompt: Prompt | torch.Tensor) -> Prompt:
-    """A bare [P, H] tensor is a prompt-tuning prompt (vectors at the input): every older call site passes one."""
-    return prompt if isinstance(prompt, Prompt) else Prompt(Form.VECTORS, prompt)

@@ -26,7 +26,7 @@ import torch
 
 from softprompt.core.decoder import embed_tokens, prompt_cache, run_after_prefix, run_decoder
 from softprompt.core.errors import ConfigError
-from softprompt.core.forms import Form, Prompt, as_prompt
+from softprompt.core.forms import Form, Prompt
 from softprompt.core.frozen import FrozenModel
 from softprompt.core.inject import IGNORE_INDEX, Injected, inject, inject_labels
 from softprompt.core.packed import packed_hidden
@@ -59,7 +59,7 @@ def choose_layout(base: FrozenModel, n_prompt: int, width: int, form: Form = For
 
 def layout_hidden(
     base: FrozenModel,
-    prompt: Prompt | torch.Tensor,
+    prompt: Prompt,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     labels: torch.Tensor,
@@ -75,7 +75,7 @@ def layout_hidden(
 
 def layout_pieces(
     base: FrozenModel,
-    prompts: Sequence[Prompt | torch.Tensor],
+    values: Sequence[Prompt],
     owners: list[int],
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
@@ -89,7 +89,7 @@ def layout_pieces(
     piece of the pass; every row attends to its own prompt only. ``entry_states`` [B, T, H]: the
     rows' states entering the prompts' (common) entry layer, left-padded like ``input_ids``.
     """
-    values = [as_prompt(p) for p in prompts]
+    values = list(values)
     entry = _common_entry(values, entry_states)
     order = sorted(range(len(owners)), key=lambda row: owners[row])
     if order != list(range(len(owners))):
@@ -156,11 +156,10 @@ def injected_hidden(
     base: FrozenModel,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
-    prompts: Sequence[Prompt | torch.Tensor | None],
+    prompts: Sequence[Prompt | None],
 ) -> tuple[torch.Tensor, Injected]:
     """The plain layout: each row's vectors prompt (or none) injected after its padding; hidden [B, L, H] and the layout."""
-    values = [None if p is None else as_prompt(p) for p in prompts]
-    return _injected(base, embed_tokens(base, input_ids), attention_mask, values, 0)
+    return _injected(base, embed_tokens(base, input_ids), attention_mask, list(prompts), 0)
 
 
 def _injected(
@@ -195,7 +194,7 @@ def _slots(prompt: Prompt, below: bool) -> torch.Tensor:
 
 def shared_prefix_hidden(
     base: FrozenModel,
-    prompts: Sequence[Prompt | torch.Tensor],
+    prompts: Sequence[Prompt],
     owners: list[int],
     token_states: torch.Tensor,
     attention_mask: torch.Tensor,

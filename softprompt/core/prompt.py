@@ -27,7 +27,7 @@ from softprompt.core.config_types import check_types, shown
 from softprompt.core.decoder import embed_tokens, run_slots
 from softprompt.core.errors import ConfigError
 from softprompt.core.files import require_dir
-from softprompt.core.forms import Form, Prompt, as_prompt, virtual_tokens
+from softprompt.core.forms import Form, Prompt, virtual_tokens
 from softprompt.core.frozen import FrozenModel
 
 
@@ -186,9 +186,8 @@ class SoftPrompt(nn.Module):
             self.mlp = nn.Sequential(nn.Linear(width, reparam_hidden), nn.ReLU(), last).to(embedding.device)
 
     @classmethod
-    def of(cls, prompt: Prompt | torch.Tensor) -> SoftPrompt:
-        """A trainable copy of a prompt (a bare [P, H] tensor: vectors at the input)."""
-        value = as_prompt(prompt)
+    def of(cls, value: Prompt) -> SoftPrompt:
+        """A trainable copy of a prompt."""
         return cls(value.weights, form=value.form, entry=value.entry, below=value.below)
 
     @property

@@ -19,7 +19,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from softprompt.core.config_types import shown
 from softprompt.core.data import encode_input, encode_text
 from softprompt.core.errors import ConfigError, RequestError
-from softprompt.core.forms import Prompt, as_prompt
+from softprompt.core.forms import Prompt
 from softprompt.core.frozen import FrozenModel
 from softprompt.inference.engine import Engine, EngineConfig, Sampling, SamplingParams
 from softprompt.inference.engine.sequence import MAX_TOKENS
@@ -56,12 +56,11 @@ class Completion:
 def generate(
     base: FrozenModel,
     texts: Sequence[str],
-    prompts: Sequence[Prompt | torch.Tensor | None] | Prompt | torch.Tensor | None = None,
+    prompts: Sequence[Prompt | None] | Prompt | None = None,
     config: GenerateConfig | None = None,
 ) -> list[str]:
-    """Continuations of ``texts``: ``prompts`` gives each row its soft prompt (any form; a [P, H] tensor is
-    vectors at the input), or one for all, or none."""
-    if prompts is None or isinstance(prompts, (torch.Tensor, Prompt)):
+    """Continuations of ``texts``: ``prompts`` gives each row its soft prompt (any form), or one for all, or none."""
+    if prompts is None or isinstance(prompts, Prompt):
         prompts = [prompts] * len(texts)
     return [c.text for c in complete(base, texts, prompts, config or GenerateConfig())]
 
@@ -84,7 +83,7 @@ def format_inputs(base: FrozenModel, texts: Sequence[str], chat_template: bool) 
 def complete(
     base: FrozenModel,
     texts: Sequence[str],
-    prompts: Sequence[Prompt | torch.Tensor | None],
+    prompts: Sequence[Prompt | None],
     config: GenerateConfig,
 ) -> list[Completion]:
     """Generate for each text with its own prompt (or None), through the one engine decode loop."""
@@ -124,15 +123,14 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, text: str, chat_template: 
     return encode_text(tokenizer, text) if chat_template else encode_input(tokenizer, text)
 
 
-def _check_finite(prompts: Sequence[Prompt | torch.Tensor | None]) -> None:
+def _check_finite(prompts: Sequence[Prompt | None]) -> None:
     """Refuse NaN/inf soft prompts; each distinct prompt is checked once (batches often repeat one)."""
     checked: set[int] = set()
     for row, prompt in enumerate(prompts):
         if prompt is None or id(prompt) in checked:
             continue
         checked.add(id(prompt))
-        value = as_prompt(prompt)
-        if not all(bool(torch.isfinite(t).all()) for t in (value.weights, value.below) if t is not None):
+        if not all(bool(torch.isfinite(t).all()) for t in (prompt.weights, prompt.below) if t is not None):
             raise RequestError(f"soft prompt for row {row + 1} contains NaN or infinite values")
 
 

@@ -24,7 +24,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from softprompt.core.data import Row, encode_input, encode_text, left_pad
 from softprompt.core.errors import ConfigError
-from softprompt.core.forms import Prompt, as_prompt
+from softprompt.core.forms import Prompt
 from softprompt.core.frozen import FrozenModel
 from softprompt.core.inject import mask_positions
 from softprompt.core.prompt import SoftPrompt
@@ -47,7 +47,7 @@ class Scorer:
     device: torch.device = torch.device("cpu")  # where the scorer takes its ids: the model's device
 
 
-def engine_scorer(base: FrozenModel, prompts: Sequence[Prompt | torch.Tensor | None], context: str = "") -> Scorer:
+def engine_scorer(base: FrozenModel, prompts: Sequence[Prompt | None], context: str = "") -> Scorer:
     """Score through the engine's runner: each member's prefix keys/values computed once, then reused.
 
     A member's prefix is its soft prompt (any form) followed by ``context`` (an instruction or
@@ -57,7 +57,7 @@ def engine_scorer(base: FrozenModel, prompts: Sequence[Prompt | torch.Tensor | N
     """
     runner = ModelRunner(base)
     context_ids = encode_input(base.tokenizer, context) if context else []
-    kvs = [runner.prefix_kv(None if p is None else as_prompt(p).detach(), context_ids) for p in list(prompts) or [None]]
+    kvs = [runner.prefix_kv(None if p is None else p.detach(), context_ids) for p in list(prompts) or [None]]
     span = base.family.max_span
     longest_prefix = max((kv.length for kv in kvs if kv is not None), default=0)
 
@@ -70,11 +70,10 @@ def engine_scorer(base: FrozenModel, prompts: Sequence[Prompt | torch.Tensor | N
     return Scorer(logits, base.pad_id, len(kvs), limit, prefix_starts=bool(context_ids), device=base.device)
 
 
-def model_scorer(base: FrozenModel, prompts: Sequence[Prompt | torch.Tensor | None]) -> Scorer:
+def model_scorer(base: FrozenModel, prompts: Sequence[Prompt | None]) -> Scorer:
     """The reference path: each member's prompt injected into every row (:meth:`SoftPromptModel.forward`)."""
     models = [
-        SoftPromptModel(base, None if p is None else SoftPrompt.of(as_prompt(p).to(base.device)))
-        for p in list(prompts) or [None]
+        SoftPromptModel(base, None if p is None else SoftPrompt.of(p.to(base.device))) for p in list(prompts) or [None]
     ]
 
     def logits(ids: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:

@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from softprompt.core.data import Example, batches
 from softprompt.core.family import VERIFIED
+from softprompt.core.forms import Form, Prompt
 from softprompt.core.prompt import Init, PromptConfig, SoftPrompt
 from softprompt.core.prompted import SoftPromptModel
 from softprompt.inference.engine import Engine, SamplingParams
@@ -27,11 +28,10 @@ ROWS = ["hi", "a much longer input row of text", "mid size row", "x"]
 CLASSIFY = ["Tweet: the train is late again\nComplaint:", "Tweet: thanks!\nComplaint:", "x"]
 
 
-def _prompt(base, n=5, seed=1) -> torch.Tensor:
-    """A random prompt at the scale of the family's own input embeddings."""
-    return SoftPromptModel.with_new_prompt(
-        base, PromptConfig(num_virtual_tokens=n, init=Init.RANDOM), seed
-    ).prompt.folded()
+def _prompt(base, n=5, seed=1) -> Prompt:
+    """A random prompt (vectors at the input) at the scale of the family's own input embeddings."""
+    config = PromptConfig(num_virtual_tokens=n, init=Init.RANDOM)
+    return SoftPromptModel.with_new_prompt(base, config, seed).require_prompt().frozen()
 
 
 def _ids(base, texts):
@@ -56,7 +56,7 @@ def test_text_init_equals_the_same_text_as_a_hard_prompt(fbase):
 
 
 def test_left_padded_batch_equals_each_row_alone(fbase):
-    model = SoftPromptModel(fbase, SoftPrompt(_prompt(fbase)))
+    model = SoftPromptModel(fbase, SoftPrompt.of(_prompt(fbase)))
     enc = _ids(fbase, TEXTS)
     with torch.no_grad():
         batched = model(enc.input_ids, enc.attention_mask)
@@ -70,10 +70,11 @@ def test_left_padded_batch_equals_each_row_alone(fbase):
 
 def test_cached_greedy_generation_equals_no_cache_recomputation(fbase):
     prompt = _prompt(fbase)
+    prompts = [prompt, None, Prompt(Form.VECTORS, prompt.weights[:3])]
     config = GenerateConfig(max_new_tokens=8, stop_at_eos=False)
-    rows = complete(fbase, TEXTS, [prompt, None, prompt[:3]], config)
-    for text, p, row in zip(TEXTS, [prompt, None, prompt[:3]], rows, strict=True):
-        assert reference_greedy(fbase, text, p, 8) == row.token_ids
+    rows = complete(fbase, TEXTS, prompts, config)
+    for text, p, row in zip(TEXTS, prompts, rows, strict=True):
+        assert reference_greedy(fbase, text, None if p is None else p.weights, 8) == row.token_ids
 
 
 def _loss_and_grad(model: SoftPromptModel, layout: str) -> tuple[float, torch.Tensor]:

@@ -14,6 +14,7 @@ import torch
 
 from softprompt.core.data import Example, collate, left_pad
 from softprompt.core.errors import ConfigError, RequestError
+from softprompt.core.forms import Form, Prompt
 from softprompt.core.inject import IGNORE_INDEX
 from softprompt.core.loading import load_base_model
 from softprompt.core.prompt import Init, PromptConfig
@@ -32,6 +33,10 @@ INIT_TEXT = "Say:"
 def windowed(request, tmp_path_factory):
     directory = save_tiny_family(request.param, tmp_path_factory.mktemp(request.param), sliding_window=SMALL_WINDOW)
     return load_base_model(str(directory), device=DEVICE)
+
+
+def _random_prompt(base, n: int) -> Prompt:
+    return Prompt(Form.VECTORS, torch.randn(n, base.hidden_size))
 
 
 def test_family_reports_its_window(windowed):
@@ -60,7 +65,7 @@ def test_training_loss_across_the_window_equals_the_hard_prompt(windowed):
 
 def test_engine_keeps_every_sequence_inside_the_window(windowed):
     engine = Engine(windowed)
-    engine.registry.add_embedding("p", torch.randn(3, windowed.hidden_size))
+    engine.registry.add_embedding("p", _random_prompt(windowed, 3))
     with pytest.raises(RequestError, match="sliding window of 16"):
         engine.add_request(list(b"0123456789"), "p", SamplingParams(max_new_tokens=4))
     texts, adapters = ["abcdefghi", "a", "abcd"], ["p", None, "p"]
@@ -72,7 +77,7 @@ def test_engine_keeps_every_sequence_inside_the_window(windowed):
 
 
 def test_rank_classification_refuses_inputs_past_the_window(windowed):
-    scorer = engine_scorer(windowed, [torch.randn(4, windowed.hidden_size)])
+    scorer = engine_scorer(windowed, [_random_prompt(windowed, 4)])
     with pytest.raises(ConfigError, match="sliding attention window"):
         score_labels(scorer, windowed.tokenizer, ["a much longer input than fits"], ["yes", "no"])
 
@@ -80,7 +85,7 @@ def test_rank_classification_refuses_inputs_past_the_window(windowed):
 def test_rows_spanning_past_the_window_together_would_change_the_result(windowed):
     """Why the engine keeps spans inside the window: padding a short prompted row to a long one hides its prompt."""
     runner = Engine(windowed).runner
-    kv = runner.prompt_kv(torch.randn(3, windowed.hidden_size))
+    kv = runner.prompt_kv(_random_prompt(windowed, 3))
     long_ids, short_ids = windowed.tokenizer("abcdefghijklmnop")["input_ids"], windowed.tokenizer("a")["input_ids"]
     ids, mask = left_pad([long_ids, short_ids], windowed.pad_id)
     together = runner.score(ids, mask, [None, kv], keep=1)[1]
@@ -91,7 +96,7 @@ def test_rows_spanning_past_the_window_together_would_change_the_result(windowed
 def test_engine_prefills_apart_rows_that_would_not_fit_together(windowed):
     """A long row and a short prompted row would span 3 + 14 + 8 slots together: they prefill apart."""
     engine = Engine(windowed)
-    engine.registry.add_embedding("p", torch.randn(3, windowed.hidden_size))
+    engine.registry.add_embedding("p", _random_prompt(windowed, 3))
     rows = [("abcdefghijklmn", None, 1), ("a", "p", 8)]  # text, adapter, new tokens; each fits alone
     seqs = [
         engine.add_request(
@@ -112,7 +117,7 @@ def test_a_row_joining_mid_decode_moves_no_full_attention_row(windowed):
     from softprompt.inference.engine.kv import RoomyLayer
 
     engine = Engine(windowed)
-    engine.registry.add_embedding("p", torch.randn(3, windowed.hidden_size))
+    engine.registry.add_embedding("p", _random_prompt(windowed, 3))
     params = SamplingParams(max_new_tokens=5, stop_at_eos=False)
     first = engine.add_request(windowed.tokenizer("abcd")["input_ids"], None, params)
     engine.step()

@@ -6,15 +6,18 @@ from safetensors.torch import save_file
 
 from softprompt.core.adapter import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig, load_adapter, save_adapter
 from softprompt.core.errors import AdapterError
+from softprompt.core.forms import Form, Prompt
 
 
 def _save(tmp_path, n=3, dim=8):
-    return save_adapter(tmp_path / "a", torch.randn(n, dim), AdapterConfig(num_virtual_tokens=n, token_dim=dim))
+    prompt = Prompt(Form.VECTORS, torch.randn(n, dim))
+    return save_adapter(tmp_path / "a", prompt, AdapterConfig(num_virtual_tokens=n, token_dim=dim))
 
 
 def test_round_trip_keeps_tensor_and_peft_keys(tmp_path):
     tensor = torch.randn(3, 8)
-    save_adapter(tmp_path, tensor, AdapterConfig(num_virtual_tokens=3, token_dim=8, softprompt_metrics={"x": 1.0}))
+    config = AdapterConfig(num_virtual_tokens=3, token_dim=8, softprompt_metrics={"x": 1.0})
+    save_adapter(tmp_path, Prompt(Form.VECTORS, tensor), config)
     loaded = load_adapter(tmp_path)
     assert torch.equal(loaded.embedding, tensor) and loaded.config.softprompt_metrics == {"x": 1.0}
     raw = json.loads((tmp_path / CONFIG_NAME).read_text())
@@ -76,7 +79,8 @@ def test_failed_write_keeps_the_old_adapter(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr("softprompt.core.adapter.save_file", explode)
+    new = Prompt(Form.VECTORS, torch.zeros(3, 8))
     with pytest.raises(AdapterError, match="cannot write adapter to .*disk full"):
-        save_adapter(directory, torch.zeros(3, 8), AdapterConfig(num_virtual_tokens=3, token_dim=8))
+        save_adapter(directory, new, AdapterConfig(num_virtual_tokens=3, token_dim=8))
     assert torch.equal(load_adapter(directory).embedding, old)
     assert sorted(p.name for p in directory.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]

@@ -21,6 +21,7 @@ from softprompt.core import adapter as adapter_module
 from softprompt.core import files as files_module
 from softprompt.core.adapter import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig, load_adapter, save_adapter
 from softprompt.core.errors import AdapterError, SoftPromptError
+from softprompt.core.forms import Form, Prompt
 
 GOOD_CONFIG = AdapterConfig(*SHAPE).to_json()
 
@@ -178,11 +179,12 @@ def _interrupt_weights(tensors, filename, metadata=None):
 )
 def test_failed_save_keeps_the_old_adapter(tmp_path, monkeypatch, where, patch):
     old = torch.randn(3, 4)
-    save_adapter(tmp_path, old, AdapterConfig(3, 4))
+    save_adapter(tmp_path, Prompt(Form.VECTORS, old), AdapterConfig(3, 4))
     before = _snapshot(tmp_path)
+    new = Prompt(Form.VECTORS, torch.randn(5, 4))
     patch(monkeypatch)
     with pytest.raises((AdapterError, _Interrupt)) as raised:
-        save_adapter(tmp_path, torch.randn(5, 4), AdapterConfig(5, 4, softprompt_metrics={"loss": 1.0}))
+        save_adapter(tmp_path, new, AdapterConfig(5, 4, softprompt_metrics={"loss": 1.0}))
     if raised.type is AdapterError:
         message = str(raised.value)
         assert len(message.splitlines()) == 1 and str(tmp_path) in message
@@ -199,6 +201,6 @@ def test_save_then_load_round_trips(fuzz_dir, rows, dim, metrics):
     embedding = torch.randn(rows, dim)
     text = json_dumps_or_none(metrics)
     config = AdapterConfig(rows, dim, softprompt_metrics=metrics if text is not None else {})
-    save_adapter(directory, embedding, config)
+    save_adapter(directory, Prompt(Form.VECTORS, embedding), config)
     assert torch.equal(load_adapter(directory).embedding, embedding)
     assert sorted(p.name for p in directory.iterdir()) == sorted([CONFIG_NAME, WEIGHTS_NAME])

@@ -19,7 +19,8 @@ from fuzz.properties import HOSTILE_JSON, NASTY_TEXT, fuzz_settings
 from fuzz.targets import Targets, expect_clean, tiny_model
 from softprompt.cli.main import main
 from softprompt.core.data import DataConfig
-from softprompt.core.errors import ConfigError, SoftPromptError
+from softprompt.core.errors import AdapterError, ConfigError, RequestError, SoftPromptError
+from softprompt.core.forms import Form, Prompt
 from softprompt.core.prompt import PromptConfig
 from softprompt.inference.engine import SamplingParams
 from softprompt.inference.generate import GenerateConfig, complete
@@ -103,7 +104,7 @@ TEMPERATURES = st.floats(min_value=1e-300, max_value=1e300) | st.sampled_from([1
 )
 def test_generation_with_extreme_settings(base, texts, with_prompt, **settings):
     config = GenerateConfig(**settings)
-    prompts = [torch.randn(3, base.hidden_size) if with_prompt else None for _ in texts]
+    prompts = [Prompt(Form.VECTORS, torch.randn(3, base.hidden_size)) if with_prompt else None for _ in texts]
     result = expect_clean(lambda: complete(base, texts, prompts, config))
     if isinstance(result, SoftPromptError):
         unpaired = any(not t.encode("utf-8", "surrogatepass").decode("utf-8", "ignore") == t for t in texts)
@@ -116,13 +117,19 @@ def test_generation_with_extreme_settings(base, texts, with_prompt, **settings):
 
 
 @pytest.mark.parametrize(
-    "prompt",
-    [torch.full((3, 32), float("nan")), torch.randn(3, 16), torch.randn(32), torch.randn(2, 3, 32)],
+    "weights, refusal",
+    [
+        (torch.full((3, 32), float("nan")), RequestError),  # refused by complete
+        (torch.randn(3, 16), AdapterError),  # refused when complete registers it
+        (torch.randn(32), ConfigError),  # not a prompt at all: refused by Prompt itself
+        (torch.randn(2, 3, 32), ConfigError),
+    ],
     ids=["nan", "wrong-hidden", "1-d", "3-d"],
 )
-def test_generation_refuses_unusable_soft_prompts(base, prompt):
-    result = expect_clean(lambda: complete(base, ["hello"], [prompt], GenerateConfig(max_new_tokens=2)))
-    assert isinstance(result, SoftPromptError)
+def test_generation_refuses_unusable_soft_prompts(base, weights, refusal):
+    config = GenerateConfig(max_new_tokens=2)
+    result = expect_clean(lambda: complete(base, ["hello"], [Prompt(Form.VECTORS, weights)], config))
+    assert isinstance(result, refusal)
 
 
 @pytest.mark.parametrize(

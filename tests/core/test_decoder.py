@@ -4,6 +4,7 @@ prompt's keys/values computed once and attended to by rows, as injecting the pro
 import torch
 
 from softprompt.core.decoder import embed_tokens, lm_logits, prompt_cache, run_after_prefix, run_decoder
+from softprompt.core.forms import Form, Prompt
 from softprompt.core.inject import inject
 
 
@@ -42,7 +43,7 @@ def test_a_prompts_cached_keys_values_give_each_row_what_injecting_the_prompt_gi
     tokens = embed_tokens(tiny, enc.input_ids)
     injected = inject(tokens, enc.attention_mask, [prompt, prompt])
     plain, _ = run_decoder(tiny, injected.embeds, injected.attention_mask, injected.position_ids)
-    prefix = prompt_cache(tiny, [prompt, prompt])
+    prefix = prompt_cache(tiny, [Prompt(Form.VECTORS, prompt)] * 2)
     assert prefix.lengths == [3, 3] and prefix.predicts_first == [True, True]
     cached, _ = run_after_prefix(tiny, prefix.cache, torch.ones(2, 3, dtype=torch.long), tokens, enc.attention_mask)
     for row, n in enumerate(enc.attention_mask.sum(dim=1).tolist()):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from softprompt.core.errors import ConfigError
-from softprompt.core.forms import Form, Prompt, as_prompt
+from softprompt.core.forms import Form, Prompt
 
 LAYERS, KV_HEADS, HEAD_DIM, HIDDEN = 2, 2, 8, 32
 
@@ -26,13 +26,6 @@ def test_every_form_and_entry_counts_its_slots_and_names_its_method():
     assert [p.is_input for p in prompts.values()] == [True, False, False, False]
     late = prompts["late prompt"]
     assert late.nbytes == 2 * 4 * HIDDEN * 4  # the vectors and the frozen inputs below them, float32
-
-
-def test_a_bare_tensor_is_a_prompt_tuning_prompt():
-    vectors = torch.ones(3, HIDDEN)
-    prompt = as_prompt(vectors)
-    assert prompt.form is Form.VECTORS and prompt.entry == 0 and prompt.weights is vectors
-    assert as_prompt(prompt) is prompt
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ import torch
 
 from softprompt.core.data import Example, batches
 from softprompt.core.errors import AdapterError, BaseModelMismatchError
+from softprompt.core.forms import Form, Prompt
 from softprompt.core.prompt import PromptConfig
 from softprompt.core.prompted import SoftPromptModel
 from softprompt.training.train import TrainConfig, train
@@ -61,7 +62,7 @@ def test_adapter_for_another_hidden_size_is_refused(tiny_dirs, tmp_path):
 
     wide = load_adapter(tmp_path)
     config = AdapterConfig(num_virtual_tokens=2, token_dim=64)
-    save_adapter(tmp_path / "wide", torch.zeros(2, 64), config)
+    save_adapter(tmp_path / "wide", Prompt(Form.VECTORS, torch.zeros(2, 64)), config)
     with pytest.raises(BaseModelMismatchError, match="token_dim 64.*hidden size 32"):
         SoftPromptModel.from_pretrained(llama, tmp_path / "wide")
     assert wide.embedding.shape == (2, 32)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from softprompt.core.errors import RequestError
+from softprompt.core.forms import Form, Prompt
 from softprompt.inference.engine import Engine, EngineConfig, SamplingParams
 from tests.inference.test_generate import reference_greedy
 
@@ -19,7 +20,8 @@ def _engine(base, **config) -> Engine:
     engine = Engine(base, config=EngineConfig(**config))
     generator = torch.Generator().manual_seed(1)
     for name, length in (("five", 5), ("three", 3), ("seven", 7)):
-        engine.registry.add_embedding(name, torch.randn(length, base.hidden_size, generator=generator))
+        vectors = torch.randn(length, base.hidden_size, generator=generator)
+        engine.registry.add_embedding(name, Prompt(Form.VECTORS, vectors))
     return engine
 
 

@@ -4,6 +4,7 @@ injected would, and a row released from the batch leaves the others decoding as 
 import torch
 
 from softprompt.core.data import left_pad
+from softprompt.core.forms import Form, Prompt
 from softprompt.inference.engine import SamplingParams, Sequence
 from softprompt.inference.engine.runner import ModelRunner
 from tests.inference.test_engine import _ids
@@ -14,11 +15,11 @@ def test_rows_after_cached_prompt_kv_score_as_the_prompt_injected(tiny):
     """Left-padded rows, one after a prompt's keys/values and one bare: their last positions' logits."""
     torch.manual_seed(0)
     runner = ModelRunner(tiny)
-    prompt = torch.randn(3, tiny.hidden_size)
+    vectors = torch.randn(3, tiny.hidden_size)
     rows = [_ids(tiny, "hi"), _ids(tiny, "a longer row")]
     ids, mask = left_pad(rows, runner.pad_id, tiny.device)
-    logits = runner.score(ids, mask, [runner.prompt_kv(prompt), None], keep=2)
-    for row, (tokens, soft) in enumerate(zip(rows, [prompt, None])):
+    logits = runner.score(ids, mask, [runner.prompt_kv(Prompt(Form.VECTORS, vectors)), None], keep=2)
+    for row, (tokens, soft) in enumerate(zip(rows, [vectors, None])):
         expected = reference_logprobs(tiny, tokens, soft)[-2:]
         torch.testing.assert_close(torch.log_softmax(logits[row].float(), dim=-1), expected, atol=1e-4, rtol=1e-4)
 

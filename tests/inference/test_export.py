@@ -29,7 +29,7 @@ def _tuned(tiny_dirs, arch) -> SoftPromptModel:
 
 def _softprompt_greedy(model: SoftPromptModel, text: str, chat_template: bool = False) -> list[int]:
     config = GenerateConfig(max_new_tokens=NEW_TOKENS, stop_at_eos=False, chat_template=chat_template)
-    return complete(model.base, [text], [model.require_prompt().embedding.detach()], config)[0].token_ids
+    return complete(model.base, [text], [model.require_prompt().frozen()], config)[0].token_ids
 
 
 @torch.no_grad()

@@ -7,6 +7,7 @@ from softprompt.cli.args import config_from_args
 from softprompt.cli.main import build_parser
 from softprompt.core.decoder import lm_logits, run_decoder
 from softprompt.core.errors import ConfigError
+from softprompt.core.forms import Form, Prompt
 from softprompt.core.inject import inject
 from softprompt.inference.engine import Engine, Sampling, SamplingParams
 from softprompt.inference.generate import GenerateConfig, complete, generate
@@ -20,7 +21,7 @@ TEXTS = ["hello there", "a", "the quick brown fox jumps"]
 def _prompts(hidden):
     torch.manual_seed(1)
     p = torch.randn(5, hidden)
-    return [p, None, p[:3]]
+    return [Prompt(Form.VECTORS, p), None, Prompt(Form.VECTORS, p[:3])]
 
 
 def reference_greedy(base, text, prompt, steps):
@@ -44,7 +45,7 @@ def test_cached_batched_greedy_equals_alone_and_no_cache_reference(tiny):
     batched = complete(tiny, TEXTS, prompts, config)
     for text, prompt, row in zip(TEXTS, prompts, batched):
         assert complete(tiny, [text], [prompt], config)[0].token_ids == row.token_ids
-        assert reference_greedy(tiny, text, prompt, 10) == row.token_ids
+        assert reference_greedy(tiny, text, None if prompt is None else prompt.weights, 10) == row.token_ids
 
 
 def test_decode_steps_feed_one_token_each(llama, monkeypatch):
@@ -63,7 +64,8 @@ def test_decode_steps_feed_one_token_each(llama, monkeypatch):
 
 
 def test_output_has_no_virtual_tokens_and_counts_prompt_tokens(llama):
-    rows = complete(llama, ["abc"], [torch.randn(7, 32)], GenerateConfig(max_new_tokens=4, stop_at_eos=False))
+    prompt = Prompt(Form.VECTORS, torch.randn(7, 32))
+    rows = complete(llama, ["abc"], [prompt], GenerateConfig(max_new_tokens=4, stop_at_eos=False))
     assert len(rows[0].token_ids) == 4 and rows[0].prompt_tokens == 3 and rows[0].finish_reason == "length"
 
 
@@ -129,10 +131,11 @@ def test_inputs_start_with_the_tokenizers_bos_as_in_training(tmp_path):
     from tests.conftest import byte_tokenizer, save_tiny
 
     base = load_base_model(str(save_tiny("llama", tmp_path, tokenizer=byte_tokenizer(bos=True))), device="cpu")
-    prompt = torch.randn(3, base.hidden_size)
-    (row,) = complete(base, ["hello"], [prompt], GenerateConfig(max_new_tokens=6, stop_at_eos=False))
+    vectors = torch.randn(3, base.hidden_size)
+    config = GenerateConfig(max_new_tokens=6, stop_at_eos=False)
+    (row,) = complete(base, ["hello"], [Prompt(Form.VECTORS, vectors)], config)
     assert row.prompt_tokens == 1 + len("hello")
-    assert reference_greedy(base, "hello", prompt, 6) == row.token_ids  # the reference tokenizes with the BOS
+    assert reference_greedy(base, "hello", vectors, 6) == row.token_ids  # the reference tokenizes with the BOS
 
 
 @pytest.mark.parametrize(

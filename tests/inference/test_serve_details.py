@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from huggingface_hub import ModelCard
 
 from softprompt.core.data import DataConfig
+from softprompt.core.forms import Form, Prompt
 from softprompt.core.prompt import PromptConfig
 from softprompt.inference.engine import AdapterRegistry, Engine
 from softprompt.inference.serve import ServeConfig, create_app
@@ -37,7 +38,7 @@ def client(llama, adapters):
     save_prompts(llama, adapters, ["bare"], tokens=2)  # config and weights only, as PEFT writes them
     registry = AdapterRegistry(llama, adapters)
     registry.scan()
-    registry.add_embedding("in-memory", torch.zeros(5, llama.hidden_size))
+    registry.add_embedding("in-memory", Prompt(Form.VECTORS, torch.zeros(5, llama.hidden_size)))
     with TestClient(create_app(Engine(llama, registry), ServeConfig(served_model_name="tiny"))) as c:
         yield c
 

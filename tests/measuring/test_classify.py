@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from softprompt.core.forms import Form, Prompt
 from softprompt.measuring.classify import (
     Scorer,
     engine_scorer,
@@ -43,10 +44,11 @@ def test_multi_token_labels_match_hand_computation(tiny):
 
 
 def test_soft_prompt_scores_match_hand_computation(llama):
-    prompt = torch.randn(3, llama.hidden_size) * 0.3
+    vectors = torch.randn(3, llama.hidden_size) * 0.3
     words = ["ab", "c"]
-    scores = score_labels(model_scorer(llama, [prompt]), llama.tokenizer, TEXTS, words, batch_size=3)
-    torch.testing.assert_close(scores[0], hand_scores(llama, TEXTS, words, prompt), atol=1e-4, rtol=1e-4)
+    scorer = model_scorer(llama, [Prompt(Form.VECTORS, vectors)])
+    scores = score_labels(scorer, llama.tokenizer, TEXTS, words, batch_size=3)
+    torch.testing.assert_close(scores[0], hand_scores(llama, TEXTS, words, vectors), atol=1e-4, rtol=1e-4)
 
 
 def test_single_token_labels_take_one_pass(llama, monkeypatch):
@@ -80,7 +82,7 @@ def test_hf_scorer_equals_model_scorer_without_prompt(tiny):
 
 @pytest.mark.parametrize("scorer", [model_scorer, engine_scorer])
 def test_ensemble_in_one_pass_equals_members_alone(llama, scorer):
-    prompts = [torch.randn(n, llama.hidden_size) * 0.3 for n in (2, 4)] + [None]
+    prompts = [Prompt(Form.VECTORS, torch.randn(n, llama.hidden_size) * 0.3) for n in (2, 4)] + [None]
     words = ["yes", "no"]
     together = score_labels(scorer(llama, prompts), llama.tokenizer, TEXTS, words, batch_size=2)
     assert together.shape == (3, 3, 2)
@@ -117,7 +119,7 @@ def test_metrics_by_hand():
 
 def test_engine_path_with_context_equals_prompt_and_context_in_every_row(tiny):
     """Prompt + context keys/values computed once (the engine's path) == both injected in every row."""
-    prompts = [torch.randn(3, tiny.hidden_size) * 0.3, None]
+    prompts = [Prompt(Form.VECTORS, torch.randn(3, tiny.hidden_size) * 0.3), None]
     context = "Is it a complaint?\n\n"
     words = ["yes", "no"]
     cached = score_labels(engine_scorer(tiny, prompts, context), tiny.tokenizer, TEXTS, words, batch_size=2)

@@ -5,15 +5,15 @@ import math
 import torch
 
 from softprompt.core.adapter import AdapterConfig, save_adapter
+from softprompt.core.forms import Form, Prompt
 from softprompt.core.prompt import PromptConfig
 from softprompt.core.prompted import SoftPromptModel
 from softprompt.measuring.inspect import inspect_prompts, similarity
 
 
 def _save(path, embedding):
-    return save_adapter(
-        path, embedding, AdapterConfig(num_virtual_tokens=embedding.shape[0], token_dim=embedding.shape[1])
-    )
+    config = AdapterConfig(num_virtual_tokens=embedding.shape[0], token_dim=embedding.shape[1])
+    return save_adapter(path, Prompt(Form.VECTORS, embedding), config)
 
 
 def test_nearest_token_of_a_token_embedding_is_itself(llama, tmp_path):

@@ -17,11 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from softprompt.core.adapter import CONFIG_NAME, check_compatible, load_adapter
 from softprompt.core.errors import AdapterError, AdapterNameError, ConfigError, SoftPromptError, UnknownAdapterError
-from softprompt.core.forms import Form, Prompt, as_prompt
+from softprompt.core.forms import Form, Prompt
 from softprompt.core.frozen import FrozenModel
 from softprompt.inference.engine.kv import PromptKV
 
@@ -121,10 +119,9 @@ class AdapterRegistry:
         with self._lock:
             self.stats.loads += 1
 
-    def add_embedding(self, name: str, embedding: torch.Tensor | Prompt) -> None:
-        """Serve an in-memory prompt (a [P, H] tensor: vectors at the input); pinned, with no file to reload it from."""
+    def add_embedding(self, name: str, prompt: Prompt) -> None:
+        """Serve an in-memory prompt; pinned, with no file to reload it from."""
         check_name(name)
-        prompt = as_prompt(embedding)
         if prompt.form is Form.VECTORS and prompt.weights.shape[1] != self.base.hidden_size:
             raise AdapterError(
                 f"prompt {name!r} must be [tokens, {self.base.hidden_size}], got {tuple(prompt.weights.shape)}"

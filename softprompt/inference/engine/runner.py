@@ -43,7 +43,7 @@ class ModelRunner:
         return f"{self.base.dtype}@{self.base.device}"
 
     @torch.no_grad()
-    def prompt_kv(self, prompt: Prompt | torch.Tensor) -> PromptKV:
+    def prompt_kv(self, prompt: Prompt) -> PromptKV:
         """Every layer's keys/values of a prompt of any form (vectors [P, H] run alone from position 0)."""
         prefix = prompt_cache(self.base, [prompt])
         return PromptKV(tuple((k[0].clone(), v[0].clone()) for k, v in layers_of(prefix.cache)))
