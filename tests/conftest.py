@@ -8,7 +8,8 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
-from collections.abc import Callable  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -52,6 +53,17 @@ def byte_tokenizer(bos: bool = False) -> PreTrainedTokenizerFast:
         tokenizer.bos_token = EOS
     tokenizer.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}<assistant>"
     return tokenizer
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """One torch thread for the block, as torchrun's child processes run: same floating-point order."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def interrupt_backward(monkeypatch: pytest.MonkeyPatch, at: int) -> Callable[[], None]:

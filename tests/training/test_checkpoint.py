@@ -15,7 +15,7 @@ from softprompt.core import run_files
 from softprompt.core.errors import TrainingError, TrainingInterrupted
 from softprompt.training.checkpoint import load_checkpoint
 from softprompt.training.train import resume
-from tests.conftest import interrupt_backward
+from tests.conftest import interrupt_backward, single_thread
 
 CHILD = """
 import sys, time, torch
@@ -71,10 +71,8 @@ def _steps_logged(output):
 
 @pytest.fixture
 def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with single_thread():
+        yield
 
 
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(tiny_dirs, tmp_path, one_thread):

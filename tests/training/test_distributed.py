@@ -16,7 +16,7 @@ from softprompt.core.errors import ConfigError
 from softprompt.training import sharding
 from softprompt.training.checkpoint import load_checkpoint
 from softprompt.training.train import TrainConfig, resume
-from tests.conftest import interrupt_backward
+from tests.conftest import interrupt_backward, single_thread
 
 # 13 rows in batches of 4: the last batch has one row, so one rank gets an empty shard. The
 # rows share their first 20 bytes ("I want you to act as"): a shorter --max-length makes them
@@ -129,12 +129,8 @@ def _train_args(model_dir, output, args: list[str] = ARGS) -> list[str]:
 def one_process(tiny_dirs, tmp_path_factory):
     """The reference: the same command in this (single) process, on one thread like the children."""
     output = tmp_path_factory.mktemp("one-process")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_thread():
         assert main(_train_args(tiny_dirs["llama"], output)) == 0
-    finally:
-        torch.set_num_threads(threads)
     return output
 
 
@@ -167,12 +163,8 @@ def test_a_two_process_checkpoint_resumes_in_one_process(tiny_dirs, tmp_path, on
     assert done.returncode != 0 and "resume" in done.stderr, done.stderr[-3000:]
     ckpt = load_checkpoint(output)
     assert (ckpt.step, ckpt.epoch, ckpt.next_batch) == (1, 1, 2), "global position: 2 batches of 4 rows done"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_thread():
         result = resume(output, device="cpu")
-    finally:
-        torch.set_num_threads(threads)
     assert result.metrics["processes"] == 1
     torch.testing.assert_close(load_adapter(output).embedding, load_adapter(one_process).embedding, **SAME)
     assert _losses(output) == pytest.approx(_losses(one_process), abs=SAME["atol"])
@@ -180,12 +172,8 @@ def test_a_two_process_checkpoint_resumes_in_one_process(tiny_dirs, tmp_path, on
 
 def test_a_one_process_checkpoint_resumes_in_two_processes(tiny_dirs, tmp_path, one_process, monkeypatch):
     interrupt_backward(monkeypatch, at=3)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_thread():
         assert main(_train_args(tiny_dirs["llama"], tmp_path)) == 130
-    finally:
-        torch.set_num_threads(threads)
     assert load_checkpoint(tmp_path).next_batch == 2
     done = _torchrun(["-m", "softprompt"], ["train", "--resume", str(tmp_path), "--device", "cpu"])
     assert done.returncode == 0, done.stderr[-3000:]
@@ -277,12 +265,8 @@ def test_a_sharded_two_process_checkpoint_resumes_in_one_process(tiny_dirs, tmp_
     assert done.returncode != 0 and "resume" in done.stderr, done.stderr[-3000:]
     ckpt = load_checkpoint(output)
     assert (ckpt.step, ckpt.epoch, ckpt.next_batch) == (1, 1, 2) and ckpt.run["train"]["shard"] == "fsdp"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_thread():
         result = resume(output, device="cpu")
-    finally:
-        torch.set_num_threads(threads)
     assert result.metrics["processes"] == 1
     assert "only one process, nothing to shard over" in caplog.text, "one process: a warned no-op"
     torch.testing.assert_close(load_adapter(output).embedding, load_adapter(one_process).embedding, **SAME)
@@ -291,12 +275,8 @@ def test_a_sharded_two_process_checkpoint_resumes_in_one_process(tiny_dirs, tmp_
 
 def test_a_one_process_checkpoint_resumes_sharded_in_two_processes(tiny_dirs, tmp_path, one_process, monkeypatch):
     interrupt_backward(monkeypatch, at=3)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_thread():
         assert main(_train_args(tiny_dirs["llama"], tmp_path, SHARDED)) == 130
-    finally:
-        torch.set_num_threads(threads)
     assert load_checkpoint(tmp_path).next_batch == 2
     done = _torchrun(["-m", "softprompt"], ["train", "--resume", str(tmp_path), "--device", "cpu"])
     assert done.returncode == 0, done.stderr[-3000:]
