@@ -101,6 +101,11 @@ class Tunable(Protocol):
         ...
 
 
+def padded_slots(lengths: list[int]) -> int:
+    """Token slots of a padded pass: rows x the longest row."""
+    return len(lengths) * max(lengths)
+
+
 def loss_of(model: Tunable, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> Loss:
     """One model's loss over rows that are all its own: the joint pass of one."""
     result = model.joint_loss([model], [0] * input_ids.shape[0], input_ids, attention_mask, labels)[0]
@@ -204,7 +209,7 @@ class SoftPromptModel(nn.Module):
     def cost(models: Sequence[SoftPromptModel], lengths: list[int]) -> int:
         """Token slots of a pass: the rows' lengths when packed, else rows x the longest row."""
         packed = models[0].prompt is not None and _joint_layout(models, max(lengths)) == "packed"
-        return sum(lengths) if packed else len(lengths) * max(lengths)
+        return sum(lengths) if packed else padded_slots(lengths)
 
     def pass_key(self) -> Hashable:
         """Prompts over one loaded base that enter at the same layer share passes (one pass runs one span of layers)."""

@@ -19,7 +19,7 @@ from torch import nn
 from softprompt.core.errors import ConfigError
 from softprompt.core.forms import Prompt
 from softprompt.core.frozen import FrozenModel
-from softprompt.core.prompted import Loss, bare_loss
+from softprompt.core.prompted import Loss, bare_loss, padded_slots
 
 
 class TrainedWeights(nn.Module):
@@ -67,7 +67,7 @@ class WeightsModel(nn.Module):
     @staticmethod
     def cost(models: Sequence[WeightsModel], lengths: list[int]) -> int:
         """Rows are padded: a pass costs rows x its longest row."""
-        return len(lengths) * max(lengths)
+        return padded_slots(lengths)
 
     def pass_key(self) -> Hashable:
         return id(self)

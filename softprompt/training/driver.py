@@ -193,5 +193,4 @@ def _lockstep_passes(loops: list[TrainingLoop], mask: torch.Tensor, max_tokens: 
     """Under --shard fsdp (one loop), the passes every process runs for this batch (the most any needs); else 0."""
     if not sharding.is_sharded(loops[0].model.base.model):
         return 0
-    mine = count_passes([loop.model for loop in loops], mask, max_tokens) if mask.shape[0] else 0
-    return distributed.global_max(mine)
+    return distributed.global_max(count_passes([loop.model for loop in loops], mask, max_tokens))

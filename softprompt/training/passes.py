@@ -90,8 +90,7 @@ def backward_loss(
             objective = term if objective is None else objective + term
         if objective is not None:
             objective.backward()
-    if passes:
-        keep_in_step(models[0], input_ids, attention_mask, labels, passes - len(slices))
+    keep_in_step(models[0], input_ids, attention_mask, labels, passes - len(slices))
     return [total / max(divisor, 1) for total, divisor in zip(totals, divisors, strict=True)], slot_counts
 
 

@@ -247,9 +247,7 @@ def train(
 
     Ctrl-C saves a checkpoint at the last completed optimizer step before exiting.
     """
-    (result,) = train_sweep(
-        [Candidate(model, config, dict(run_info or {}), measure, resume)], train_set, eval_set
-    ).results
+    (result,) = train_sweep([Candidate(model, config, run_info or {}, measure, resume)], train_set, eval_set).results
     if isinstance(result, TrainingError):
         raise result
     return result
@@ -257,7 +255,7 @@ def train(
 
 def train_sweep(candidates: list[Candidate], train_set: list[Example], eval_set: list[Example]) -> SweepResult:
     """Train every candidate on the same rows, in shared passes where their models allow; each result
-    equals its run alone (up to float summation order, tests/training/test_sweep.py)."""
+    equals its run alone (up to float summation order, tests/training/test_driver.py)."""
     _check(candidates)
     started = time.perf_counter()
     shared: dict[str, Any] = {}  # what runs may share (a late prompt's frozen rows)
@@ -265,7 +263,7 @@ def train_sweep(candidates: list[Candidate], train_set: list[Example], eval_set:
         make_loop(c.model, train_set, eval_set, c.config, c.run_info, c.resume, shared, c.measure) for c in candidates
     ]
     fresh = [loop for loop, c in zip(loops, candidates, strict=True) if c.resume is None]
-    for loop, loss in zip(fresh, heldout(fresh) if fresh else [], strict=True):
+    for loop, loss in zip(fresh, heldout(fresh), strict=True):
         loop.evaluate_before(loss)
     failed = drive(loops)
     finished = [loop for i, loop in enumerate(loops) if i not in failed]
@@ -273,7 +271,7 @@ def train_sweep(candidates: list[Candidate], train_set: list[Example], eval_set:
         keep_best(loop)
     scored = {id(loop): scored_state(loop) for loop in finished}
     unscored = [loop for loop in finished if scored[id(loop)] is None]
-    after = {id(loop): loss for loop, loss in zip(unscored, heldout(unscored) if unscored else [], strict=True)}
+    after = {id(loop): loss for loop, loss in zip(unscored, heldout(unscored), strict=True)}
     after.update({key: loss for key, loss in scored.items() if loss is not None})
     results: list[TrainResult | TrainingError] = [
         failed[i] if i in failed else finish(loop, after[id(loop)]) for i, loop in enumerate(loops)
